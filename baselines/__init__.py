@@ -1,0 +1,1 @@
+"""DiT and U-ViT attention baselines (installed as dimbench.baselines)."""

@@ -1,0 +1,19 @@
+"""Kernels. Each has a plain-PyTorch reference twin, a FLOP formula and optional fast backends."""
+
+from dimbench.ops import scan_cpu as _scan_cpu  # noqa: F401  (registers the "cpu" backend)
+from dimbench.ops.attention import attention, attention_backends
+from dimbench.ops.conv import causal_conv1d, causal_conv1d_ref, conv_backends
+from dimbench.ops.scan import scan_backends, scan_flops, selective_scan
+from dimbench.ops.scan_ref import selective_scan_ref
+
+__all__ = [
+    "attention",
+    "attention_backends",
+    "causal_conv1d",
+    "causal_conv1d_ref",
+    "conv_backends",
+    "scan_backends",
+    "scan_flops",
+    "selective_scan",
+    "selective_scan_ref",
+]

@@ -1,0 +1,74 @@
+"""Causal depthwise conv1d (Mamba's local mixing before the scan).
+
+``causal_conv1d(x, weight, bias=None, activation=None, backend="auto")``: x (B, D, L),
+weight (D, K), bias (D,); out_t = act(bias + sum_k weight[:, k] * x[:, t - K + 1 + k]) with
+zeros before the sequence start. Backends: ``torch`` (F.conv1d on a left-padded input) and
+``causal_conv1d`` (Dao-AILab's CUDA kernel, when importable).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+Tensor = torch.Tensor
+
+
+@functools.cache
+def _causal_conv1d_fn():
+    try:
+        from causal_conv1d import causal_conv1d_fn
+    except Exception:
+        return None
+    return causal_conv1d_fn
+
+
+def conv_backends(device: str | torch.device | None = None) -> list[str]:
+    """Conv backends usable here (for ``device``'s type when given), fastest first."""
+    dtype = torch.device(device).type if device is not None else None
+    names = []
+    if _causal_conv1d_fn() is not None and torch.cuda.is_available() and dtype in (None, "cuda"):
+        names.append("causal_conv1d")
+    return names + ["torch"]
+
+
+def causal_conv1d_ref(
+    x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str | None = None
+) -> Tensor:
+    """Plain PyTorch twin: depthwise conv over a sequence left-padded with K-1 zeros."""
+    dim, width = weight.shape
+    out = F.conv1d(F.pad(x, (width - 1, 0)), weight.unsqueeze(1), bias, groups=dim)
+    return F.silu(out) if activation == "silu" else out
+
+
+def causal_conv1d(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    activation: str | None = None,
+    backend: str = "auto",
+) -> Tensor:
+    """Causal depthwise conv1d, optionally fused with SiLU (``activation="silu"``)."""
+    if activation not in (None, "silu"):
+        raise ValueError(f"activation must be None or 'silu', got {activation!r}")
+    if x.dim() != 3 or weight.dim() != 2 or weight.shape[0] != x.shape[1]:
+        raise ValueError(
+            f"expected x (B, D, L) and weight (D, K), got {tuple(x.shape)} and "
+            f"{tuple(weight.shape)}"
+        )
+    if backend == "auto":
+        backend = "causal_conv1d" if x.is_cuda and _causal_conv1d_fn() is not None else "torch"
+    if backend == "torch":
+        return causal_conv1d_ref(x, weight, bias, activation)
+    if backend == "causal_conv1d":
+        fn = _causal_conv1d_fn()
+        if fn is None or not x.is_cuda:
+            raise RuntimeError(
+                "conv backend 'causal_conv1d' needs the causal-conv1d package and CUDA tensors; "
+                f"available here: {', '.join(conv_backends())}"
+            )
+        return fn(x, weight, bias, activation=activation)
+    available = ", ".join(conv_backends())
+    raise ValueError(f"unknown conv backend {backend!r}; available here: {available}")

@@ -1,0 +1,331 @@
+"""Selective scan (Mamba-1) with interchangeable backends behind one torch custom op.
+
+``selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+backend="auto")`` has mamba_ssm's ``selective_scan_fn`` shapes and semantics:
+u, delta, z (B, D, L); A (D, N) real; B, C (B, N, L) or (B, G, N, L); D, delta_bias (D,).
+
+Every backend goes through ``dimbench::selective_scan`` (forward) and
+``dimbench::selective_scan_bwd`` (backward), two ``torch.library`` custom ops with fake
+implementations and FLOP formulas, so ``FlopCounterMode`` counts the scan on any device,
+``meta`` included, and ``torch.compile`` treats it as one opaque call.
+
+FLOP formula (one multiply-add = 2 FLOPs, as torch.utils.flop_counter counts):
+    forward  = 9*B*L*D*N          recurrence: exp(delta*A), the state update, <C, x>
+                                  (the figure Mamba's authors give, used by Vim/ZigMa/VMamba)
+             + 2*B*D*L            if D is given (D*u and the add)
+             + 5*B*D*L            if z is given (silu(z) = z*sigmoid(z): exp, add, divide,
+                                  multiply; then the multiply with y)
+             + B*D*L              if delta_bias is given
+             + 2*B*D*L            if delta_softplus (exp and log1p)
+    backward = 2 * forward        (the convention torch uses for matmul and attention)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.flop_counter import register_flop_formula
+
+from dimbench.ops import scan_ref
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class ScanBackend:
+    """One implementation. ``forward`` returns ``[out, *saved]``; ``backward`` gets the saved."""
+
+    name: str
+    device_types: tuple[str, ...]
+    priority: int  # auto picks the highest-priority available backend for the device
+    probe: Callable[[], str | None]  # None when usable, else why not
+    forward: Callable[..., list[Tensor]]
+    backward: Callable[..., list[Tensor | None]]
+    saved_shapes: Callable[..., list[tuple[tuple[int, ...], torch.dtype]]]
+    _reason: str | None = field(default=None, init=False)
+    _probed: bool = field(default=False, init=False)
+
+    def unavailable_reason(self) -> str | None:
+        if not self._probed:
+            self._reason = self.probe()
+            self._probed = True
+        return self._reason
+
+
+_BACKENDS: dict[str, ScanBackend] = {}
+
+
+def register_backend(backend: ScanBackend) -> None:
+    _BACKENDS[backend.name] = backend
+
+
+def scan_backends(device: str | torch.device | None = None) -> list[str]:
+    """Backends usable on this machine (for ``device``'s type when given), fastest first."""
+    dtype = torch.device(device).type if device is not None else None
+    names = [
+        b.name
+        for b in sorted(_BACKENDS.values(), key=lambda b: -b.priority)
+        if b.unavailable_reason() is None and (dtype is None or dtype in b.device_types)
+    ]
+    return names
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """The concrete backend ``backend`` means for tensors on ``device``; errors say what exists."""
+    if device.type == "meta":  # shapes only: any backend's fake implementation serves
+        return backend if backend in _BACKENDS else "ref"
+    if backend == "auto":
+        usable = scan_backends(device)
+        if not usable:
+            raise RuntimeError(f"no selective-scan backend runs on {device.type}")
+        return usable[0]
+    if backend not in _BACKENDS:
+        raise ValueError(
+            f"unknown scan backend {backend!r}; available here: {', '.join(scan_backends())}"
+        )
+    b = _BACKENDS[backend]
+    reason = b.unavailable_reason()
+    if reason is not None:
+        raise RuntimeError(
+            f"scan backend {backend!r} is unavailable ({reason}); "
+            f"available here: {', '.join(scan_backends())}"
+        )
+    if device.type not in b.device_types:
+        raise RuntimeError(
+            f"scan backend {backend!r} runs on {'/'.join(b.device_types)}, not {device.type}; "
+            f"for {device.type} use one of: {', '.join(scan_backends(device))}"
+        )
+    return backend
+
+
+# ----------------------------------------------------------------------------- custom ops
+
+
+@torch.library.custom_op("dimbench::selective_scan", mutates_args=())
+def _scan_fwd_op(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    z: Tensor | None,
+    delta_bias: Tensor | None,
+    delta_softplus: bool,
+    backend: str,
+    save_for_backward: bool,
+) -> list[Tensor]:
+    return _BACKENDS[backend].forward(
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus, save_for_backward
+    )
+
+
+@_scan_fwd_op.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend, save_for_backward):
+    outs = [u.new_empty(u.shape)]
+    if save_for_backward:
+        shapes = _BACKENDS[backend].saved_shapes(u, A, z)
+        outs += [u.new_empty(shape, dtype=dt) for shape, dt in shapes]
+    return outs
+
+
+@torch.library.custom_op("dimbench::selective_scan_bwd", mutates_args=())
+def _scan_bwd_op(
+    grad_out: Tensor,
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    z: Tensor | None,
+    delta_bias: Tensor | None,
+    delta_softplus: bool,
+    backend: str,
+    saved: Sequence[Tensor],
+) -> list[Tensor]:
+    grads = _BACKENDS[backend].backward(
+        grad_out, u, delta, A, B, C, D, z, delta_bias, delta_softplus, list(saved)
+    )
+    # custom ops cannot return None: an empty tensor stands for "no gradient"
+    return [g if g is not None else u.new_empty(0) for g in grads]
+
+
+@_scan_bwd_op.register_fake
+def _(grad_out, u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend, saved):
+    def like(t):
+        return t.new_empty(t.shape) if t is not None else u.new_empty(0)
+
+    return [like(u), like(delta), like(A), like(B), like(C), like(D), like(z), like(delta_bias)]
+
+
+def _setup_context(ctx, inputs, output):
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend, _save = inputs
+    ctx.delta_softplus = delta_softplus
+    ctx.backend = backend
+    ctx.has = (D is not None, z is not None, delta_bias is not None)
+    ctx.save_for_backward(
+        u, delta, A, B, C, *(t for t in (D, z, delta_bias) if t is not None), *output[1:]
+    )
+
+
+def _backward(ctx, grad_outputs):
+    grad_out = grad_outputs[0]
+    saved = list(ctx.saved_tensors)
+    u, delta, A, B, C = saved[:5]
+    rest = saved[5:]
+    opt = []
+    for present in ctx.has:
+        opt.append(rest.pop(0) if present else None)
+    D, z, delta_bias = opt
+    grads = _scan_bwd_op(
+        grad_out.contiguous(),
+        u,
+        delta,
+        A,
+        B,
+        C,
+        D,
+        z,
+        delta_bias,
+        ctx.delta_softplus,
+        ctx.backend,
+        rest,
+    )
+    inputs = (u, delta, A, B, C, D, z, delta_bias)
+    grads = [None if t is None else g for g, t in zip(grads, inputs, strict=True)]
+    return (*grads, None, None, None)
+
+
+_scan_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def scan_flops(
+    u_shape: Sequence[int],
+    A_shape: Sequence[int],
+    has_D: bool,
+    has_z: bool,
+    has_delta_bias: bool,
+    delta_softplus: bool,
+) -> int:
+    """Forward FLOPs of one selective scan (see the module docstring for the formula)."""
+    batch, dim, length = u_shape
+    n = A_shape[1]
+    bdl = batch * dim * length
+    flops = 9 * bdl * n
+    flops += 2 * bdl if has_D else 0
+    flops += 5 * bdl if has_z else 0
+    flops += bdl if has_delta_bias else 0
+    flops += 2 * bdl if delta_softplus else 0
+    return flops
+
+
+@register_flop_formula(torch.ops.dimbench.selective_scan)
+def _scan_fwd_flop(u, delta, A, B, C, D, z, delta_bias, delta_softplus, *args, **kwargs) -> int:
+    return scan_flops(u, A, D is not None, z is not None, delta_bias is not None, delta_softplus)
+
+
+@register_flop_formula(torch.ops.dimbench.selective_scan_bwd)
+def _scan_bwd_flop(
+    grad_out, u, delta, A, B, C, D, z, delta_bias, delta_softplus, *args, **kwargs
+) -> int:
+    fwd = scan_flops(u, A, D is not None, z is not None, delta_bias is not None, delta_softplus)
+    return 2 * fwd
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def _check_shapes(u, delta, A, B, C, D, z, delta_bias) -> None:
+    if u.dim() != 3:
+        raise ValueError(f"u must be (batch, dim, length), got {tuple(u.shape)}")
+    batch, dim, length = u.shape
+    if delta.shape != u.shape:
+        raise ValueError(f"delta {tuple(delta.shape)} must match u {tuple(u.shape)}")
+    if A.dim() != 2 or A.shape[0] != dim or A.is_complex():
+        raise ValueError(f"A must be real (dim, d_state) = ({dim}, N), got {tuple(A.shape)}")
+    n = A.shape[1]
+    for name, M in (("B", B), ("C", C)):
+        ok3 = M.dim() == 3 and tuple(M.shape) == (batch, n, length)
+        ok4 = (
+            M.dim() == 4
+            and M.shape[0] == batch
+            and M.shape[2:] == (n, length)
+            and dim % M.shape[1] == 0
+        )
+        if not (ok3 or ok4):
+            raise ValueError(
+                f"{name} must be (batch, N, L) = ({batch}, {n}, {length}) or (batch, G, N, L), "
+                f"got {tuple(M.shape)}"
+            )
+    for name, v in (("D", D), ("delta_bias", delta_bias)):
+        if v is not None and tuple(v.shape) != (dim,):
+            raise ValueError(f"{name} must be ({dim},), got {tuple(v.shape)}")
+    if z is not None and z.shape != u.shape:
+        raise ValueError(f"z {tuple(z.shape)} must match u {tuple(u.shape)}")
+
+
+def selective_scan(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    delta_bias: Tensor | None = None,
+    delta_softplus: bool = False,
+    backend: str = "auto",
+) -> Tensor:
+    """Mamba-1 selective scan; returns (B, D, L) in ``u``'s dtype. Differentiable on every backend.
+
+    ``backend``: ``"auto"`` (fastest available for the tensors' device) or one of
+    :func:`scan_backends`.
+    """
+    _check_shapes(u, delta, A, B, C, D, z, delta_bias)
+    name = resolve_backend(backend, u.device)
+    inputs = [t for t in (u, delta, A, B, C, D, z, delta_bias) if t is not None]
+    save = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+    outs = _scan_fwd_op(u, delta, A, B, C, D, z, delta_bias, delta_softplus, name, save)
+    return outs[0]
+
+
+# ----------------------------------------------------------------------------- ref backend
+
+
+def _ref_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, save):
+    return [scan_ref.selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus)]
+
+
+def _ref_backward(grad_out, u, delta, A, B, C, D, z, delta_bias, delta_softplus, saved):
+    """Autograd of the reference loop, recomputed (the reference favours clarity over memory)."""
+    inputs = [u, delta, A, B, C, D, z, delta_bias]
+    detached = [t.detach().requires_grad_(True) if t is not None else None for t in inputs]
+    with torch.enable_grad():
+        out = scan_ref.selective_scan_ref(*detached, delta_softplus)
+        leaves = [t for t in detached if t is not None]
+        grads = torch.autograd.grad(out, leaves, grad_out, allow_unused=True)
+    it = iter(grads)
+    result = []
+    for t in detached:
+        if t is None:
+            result.append(None)
+        else:
+            g = next(it)
+            result.append(torch.zeros_like(t) if g is None else g)
+    return result
+
+
+register_backend(
+    ScanBackend(
+        name="ref",
+        device_types=("cpu", "cuda"),
+        priority=0,
+        probe=lambda: None,
+        forward=_ref_forward,
+        backward=_ref_backward,
+        saved_shapes=lambda u, A, z: [],
+    )
+)

@@ -1,0 +1,1 @@
+"""Fast compiled CPU selective scan (work in progress)."""
