@@ -300,22 +300,9 @@ def _ref_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, save):
 
 
 def _ref_backward(grad_out, u, delta, A, B, C, D, z, delta_bias, delta_softplus, saved):
-    """Autograd of the reference loop, recomputed (the reference favours clarity over memory)."""
-    inputs = [u, delta, A, B, C, D, z, delta_bias]
-    detached = [t.detach().requires_grad_(True) if t is not None else None for t in inputs]
-    with torch.enable_grad():
-        out = scan_ref.selective_scan_ref(*detached, delta_softplus)
-        leaves = [t for t in detached if t is not None]
-        grads = torch.autograd.grad(out, leaves, grad_out, allow_unused=True)
-    it = iter(grads)
-    result = []
-    for t in detached:
-        if t is None:
-            result.append(None)
-        else:
-            g = next(it)
-            result.append(torch.zeros_like(t) if g is None else g)
-    return result
+    return scan_ref.selective_scan_ref_bwd(
+        grad_out, u, delta, A, B, C, D, z, delta_bias, delta_softplus
+    )
 
 
 register_backend(
