@@ -1,0 +1,125 @@
+"""What a result row needs to say about where it was measured: device name, software versions,
+git sha, threads, load. ``machine_slug`` names the default results folder, ``results/<machine>/``.
+
+Nothing here initialises CUDA: GPU names come from NVML when it loads, so the sweep's parent
+process never holds a CUDA context that would skew the children's memory figures.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import re
+import socket
+import subprocess
+from pathlib import Path
+
+
+@functools.cache
+def cpu_model() -> str:
+    """The CPU's marketing name ("AMD EPYC 7B13"), from /proc/cpuinfo where there is one."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on (the affinity mask, not the host's total)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def gpu_name(index: int = 0) -> str | None:
+    """The name of GPU ``index`` without creating a CUDA context (NVML first, torch second)."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(index))
+        finally:
+            pynvml.nvmlShutdown()
+        return name.decode() if isinstance(name, bytes) else str(name)
+    except Exception:
+        pass
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(index)
+    except Exception:
+        pass
+    return None
+
+
+def device_name(device: str) -> str:
+    """Human name of the device a measurement ran on."""
+    kind = device.split(":")[0]
+    if kind == "cuda":
+        index = int(device.split(":")[1]) if ":" in device else 0
+        return gpu_name(index) or "cuda"
+    if kind == "meta":
+        return "meta (no compute)"
+    return cpu_model()
+
+
+def slugify(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
+
+
+def machine_slug(device: str = "cpu") -> str:
+    """Folder name for this machine's results: ``amd-epyc-2c`` on a 2-core EPYC,
+    ``nvidia-h100-80gb-hbm3`` on an H100."""
+    if device.split(":")[0] == "cuda":
+        name = gpu_name(int(device.split(":")[1]) if ":" in device else 0)
+        if name:
+            return slugify(name)
+    name = re.sub(r"\b\d+-core processor\b", "", cpu_model(), flags=re.IGNORECASE)
+    return f"{slugify(name)}-{cpu_count()}c"
+
+
+@functools.cache
+def git_sha() -> str:
+    """Commit of the dimbench checkout in use ("" for an installed copy without git)."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def load_average() -> float | None:
+    """The 1-minute load average: tells a reader whether the machine was busy."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def run_metadata(device: str) -> dict:
+    """Columns every row carries. Call it in the process that measures (it reads torch)."""
+    import torch
+
+    return {
+        "device_name": device_name(device),
+        "torch_version": torch.__version__,
+        "cuda_version": torch.version.cuda or "",
+        "git_sha": git_sha(),
+        "threads": torch.get_num_threads(),
+        "cpu_model": cpu_model(),
+        "hostname": socket.gethostname(),
+        "load_avg_1m": load_average(),
+    }

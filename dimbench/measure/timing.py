@@ -1,0 +1,140 @@
+"""Latency of a callable: warm-up first, then timed repeats; median and IQR, raw samples kept.
+
+On CUDA every repeat is bracketed by CUDA events (the GPU's own clock, no host jitter) and
+synchronised; on the CPU ``time.perf_counter`` brackets it. A time budget stops the repeats
+early on slow configurations (a 1536-px forward on a 2-core CPU takes many seconds) while
+keeping at least ``min_repeats`` samples, so a sweep's length stays bounded.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class Timing:
+    """Samples in milliseconds and their summary."""
+
+    samples_ms: list[float]
+    warmup_ms: list[float] = field(default_factory=list)
+    clock: str = "perf_counter"  # or "cuda_events"
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.samples_ms)
+
+    @property
+    def q1_ms(self) -> float:
+        return quantile(self.samples_ms, 0.25)
+
+    @property
+    def q3_ms(self) -> float:
+        return quantile(self.samples_ms, 0.75)
+
+    @property
+    def iqr_ms(self) -> float:
+        """Interquartile range; 0 for a single sample (no spread was observed)."""
+        return self.q3_ms - self.q1_ms
+
+    @property
+    def min_ms(self) -> float:
+        return min(self.samples_ms)
+
+    def summary(self) -> dict:
+        return {
+            "median_ms": self.median_ms,
+            "iqr_ms": self.iqr_ms,
+            "q1_ms": self.q1_ms,
+            "q3_ms": self.q3_ms,
+            "min_ms": self.min_ms,
+            "repeats": len(self.samples_ms),
+        }
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), **self.summary()}
+
+
+def quantile(samples: list[float], q: float) -> float:
+    """Linear-interpolation quantile (numpy's default), with no numpy import."""
+    if not samples:
+        raise ValueError("no samples")
+    xs = sorted(samples)
+    pos = (len(xs) - 1) * q
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+class _WallClock:
+    name = "perf_counter"
+
+    def time(self, fn: Callable[[], object]) -> float:
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e3
+
+
+class _CudaEventClock:
+    name = "cuda_events"
+
+    def __init__(self, device):
+        import torch
+
+        self._torch = torch
+        self._device = device
+
+    def time(self, fn: Callable[[], object]) -> float:
+        torch = self._torch
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize(self._device)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+
+
+def make_clock(device: str = "cpu"):
+    """CUDA events for a CUDA device, ``perf_counter`` otherwise."""
+    if str(device).startswith("cuda"):
+        return _CudaEventClock(device)
+    return _WallClock()
+
+
+def time_fn(
+    fn: Callable[[], object],
+    *,
+    device: str = "cpu",
+    warmup: int = 1,
+    repeats: int = 3,
+    budget_s: float | None = None,
+    min_repeats: int = 1,
+    clock=None,
+) -> Timing:
+    """Call ``fn`` ``warmup`` times untimed-for-the-result, then up to ``repeats`` timed times.
+
+    ``budget_s`` bounds the time spent in timed repeats: once the samples so far sum past it,
+    the loop stops (never before ``min_repeats`` samples). Warm-up calls are timed as well and
+    kept in ``warmup_ms``, since the first call's cost (allocation, kernel selection) is a
+    figure of its own.
+    """
+    if repeats < 1:
+        raise ValueError("repeats must be >= 1")
+    clock = clock or make_clock(device)
+    warm = [clock.time(fn) for _ in range(max(0, warmup))]
+    samples: list[float] = []
+    spent_ms = 0.0
+    for i in range(repeats):
+        # Predict whether one more call fits the budget from the median so far.
+        if budget_s is not None and i >= min_repeats:
+            expected = statistics.median(samples)
+            if spent_ms + expected > budget_s * 1e3:
+                break
+        ms = clock.time(fn)
+        samples.append(ms)
+        spent_ms += ms
+    return Timing(samples_ms=samples, warmup_ms=warm, clock=clock.name)

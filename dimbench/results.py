@@ -1,0 +1,218 @@
+"""Result rows and the CSV store.
+
+One row per measurement, long format, one CSV per suite in a results folder
+(``results/<machine>/throughput.csv``, ``memory.csv``, ``flops.csv``). Rows are appended as each
+measurement finishes, so an interrupted sweep loses nothing; a rerun into the same folder skips
+the configurations already measured. The raw samples of each row (every latency, telemetry
+samples) go to ``<suite>.samples.jsonl`` beside the CSV, one JSON object per line, keyed like
+the row.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+# name -> meaning. The order is the CSV's column order.
+COLUMNS: dict[str, str] = {
+    "suite": "throughput | memory | flops",
+    "model": "registry name, e.g. DiM-H/2",
+    "family": "dim | dit | uvit",
+    "image_size": "image side in pixels (latents are image_size/8)",
+    "tokens": "image patch tokens: (image_size / 8 / patch_size)^2",
+    "batch_size": "images per forward pass",
+    "device": "cpu | cuda | cuda:N | meta (FLOP counting, nothing allocated)",
+    "device_name": "CPU or GPU model",
+    "dtype": "fp32 | bf16 | fp16 (bf16/fp16: torch.autocast, fp32 weights)",
+    "mode": "forward (inference) | train (forward + MSE loss + backward + AdamW step)",
+    "scan_backend": "selective-scan backend used (DiM); '-' for a model without a scan",
+    "attn_backend": "attention backend used (DiT/U-ViT); '-' for a model without attention",
+    "imgs_per_s": "batch_size / median latency",
+    "latency_ms": "median latency of one forward (or train step) over the timed repeats",
+    "latency_iqr_ms": "interquartile range of those latencies (0 with a single repeat)",
+    "repeats": "timed repeats behind the median (after warm-up)",
+    "sample_steps": "sampler steps assumed for sample_latency_s",
+    "sample_latency_s": "one guided sampling run: sample_steps x 2 (CFG) x latency_ms / 1000",
+    "peak_mem_mb": "GPU: max_memory_allocated; CPU: peak RSS above the process's idle level",
+    "peak_mem_reserved_mb": "GPU: max_memory_reserved (caching allocator); empty on CPU",
+    "gmacs": "multiply-accumulates per forward (or train step) of the batch, in 1e9",
+    "gflops": "2 x gmacs (torch.utils.flop_counter convention)",
+    "params_m": "parameters in millions",
+    "status": "ok | oom | timeout | error",
+    "error": "one line: why a row is not ok",
+    "gpu_power_w": "mean board power over the timed region (NVML)",
+    "gpu_power_max_w": "max board power over the timed region (NVML)",
+    "gpu_util_pct": "mean GPU utilisation over the timed region (NVML)",
+    "gpu_sm_clock_mhz": "mean SM clock over the timed region (NVML)",
+    "gpu_temp_c": "max GPU temperature over the timed region (NVML)",
+    "energy_j_per_img": "energy of the timed region / images processed (NVML energy counter)",
+    "cpu_util_pct": "this process's CPU use over the timed region, % of one core",
+    "system_cpu_pct": "the whole machine's CPU use over the timed region, % of all cores",
+    "load_avg_1m": "1-minute load average when the measurement started",
+    "threads": "torch.get_num_threads() in the measuring process",
+    "git_sha": "dimbench commit",
+    "torch_version": "torch.__version__",
+    "cuda_version": "torch.version.cuda (the build's CUDA)",
+    "cpu_model": "CPU model of the host",
+    "hostname": "host that measured",
+    "wall_s": "seconds the whole measurement took (process start to result)",
+    "timestamp": "UTC time the row was written (ISO 8601)",
+}
+METRIC_COLUMNS = (
+    "imgs_per_s",
+    "latency_ms",
+    "latency_iqr_ms",
+    "sample_latency_s",
+    "peak_mem_mb",
+    "peak_mem_reserved_mb",
+    "gmacs",
+    "gflops",
+    "params_m",
+)
+# What identifies a measurement: a rerun with the same key is the same measurement.
+KEY_COLUMNS = (
+    "suite",
+    "model",
+    "image_size",
+    "batch_size",
+    "device",
+    "dtype",
+    "mode",
+    "scan_backend",
+    "attn_backend",
+)
+STATUSES = ("ok", "oom", "timeout", "error")
+# Rows that a rerun does not repeat; timeouts and errors are retried unless asked not to.
+FINAL_STATUSES = frozenset({"ok", "oom"})
+
+
+def utc_timestamp() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def make_row(**fields) -> dict:
+    """A full row: every column present (missing ones empty), unknown names refused."""
+    unknown = set(fields) - set(COLUMNS)
+    if unknown:
+        raise KeyError(f"unknown result columns: {', '.join(sorted(unknown))}")
+    if fields.get("status") not in STATUSES:
+        raise ValueError(f"status must be one of {STATUSES}, got {fields.get('status')!r}")
+    row = {name: fields.get(name) for name in COLUMNS}
+    row["timestamp"] = row["timestamp"] or utc_timestamp()
+    return row
+
+
+def _key_part(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def row_key(row: dict) -> tuple[str, ...]:
+    """The identity of a row, as strings so CSV-read and fresh rows compare equal."""
+    return tuple(_key_part(row.get(c)) for c in KEY_COLUMNS)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return ""
+        return f"{value:.6g}"
+    return str(value).replace("\n", " ")
+
+
+class ResultStore:
+    """The CSV (and raw-sample JSONL) of one suite in one results folder."""
+
+    def __init__(self, out_dir: str | Path, suite: str):
+        self.out_dir = Path(out_dir)
+        self.suite = suite
+        self.csv_path = self.out_dir / f"{suite}.csv"
+        self.samples_path = self.out_dir / f"{suite}.samples.jsonl"
+
+    def rows(self) -> list[dict]:
+        """Every row in the CSV, in file order, as strings ("" for empty)."""
+        if not self.csv_path.exists():
+            return []
+        with self.csv_path.open(newline="") as f:
+            return list(csv.DictReader(f))
+
+    def done_keys(self, retry_failed: bool = True) -> set[tuple[str, ...]]:
+        """Keys a rerun should skip: rows with a final status (ok, oom), plus timeouts and
+        errors when ``retry_failed`` is False. The last row of a key decides."""
+        latest: dict[tuple[str, ...], str] = {}
+        for row in self.rows():
+            latest[row_key(row)] = row.get("status", "")
+        final = FINAL_STATUSES if retry_failed else frozenset(STATUSES)
+        return {k for k, status in latest.items() if status in final}
+
+    def append(self, row: dict, raw: dict | None = None) -> None:
+        """Append one row (and its raw samples); the file is created with a header if new."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        header = self._header()
+        new_file = header is None
+        if not new_file and header != list(COLUMNS):
+            self._rewrite_with_current_columns()
+        with self.csv_path.open("a", newline="") as f:
+            writer = csv.writer(f)
+            if new_file:
+                writer.writerow(COLUMNS)
+            writer.writerow([_cell(row.get(c)) for c in COLUMNS])
+        if raw is not None:
+            record = {c: row.get(c) for c in KEY_COLUMNS}
+            record.update(status=row.get("status"), timestamp=row.get("timestamp"), **raw)
+            with self.samples_path.open("a") as f:
+                f.write(json.dumps(record, default=_json_default) + "\n")
+
+    def _header(self) -> list[str] | None:
+        if not self.csv_path.exists() or self.csv_path.stat().st_size == 0:
+            return None
+        with self.csv_path.open(newline="") as f:
+            return next(csv.reader(f), None)
+
+    def _rewrite_with_current_columns(self) -> None:
+        """An older CSV with other columns: rewrite it in today's layout, keeping its values."""
+        old = self.rows()
+        tmp = self.csv_path.with_suffix(".csv.tmp")
+        with tmp.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(COLUMNS)
+            for r in old:
+                writer.writerow([r.get(c, "") or "" for c in COLUMNS])
+        tmp.replace(self.csv_path)
+
+
+def _json_default(obj):
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)
+
+
+def load_results(paths: Iterable[str | Path] | str | Path):
+    """All result rows from CSV files or folders of them as one DataFrame, the latest row per
+    key (a rerun's row replaces the earlier one). Numeric columns come back as numbers."""
+    import pandas as pd
+
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    files: list[Path] = []
+    for p in map(Path, paths):
+        files += sorted(p.glob("*.csv")) if p.is_dir() else [p]
+    frames = [pd.read_csv(f, dtype={"git_sha": str}) for f in files if f.stat().st_size]
+    if not frames:
+        return pd.DataFrame(columns=list(COLUMNS))
+    df = pd.concat(frames, ignore_index=True)
+    for c in COLUMNS:
+        if c not in df.columns:
+            df[c] = None
+    keys = df[list(KEY_COLUMNS)].astype(str)
+    df = df.loc[~keys.duplicated(keep="last")].reset_index(drop=True)
+    return df
