@@ -125,7 +125,7 @@ def _cell(value) -> str:
     if isinstance(value, float):
         if math.isnan(value):
             return ""
-        return f"{value:.6g}"
+        return f"{value:.7g}"
     return str(value).replace("\n", " ")
 
 

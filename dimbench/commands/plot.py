@@ -1,0 +1,43 @@
+"""`dimbench plot DIR`: the scaling figure and summary from a results folder's CSVs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def plot(
+    results_dir: Path = typer.Argument(
+        ..., help="A results folder with throughput/memory/flops CSVs", show_default=False
+    ),
+    fmt: list[str] = typer.Option(["png", "svg"], "--format", help="Figure formats"),
+) -> None:
+    """Plot throughput, peak memory and GFLOPs against resolution (log axes, one line per
+    model, OOM/timeout marked) and DiM's throughput over each baseline's.
+
+    Writes scaling.png / scaling.svg (one pair per device/dtype/mode/batch group) and
+    summary.md (where DiM overtakes each baseline) beside the CSVs.
+    """
+    from dimbench.errors import UsageError
+
+    if not results_dir.is_dir():
+        raise UsageError(f"{results_dir} is not a folder")
+    if not any(results_dir.glob("*.csv")):
+        raise UsageError(f"no result CSVs in {results_dir}; run `dimbench run SUITE` first")
+    for f in fmt:
+        if f not in ("png", "svg", "pdf"):
+            raise UsageError(f"unknown figure format {f!r}; valid: png, svg, pdf")
+    from dimbench.plots import plot_scaling
+
+    out = plot_scaling(results_dir, formats=tuple(fmt))
+    for path in out["figures"]:
+        typer.echo(f"wrote {path}")
+    typer.echo(f"wrote {results_dir / 'summary.md'}")
+    for label, items in out["crossovers"].items():
+        for c in items:
+            typer.echo(f"[{label}] {c.sentence()}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("plot")(plot)

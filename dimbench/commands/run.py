@@ -1,0 +1,122 @@
+"""`dimbench run SUITE`: sweep throughput, memory or FLOPs against resolution."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+SUITES_HELP = "throughput | memory | flops"
+
+
+def run(
+    suite: str = typer.Argument(..., help=SUITES_HELP, show_default=False),
+    res: list[int] = typer.Option(
+        None, "--res", help="Image sizes in px, e.g. --res 256 512 1024 1536 [256 512 1024 1536]"
+    ),
+    models: list[str] = typer.Option(
+        None,
+        "--models",
+        help="Registry names, e.g. --models DiM-S/2 DiT-S/2 (see `dimbench models`). "
+        "Default: DiM-S/2 DiT-S/2 U-ViT-S/2 on CPU, DiM-H/2 DiT-XL/2 U-ViT-H/2 on a GPU; "
+        "flops: DiM-L/2 DiM-H/2 DiT-XL/2 U-ViT-H/2",
+    ),
+    batch_size: list[int] = typer.Option([1], "--batch-size", help="Batch size (repeatable)"),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N"),
+    dtype: list[str] = typer.Option(
+        ["fp32"], "--dtype", help="fp32 | bf16 | fp16 (autocast; repeatable)"
+    ),
+    mode: list[str] = typer.Option(
+        ["forward"], "--mode", help="forward | train (forward + backward + AdamW step)"
+    ),
+    warmup: int = typer.Option(None, "--warmup", help="Untimed warm-up steps [CPU 1, GPU 3]"),
+    repeats: int = typer.Option(None, "--repeats", help="Timed repeats at most [CPU 3, GPU 20]"),
+    budget: float = typer.Option(
+        None,
+        "--budget",
+        help="Seconds of timed repeats per configuration before stopping early (at least 2 "
+        "repeats are kept) [CPU 20, GPU 10]",
+    ),
+    timeout: float = typer.Option(
+        300.0, "--timeout", help="Seconds per configuration before its process is killed"
+    ),
+    scan_backend: str = typer.Option(
+        "auto", "--scan-backend", help="Selective scan for DiM (see `dimbench backends`)"
+    ),
+    attn_backend: str = typer.Option(
+        "auto", "--attn-backend", help="Attention for DiT/U-ViT: sdpa | math | flash_attn"
+    ),
+    threads: int = typer.Option(None, "--threads", help="torch threads [torch's default]"),
+    sample_steps: int = typer.Option(
+        50, "--sample-steps", help="Sampler steps for the derived sampling-run latency"
+    ),
+    retry_failed: bool = typer.Option(
+        True,
+        "--retry-failed/--skip-failed",
+        help="On a rerun, measure timeouts and errors again (ok and oom rows are always kept)",
+    ),
+    out: Path = typer.Option(
+        None, "--out", help="Results folder [results/<machine>/]", show_default=False
+    ),
+) -> None:
+    """Measure SUITE for every (model, resolution, batch, dtype, mode), each in its own process.
+
+    Rows are appended to OUT/SUITE.csv as they finish (raw samples to OUT/SUITE.samples.jsonl);
+    a rerun with the same --out skips what is already there. OOM, timeout and crashes are rows.
+
+    Example: dimbench run throughput --res 256 512 1024 1536
+    """
+    from rich.console import Console
+
+    from dimbench.errors import UsageError
+    from dimbench.measure.metadata import machine_slug
+    from dimbench.suites import get_suite
+    from dimbench.suites.runner import run_sweep, summary_table
+    from dimbench.suites.spec import DEFAULT_RESOLUTIONS, Sweep, check_device
+
+    the_suite = get_suite(suite)
+    check_device(device)
+    on_gpu = device.startswith("cuda")
+    chosen = list(models) if models else list(the_suite.default_models(device))
+    if not models:
+        from dimbench.registry import list_models
+
+        registered = set(list_models())
+        missing = [m for m in chosen if m not in registered]
+        chosen = [m for m in chosen if m in registered]
+        if not chosen:
+            raise UsageError(
+                f"none of the default models ({', '.join(missing)}) is registered; "
+                "name some with --models"
+            )
+        if missing:
+            Console(stderr=True).print(f"[yellow]not registered, skipped: {', '.join(missing)}")
+    sweep = Sweep(
+        suite=the_suite,
+        models=chosen,
+        resolutions=list(res) if res else list(DEFAULT_RESOLUTIONS),
+        batch_sizes=list(batch_size),
+        dtypes=list(dtype),
+        modes=list(mode),
+        device=device,
+        scan_backend=scan_backend,
+        attn_backend=attn_backend,
+        warmup=warmup if warmup is not None else (3 if on_gpu else 1),
+        repeats=repeats if repeats is not None else (20 if on_gpu else 3),
+        budget_s=budget if budget is not None else (10.0 if on_gpu else 20.0),
+        timeout_s=timeout,
+        sample_steps=sample_steps,
+        threads=threads,
+    )
+    sweep.validate()
+    out_dir = out if out is not None else Path("results") / machine_slug(device)
+    df = run_sweep(sweep, out_dir, retry_failed=retry_failed)
+    console = Console()
+    if not console.is_terminal:  # a log file: wide enough for the whole table
+        console = Console(width=160)
+    console.print(summary_table(the_suite, df))
+    console.print(f"rows in {out_dir / (the_suite.name + '.csv')}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run)

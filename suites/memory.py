@@ -1,0 +1,46 @@
+"""Memory suite: peak memory of one configuration.
+
+GPU: ``max_memory_allocated`` and ``max_memory_reserved`` from the start of the model build to
+the end of the last step. CPU: peak RSS above the measuring process's idle level (torch
+imported, no model yet), over the same span. A forward pass is run once; a train step twice,
+so the second step carries the optimizer state the first one created (its steady state).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from dimbench.suites.spec import Config, Suite
+
+STEPS = {"forward": 1, "train": 2}
+
+
+def measure(cfg: Config) -> dict:
+    import torch
+    from dimbench.suites.workload import build_workload, warm_up_runtime
+
+    from dimbench.measure.memory import PeakMemory
+
+    warm_up_runtime(cfg.device)
+    with PeakMemory(cfg.device, sample_interval_s=0.002) as mem:
+        work = build_workload(cfg)
+        for _ in range(STEPS[cfg.mode]):
+            work.step()
+        if cfg.device.startswith("cuda"):
+            torch.cuda.synchronize(cfg.device)
+    metrics = {
+        "peak_mem_mb": mem.result.peak_mb,
+        "peak_mem_reserved_mb": mem.result.reserved_mb,
+        "params_m": work.params_m,
+    }
+    return {"metrics": metrics, "raw": {"memory": dataclasses.asdict(mem.result)}}
+
+
+SUITE = Suite(
+    name="memory",
+    help="peak memory (GPU: allocated and reserved; CPU: peak RSS above idle)",
+    measure=measure,
+    metric="peak_mem_mb",
+    ylabel="peak memory (MB)",
+    higher_is_better=False,
+)

@@ -1,0 +1,281 @@
+"""Runs a sweep: one process per configuration with a timeout, one CSV row per configuration as
+it finishes, a live progress display and a summary table at the end.
+
+An out-of-memory error, a timeout or a crash becomes a row with that status and the sweep goes
+on. Configurations whose rows are already in the results folder are skipped (see
+``ResultStore.done_keys``), so an interrupted sweep resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from dimbench.suites.spec import Config, Suite, Sweep, model_info
+
+from dimbench.results import ResultStore, load_results, make_row, row_key
+
+WORKER = "dimbench.suites.worker"
+STDERR_TAIL = 4000  # bytes of a dead worker's stderr kept to explain it
+
+
+def run_isolated(cfg: Config) -> dict:
+    """Run ``cfg`` in a fresh ``python -m dimbench.suites.worker`` process; always returns a
+    result dict (status ok / oom / timeout / error)."""
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="dimbench-") as tmp:
+        cfg_path, out_path, err_path = (Path(tmp) / n for n in ("cfg.json", "out.json", "err"))
+        cfg_path.write_text(json.dumps(cfg.to_dict()))
+        with err_path.open("wb") as err:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", WORKER, str(cfg_path), str(out_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                start_new_session=True,  # its own process group: a timeout kills all of it
+            )
+            timed_out = False
+            try:
+                proc.wait(timeout=cfg.timeout_s)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+            finally:  # also on Ctrl-C / SIGTERM: never leave a worker running
+                if proc.poll() is None:
+                    _kill_group(proc)
+        wall = time.perf_counter() - t0
+        if out_path.exists():
+            result = json.loads(out_path.read_text())
+        elif timed_out:
+            result = {"status": "timeout", "error": f"no result after {cfg.timeout_s:g} s"}
+        else:
+            status, error = _classify_death(proc.returncode, _tail(err_path))
+            result = {"status": status, "error": error}
+    result["wall_s"] = wall
+    return result
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def _tail(path: Path) -> str:
+    data = path.read_bytes()[-STDERR_TAIL:].decode(errors="replace")
+    lines = [ln.strip() for ln in data.splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+def _classify_death(returncode: int, last_line: str) -> tuple[str, str]:
+    """A worker that exited without a result: SIGKILL from outside is almost always the
+    kernel's OOM killer; anything else is a crash."""
+    if returncode == -signal.SIGKILL:
+        return "oom", "killed by SIGKILL (the kernel's OOM killer, most likely)"
+    if returncode < 0:
+        name = signal.Signals(-returncode).name
+        return "error", f"worker died of {name}" + (f": {last_line}" if last_line else "")
+    return "error", f"worker exited with code {returncode}" + (
+        f": {last_line}" if last_line else ""
+    )
+
+
+def run_inline(cfg: Config, suite: Suite) -> dict:
+    """Run an instant, allocation-free measurement (FLOP counting) in this process."""
+    from dimbench.suites.worker import one_line
+
+    from dimbench.measure.metadata import run_metadata
+
+    t0 = time.perf_counter()
+    result: dict = {"status": "ok", "error": None, "metrics": {}, "raw": None}
+    try:
+        result.update(suite.measure(cfg))
+    except Exception as exc:
+        result.update(status="error", error=one_line(exc))
+    result["meta"] = run_metadata(cfg.device)
+    result["wall_s"] = time.perf_counter() - t0
+    return result
+
+
+def result_row(cfg: Config, result: dict) -> dict:
+    """The CSV row for ``cfg`` from a worker's result (or from its death)."""
+    from dimbench.measure.metadata import run_metadata
+
+    meta = result.get("meta") or run_metadata(cfg.device)
+    if result.get("status") != "ok" and cfg.threads:
+        meta["threads"] = cfg.threads
+    try:
+        info = model_info(cfg.model)
+        family, tokens, params_m = info.family, info.tokens(cfg.image_size), info.params_m
+    except Exception:
+        family, tokens, params_m = None, None, None
+    metrics = dict(result.get("metrics") or {})
+    metrics.setdefault("params_m", params_m)
+    return make_row(
+        **cfg.key_fields(),
+        family=family,
+        tokens=tokens,
+        status=result.get("status", "error"),
+        error=result.get("error"),
+        wall_s=result.get("wall_s"),
+        **metrics,
+        **meta,
+    )
+
+
+def run_sweep(
+    sweep: Sweep,
+    out_dir: str | Path,
+    *,
+    retry_failed: bool = True,
+    console=None,
+    show_progress: bool = True,
+):
+    """Measure every configuration of ``sweep`` not already in ``out_dir`` and return the
+    sweep's rows (new and earlier) as a DataFrame."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    console = console or Console(stderr=True)
+    store = ResultStore(out_dir, sweep.suite.name)
+    configs = sweep.configs()
+    done = store.done_keys(retry_failed=retry_failed)
+    todo = [c for c in configs if row_key(c.key_fields()) not in done]
+    if len(todo) < len(configs):
+        console.print(
+            f"[dim]{len(configs) - len(todo)} of {len(configs)} configurations already in "
+            f"{store.csv_path}; skipping them[/dim]"
+        )
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.fields[suite]}[/bold] {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not show_progress,
+        transient=True,
+    )
+    with progress, _terminate_as_interrupt():
+        task = progress.add_task("", total=len(todo), suite=sweep.suite.name)
+        for cfg in todo:
+            progress.update(task, description=cfg.label())
+            if sweep.suite.isolated:
+                result = run_isolated(cfg)
+            else:
+                result = run_inline(cfg, sweep.suite)
+            row = result_row(cfg, result)
+            store.append(row, raw=result.get("raw"))
+            console.print(_row_line(sweep.suite, row))
+            progress.advance(task)
+    keys = {row_key(c.key_fields()) for c in configs}
+    df = load_results(store.csv_path)
+    if df.empty:
+        return df
+    mask = [row_key(r) in keys for r in df.to_dict("records")]
+    return df.loc[mask].reset_index(drop=True)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM raises KeyboardInterrupt while a sweep runs, so the running worker is killed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _fmt(value, spec: str) -> str:
+    if value is None or value == "" or (isinstance(value, float) and value != value):
+        return "-"
+    v = float(value)
+    return f"{v:,.0f}" if abs(v) >= 10_000 else format(v, spec)
+
+
+def _row_line(suite: Suite, row: dict) -> str:
+    head = f"{row['model']:>10} {row['image_size']:>5}px b{row['batch_size']} {row['dtype']}"
+    status = row["status"]
+    if status != "ok":
+        colour = "yellow" if status in ("oom", "timeout") else "red"
+        return f"{head}  [{colour}]{status}[/{colour}] {row.get('error') or ''}"
+    if suite.name == "throughput":
+        return (
+            f"{head}  {_fmt(row['imgs_per_s'], '.3g')} img/s  "
+            f"{_fmt(row['latency_ms'], '.1f')} ms (IQR {_fmt(row['latency_iqr_ms'], '.1f')}, "
+            f"n={row['repeats']})  peak {_fmt(row['peak_mem_mb'], '.0f')} MB"
+        )
+    if suite.name == "memory":
+        return f"{head}  peak {_fmt(row['peak_mem_mb'], '.0f')} MB"
+    return f"{head}  {_fmt(row['gflops'], '.4g')} GFLOPs  {_fmt(row['params_m'], '.1f')} M params"
+
+
+SUMMARY_COLUMNS = {
+    "throughput": [
+        ("imgs_per_s", "img/s", ".3g"),
+        ("latency_ms", "latency ms", ".1f"),
+        ("latency_iqr_ms", "IQR ms", ".1f"),
+        ("sample_latency_s", "50-step CFG run s", ".1f"),
+        ("peak_mem_mb", "peak MB", ".0f"),
+    ],
+    "memory": [("peak_mem_mb", "peak MB", ".0f"), ("peak_mem_reserved_mb", "reserved MB", ".0f")],
+    "flops": [
+        ("gmacs", "GMACs", ".4g"),
+        ("gflops", "GFLOPs", ".4g"),
+        ("params_m", "params M", ".1f"),
+    ],
+}
+
+
+def summary_table(suite: Suite, df):
+    """A rich Table of a sweep's rows; key columns that are the same in every row move to the
+    caption."""
+    from rich.table import Table
+
+    records = df.to_dict("records")
+    for r in records:
+        backends = [str(b) for b in (r["scan_backend"], r["attn_backend"])]
+        r["backend"] = next((b for b in backends if b not in ("-", "", "None", "nan")), "-")
+    keys = [("model", "model"), ("image_size", "res"), ("batch_size", "batch"), ("dtype", "dtype")]
+    keys += [("mode", "mode"), ("backend", "backend")]
+    varying = [(k, label) for k, label in keys if len({str(r[k]) for r in records}) > 1]
+    fixed = [f"{label} {records[0][k]}" for k, label in keys if (k, label) not in varying]
+    if records and ("model", "model") not in varying:
+        varying.insert(0, ("model", "model"))
+        fixed = [f for f in fixed if not f.startswith("model ")]
+    caption = ", ".join(fixed) if records and fixed else None
+    table = Table(title=f"dimbench {suite.name}", title_justify="left", caption=caption)
+    for k, label in varying:
+        table.add_column(label, justify="right" if k in ("image_size", "batch_size") else "left")
+    for _, label, _ in SUMMARY_COLUMNS[suite.name]:
+        table.add_column(label, justify="right")
+    table.add_column("status")
+    for r in records:
+        cells = [_fmt(r.get(col), spec) for col, _, spec in SUMMARY_COLUMNS[suite.name]]
+        status = r["status"]
+        style = {"ok": "green", "oom": "yellow", "timeout": "yellow"}.get(status, "red")
+        table.add_row(*(str(r[k]) for k, _ in varying), *cells, f"[{style}]{status}[/{style}]")
+    return table

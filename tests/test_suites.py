@@ -1,0 +1,424 @@
+"""Suites and their machinery: timing, memory, telemetry, metadata, sweep validation, the
+per-configuration worker process, resume, and the `dimbench run` command. Tiny models only."""
+
+from __future__ import annotations
+
+import json
+import signal
+import types
+
+import pytest
+import torch
+from dimbench.suites import get_suite
+from dimbench.suites.spec import Config, Sweep
+
+from dimbench.errors import UsageError
+from dimbench.measure.memory import PeakMemory
+from dimbench.measure.metadata import machine_slug, run_metadata, slugify
+from dimbench.measure.telemetry import CpuTelemetry, GpuTelemetry
+from dimbench.measure.timing import Timing, make_clock, quantile, time_fn
+
+# ----------------------------------------------------------------------------- timing
+
+
+def test_quantiles_match_numpy():
+    import numpy as np
+
+    xs = [5.0, 1.0, 3.0, 10.0, 7.0, 2.0]
+    for q in (0.0, 0.25, 0.5, 0.75, 1.0):
+        assert quantile(xs, q) == pytest.approx(np.quantile(xs, q))
+    t = Timing(samples_ms=xs)
+    assert t.median_ms == pytest.approx(4.0)
+    assert t.iqr_ms == pytest.approx(np.quantile(xs, 0.75) - np.quantile(xs, 0.25))
+    assert Timing(samples_ms=[3.0]).iqr_ms == 0.0
+
+
+class FakeClock:
+    """Each call 'takes' the next duration; records how often fn ran."""
+
+    name = "fake"
+
+    def __init__(self, durations):
+        self.durations = list(durations)
+        self.calls = 0
+
+    def time(self, fn):
+        fn()
+        self.calls += 1
+        return self.durations.pop(0)
+
+
+def test_time_fn_warmup_repeats_and_budget():
+    ran = []
+    clock = FakeClock([100.0, 10.0, 11.0, 12.0, 13.0])
+    t = time_fn(lambda: ran.append(1), warmup=1, repeats=4, clock=clock)
+    assert t.warmup_ms == [100.0] and t.samples_ms == [10.0, 11.0, 12.0, 13.0]
+    assert len(ran) == 5
+
+    # 1 s budget, 600 ms per call: the second call is kept (min_repeats), no third
+    clock = FakeClock([600.0] * 10)
+    t = time_fn(lambda: None, warmup=0, repeats=10, budget_s=1.0, min_repeats=2, clock=clock)
+    assert t.samples_ms == [600.0, 600.0] and clock.calls == 2
+
+    # fast calls fill the repeats
+    clock = FakeClock([1.0] * 10)
+    t = time_fn(lambda: None, warmup=0, repeats=5, budget_s=1.0, clock=clock)
+    assert len(t.samples_ms) == 5
+
+
+def test_wall_clock_measures_time():
+    import time
+
+    t = time_fn(lambda: time.sleep(0.02), warmup=0, repeats=2, device="cpu")
+    assert t.clock == "perf_counter" and 15 < t.median_ms < 500
+
+
+def test_cuda_event_clock_synchronises_and_uses_events(monkeypatch):
+    """The CUDA clock without a GPU: torch.cuda.Event and synchronize mocked."""
+    log = []
+
+    class Event:
+        def __init__(self, enable_timing=False):
+            assert enable_timing
+            self.t = None
+
+        def record(self):
+            log.append("record")
+            self.t = len(log)
+
+        def synchronize(self):
+            log.append("event_sync")
+
+        def elapsed_time(self, other):
+            return 2.5 * (other.t - self.t)
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: log.append("sync"))
+    clock = make_clock("cuda:0")
+    assert clock.name == "cuda_events"
+    ms = clock.time(lambda: log.append("work"))
+    assert log == ["sync", "record", "work", "record", "event_sync"]
+    assert ms == pytest.approx(2.5 * 2)
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def test_cpu_peak_memory_sees_an_allocation():
+    with PeakMemory("cpu", sample_interval_s=0.001) as pm:
+        x = torch.ones(64 * 1024 * 1024 // 4 * 3)  # 192 MB, touched
+        x.add_(1)
+        del x
+    assert pm.result.peak_mb > 150, pm.result
+    assert pm.result.reserved_mb is None and pm.result.idle_mb > 0
+
+
+def test_cuda_peak_memory_reads_allocator_stats(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda d=None: calls.append("sync"))
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda d=None: calls.append("reset"))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda d=None: 3 * 2**20)
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda d=None: 4 * 2**20)
+    with PeakMemory("cuda:0") as pm:
+        calls.append("work")
+    assert calls == ["sync", "reset", "work", "sync"]
+    assert pm.result.peak_mb == 3.0 and pm.result.reserved_mb == 4.0
+
+
+# ----------------------------------------------------------------------------- telemetry
+
+
+def fake_nvml(energy_mj=None, power_mw=200_000):
+    """A stand-in for pynvml: a board drawing 200 W whose energy counter runs 10 J per read."""
+    state = {"energy": energy_mj}
+
+    class Err(Exception):
+        pass
+
+    def energy(h):
+        if state["energy"] is None:
+            raise Err("Not Supported")
+        state["energy"] += 10_000
+        return state["energy"]
+
+    return types.SimpleNamespace(
+        NVML_CLOCK_SM=1,
+        NVML_TEMPERATURE_GPU=0,
+        nvmlInit=lambda: None,
+        nvmlShutdown=lambda: None,
+        nvmlDeviceGetHandleByIndex=lambda i: ("gpu", i),
+        nvmlDeviceGetTotalEnergyConsumption=energy,
+        nvmlDeviceGetPowerUsage=lambda h: power_mw,
+        nvmlDeviceGetUtilizationRates=lambda h: types.SimpleNamespace(gpu=97, memory=40),
+        nvmlDeviceGetClockInfo=lambda h, kind: 1980,
+        nvmlDeviceGetTemperature=lambda h, kind: 61,
+    )
+
+
+def test_gpu_telemetry_energy_counter_and_samples():
+    import time
+
+    with GpuTelemetry("cuda:0", interval_s=0.005, nvml=fake_nvml(energy_mj=1_000_000)) as tel:
+        time.sleep(0.03)
+    s = tel.summary()
+    assert s["energy_j"] == pytest.approx(10.0) and s["energy_source"] == "counter"
+    assert s["gpu_power_w"] == pytest.approx(200.0) and s["gpu_util_pct"] == 97
+    assert s["gpu_sm_clock_mhz"] == 1980 and s["gpu_temp_c"] == 61
+    assert len(tel.samples) >= 3
+
+
+def test_gpu_telemetry_integrates_power_without_counter():
+    import time
+
+    with GpuTelemetry("cuda:0", interval_s=0.005, nvml=fake_nvml(energy_mj=None)) as tel:
+        time.sleep(0.05)
+    energy, source = tel.energy_j()
+    assert source == "power_integral"
+    span = tel.samples[-1].t_s - tel.samples[0].t_s
+    assert energy == pytest.approx(200.0 * span, rel=1e-6)
+
+
+def test_gpu_telemetry_without_nvml_is_not_an_error():
+    def fail():
+        raise RuntimeError("NVML Shared Library Not Found")
+
+    nvml = types.SimpleNamespace(nvmlInit=fail)
+    with GpuTelemetry("cuda:0", nvml=nvml) as tel:
+        pass
+    assert not tel.available and tel.summary() == {} and "Not Found" in tel.error
+    with GpuTelemetry("cuda:0") as tel:  # the real pynvml on a machine with or without a GPU
+        pass
+    assert isinstance(tel.summary(), dict)
+
+
+def test_cpu_telemetry():
+    import time
+
+    with CpuTelemetry() as cpu:
+        t0 = time.process_time()
+        while time.process_time() - t0 < 0.1:  # 100 ms of this process's CPU time
+            pass
+    s = cpu.summary()
+    assert 0 < s["cpu_util_pct"] <= 100 * 64 and 0 <= s["system_cpu_pct"] <= 100
+
+
+# ----------------------------------------------------------------------------- metadata
+
+
+def test_metadata_and_machine_slug():
+    assert slugify("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+    slug = machine_slug("cpu")
+    assert slug == slugify(slug) and slug.endswith("c")
+    meta = run_metadata("cpu")
+    assert meta["threads"] == torch.get_num_threads()
+    assert meta["torch_version"] == torch.__version__ and meta["device_name"]
+
+
+# ----------------------------------------------------------------------------- sweep spec
+
+
+def sweep(**kw) -> Sweep:
+    kw.setdefault("suite", get_suite("throughput"))
+    kw.setdefault("models", ["DiT-T/2"])
+    kw.setdefault("resolutions", [32, 64])
+    return Sweep(**kw)
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(resolutions=[32, 40]), "resolution 40 is not a positive multiple of 16"),
+        (dict(models=["DiT-T/2", "DiM-Z/9"]), "unknown model DiM-Z/9; valid: "),
+        (dict(scan_backend="warp", models=["DiM-T/2"]), "unknown scan backend 'warp'"),
+        (dict(attn_backend="fast"), "unknown attention backend 'fast'"),
+        (dict(dtypes=["fp8"]), "unknown dtype 'fp8'"),
+        (dict(modes=["infer"]), "unknown mode 'infer'"),
+        (dict(models=["DiT-S/4"], resolutions=[48]), "DiT-S/4 needs resolutions divisible by 32"),
+    ],
+)
+def test_sweep_validation(kw, message):
+    with pytest.raises(UsageError, match=message.replace("(", r"\(")):
+        sweep(**kw).validate()
+
+
+def test_unknown_model_lists_the_valid_names():
+    with pytest.raises(UsageError) as e:
+        sweep(models=["Nope/2"]).validate()
+    assert "DiT-T/2" in str(e.value) and "DiM-T/2" in str(e.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
+def test_cuda_without_cuda_is_a_usage_error():
+    with pytest.raises(UsageError, match="CUDA is not available"):
+        sweep(device="cuda").validate()
+
+
+def test_configs_resolve_backends_per_family():
+    s = sweep(models=["DiM-T/2", "DiT-T/2"], dtypes=["fp32", "bf16"], modes=["forward"])
+    s.validate()
+    cfgs = s.configs()
+    assert len(cfgs) == 2 * 2 * 2
+    dim = [c for c in cfgs if c.model == "DiM-T/2"]
+    dit = [c for c in cfgs if c.model == "DiT-T/2"]
+    from dimbench.ops import scan_backends
+
+    assert {c.scan_backend for c in dim} == {scan_backends("cpu")[0]}
+    assert {c.attn_backend for c in dim} == {"-"}
+    assert {c.attn_backend for c in dit} == {"sdpa"} and {c.scan_backend for c in dit} == {"-"}
+    assert [c.image_size for c in dim[:2]] == [32, 64]
+    assert Config.from_dict(json.loads(json.dumps(cfgs[0].to_dict()))) == cfgs[0]
+
+    fl = sweep(suite=get_suite("flops"), dtypes=["fp32", "bf16"]).configs()
+    assert len(fl) == 2 and {c.device for c in fl} == {"meta"}  # dtype does not count
+
+
+def test_unknown_suite():
+    with pytest.raises(UsageError, match="unknown suite 'speed'; valid: throughput"):
+        get_suite("speed")
+
+
+# ----------------------------------------------------------------------------- workloads
+
+
+def test_workloads_forward_train_and_autocast():
+    from dimbench.suites.workload import build_workload
+
+    fwd = build_workload(Config("throughput", "DiT-T/2", 32, batch_size=2, dtype="bf16"))
+    fwd.step()
+    assert fwd.images_per_step == 2 and fwd.params_m > 0
+
+    train = build_workload(Config("throughput", "U-ViT-T/2", 32, mode="train"))
+    before = [p.detach().clone() for p in train.model.parameters()]
+    train.step()
+    changed = sum(
+        not torch.equal(a, p.detach())
+        for a, p in zip(before, train.model.parameters(), strict=True)
+    )
+    assert changed > len(before) // 2  # AdamW moved the weights
+    assert all(p.grad is None for p in train.model.parameters())  # zero_grad(set_to_none)
+
+
+def test_memory_suite_measures_in_process():
+    result = get_suite("memory").measure(Config("memory", "DiT-T/2", 32))
+    m = result["metrics"]
+    assert m["peak_mem_mb"] >= 0 and m["params_m"] > 0 and m["peak_mem_reserved_mb"] is None
+    assert result["raw"]["memory"]["method"] in ("ru_maxrss", "rss_sampling")
+
+
+# ----------------------------------------------------------------------------- worker
+
+
+def test_worker_classifies_oom_and_errors(monkeypatch):
+    from dimbench.suites import worker
+
+    def suite_raising(exc):
+        return types.SimpleNamespace(measure=lambda cfg: (_ for _ in ()).throw(exc))
+
+    cfg = Config("throughput", "DiT-T/2", 32).to_dict()
+    monkeypatch.setattr(
+        "dimbench.suites.get_suite",
+        lambda name: suite_raising(
+            RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried 9 GB")
+        ),
+    )
+    r = worker.run(cfg)
+    assert r["status"] == "oom" and "can't allocate" in r["error"] and r["meta"]["torch_version"]
+    monkeypatch.setattr(
+        "dimbench.suites.get_suite", lambda name: suite_raising(ValueError("bad\nshape"))
+    )
+    r = worker.run(cfg)
+    assert r["status"] == "error" and r["error"] == "ValueError: bad shape"
+
+
+def test_dead_worker_classification():
+    from dimbench.suites.runner import _classify_death
+
+    assert _classify_death(-signal.SIGKILL, "")[0] == "oom"
+    status, error = _classify_death(-signal.SIGSEGV, "Fatal Python error")
+    assert status == "error" and "SIGSEGV" in error and "Fatal" in error
+    assert _classify_death(1, "ImportError: x") == (
+        "error",
+        "worker exited with code 1: ImportError: x",
+    )
+
+
+def test_timeout_is_a_row():
+    from dimbench.suites.runner import result_row, run_isolated
+
+    cfg = Config("throughput", "DiT-T/2", 32, timeout_s=0.3)
+    result = run_isolated(cfg)
+    assert result["status"] == "timeout" and result["wall_s"] < 30
+    row = result_row(cfg, result)
+    assert row["status"] == "timeout" and "0.3 s" in row["error"] and row["family"] == "dit"
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def cli(args: list[str]) -> int:
+    """Run `dimbench ARGS` in this process; its exit code."""
+    from dimbench.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    return e.value.code
+
+
+def test_run_throughput_end_to_end_and_resume(tmp_path, capsys):
+    """Two configurations, each in its own process; rows, raw samples, resume, CLI parsing."""
+    from dimbench.results import ResultStore
+
+    out = tmp_path / "res"
+    args = ["run", "throughput", "--res", "32", "--models", "DiM-T/2", "U-ViT-T/2"]
+    args += ["--repeats", "3", "--warmup", "1", "--threads", "1", "--out", str(out)]
+    assert cli(args) == 0
+    rows = ResultStore(out, "throughput").rows()
+    assert [(r["model"], r["status"]) for r in rows] == [("DiM-T/2", "ok"), ("U-ViT-T/2", "ok")]
+    dim, uvit = rows
+    from dimbench.ops import scan_backends
+
+    assert dim["scan_backend"] == scan_backends("cpu")[0] and dim["attn_backend"] == "-"
+    assert uvit["attn_backend"] == "sdpa" and uvit["tokens"] == "4"
+    for r in rows:
+        lat = float(r["latency_ms"])
+        assert float(r["imgs_per_s"]) == pytest.approx(1e3 / lat, rel=1e-4)
+        assert float(r["sample_latency_s"]) == pytest.approx(50 * 2 * lat / 1e3, rel=1e-4)
+        assert r["threads"] == "1" and r["torch_version"] == torch.__version__
+        assert r["device_name"] and r["repeats"] == "3" and float(r["peak_mem_mb"]) >= 0
+    raw = [json.loads(x) for x in (out / "throughput.samples.jsonl").read_text().splitlines()]
+    assert len(raw[0]["timing"]["samples_ms"]) == 3 and len(raw[0]["timing"]["warmup_ms"]) == 1
+    printed = capsys.readouterr().out
+    assert "DiM-T/2" in printed and "U-ViT-T/2" in printed  # the summary table
+
+    # a rerun into the same folder measures nothing new
+    assert cli(args) == 0
+    assert len(ResultStore(out, "throughput").rows()) == 2
+    assert "2 of 2 configurations already in" in capsys.readouterr().err
+
+
+def test_run_flops_in_process(tmp_path):
+    from dimbench.results import load_results
+
+    args = ["run", "flops", "--res", "32", "64", "--models", "DiM-T/2", "DiT-T/2"]
+    assert cli([*args, "--out", str(tmp_path)]) == 0
+    df = load_results(tmp_path)
+    assert len(df) == 4 and set(df["status"]) == {"ok"}
+    assert df["gflops"].tolist() == pytest.approx((2 * df["gmacs"]).tolist(), rel=1e-6)
+    assert (df["device"] == "meta").all()
+    dit = df[df["model"] == "DiT-T/2"].set_index("image_size")
+    assert dit.loc[64, "gflops"] > 4 * dit.loc[32, "gflops"] * 0.9  # grows with tokens
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["run", "throughput", "--res", "250"], "resolution 250 is not a positive multiple"),
+        (["run", "flops", "--models", "DiM-Q/2"], "unknown model DiM-Q/2; valid:"),
+        (["run", "sprint"], "unknown suite 'sprint'"),
+        (["run", "memory", "--models", "DiT-T/2", "--attn-backend", "x"], "unknown attention"),
+    ],
+)
+def test_cli_bad_input_is_one_line_exit_2(argv, message, capsys, tmp_path):
+    assert cli([*argv, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and "Traceback" not in err
