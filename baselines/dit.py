@@ -197,7 +197,7 @@ class DiT(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def num_tokens(self, input_size: tuple[int, int] | None = None) -> int:
+    def seq_len(self, input_size: tuple[int, int] | None = None) -> int:
         """Sequence length for a latent of ``input_size`` (default: the construction size)."""
         if input_size is None:
             return self.grid_size[0] * self.grid_size[1]

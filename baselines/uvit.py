@@ -123,7 +123,7 @@ class UViT(nn.Module):
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed"}
 
-    def num_tokens(self, input_size: tuple[int, int] | None = None) -> int:
+    def seq_len(self, input_size: tuple[int, int] | None = None) -> int:
         """Sequence length (patches + 2) for a latent of ``input_size`` (default: construction)."""
         if input_size is None:
             return self.extras + self.grid_size[0] * self.grid_size[1]

@@ -60,7 +60,7 @@ def test_registry_names() -> None:
 def test_model_attributes() -> None:
     dit = create_model("DiT-XL/2", 256, device="meta")
     assert (dit.family, dit.learn_sigma, dit.in_channels, dit.out_channels) == ("dit", True, 4, 8)
-    assert (dit.patch_size, dit.num_classes, dit.num_tokens()) == (2, 1000, 256)
+    assert (dit.patch_size, dit.num_classes, dit.seq_len()) == (2, 1000, 256)
     uvit = create_model("U-ViT-H/4", 512, device="meta")
     assert (uvit.family, uvit.learn_sigma, uvit.in_channels, uvit.out_channels) == (
         "uvit",
@@ -68,7 +68,7 @@ def test_model_attributes() -> None:
         4,
         4,
     )
-    assert (uvit.patch_size, uvit.num_classes, uvit.num_tokens()) == (4, 1000, 2 + 16 * 16)
+    assert (uvit.patch_size, uvit.num_classes, uvit.seq_len()) == (4, 1000, 2 + 16 * 16)
     pixel = create_model("DiT-T/2", 32, downsample=1, in_channels=3, learn_sigma=False)
     assert pixel(
         torch.randn(1, 3, 32, 32), torch.ones(1), torch.zeros(1, dtype=torch.long)
