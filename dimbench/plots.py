@@ -157,6 +157,7 @@ def _plot_metric(ax, df, metric: str, ylabel: str, per_image: bool = False) -> N
                 color=style["color"],
             )
     _log_axes(ax, df["image_size"])
+    _plain_y_labels(ax)
     ax.set_ylabel(ylabel)
     if names:
         ax.legend(fontsize=8, frameon=False)
@@ -176,6 +177,20 @@ def _log_axes(ax, sizes) -> None:
     ax.set_xlabel("image size (px)")
     ax.grid(True, which="major", alpha=0.3)
     ax.grid(True, which="minor", alpha=0.1)
+
+
+def _plain_y_labels(ax) -> None:
+    """Plain numbers (0.5, 2, 5,000) on a log y axis, at 1-2-5 steps when it spans up to three
+    decades, instead of matplotlib's 5x10^-1."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    lo, hi = ax.get_ylim()
+    decades = math.log10(hi / lo) if lo > 0 and hi > lo else 99
+    ax.yaxis.set_major_locator(
+        LogLocator(base=10, subs=(1.0, 2.0, 5.0) if decades <= 3 else (1.0,))
+    )
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.6g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 def _empty(ax, text: str) -> None:
@@ -198,6 +213,15 @@ def _plot_ratio(ax, cross: list[Crossover], flops_ratio: list[tuple[str, list, l
         sizes += c.resolutions
         if c.crossover_px is not None:
             ax.axvline(c.crossover_px, color=style["color"], linestyle=":", linewidth=1)
+            ax.annotate(
+                f"{c.crossover_px:.0f} px",
+                (c.crossover_px, 0.02),
+                xycoords=("data", "axes fraction"),
+                xytext=(3, 0),
+                textcoords="offset points",
+                fontsize=7,
+                color=style["color"],
+            )
     for label, res, ratio in flops_ratio:
         ax.plot(res, ratio, label=label, linestyle="--", linewidth=1.2, marker=".")
         sizes += res
@@ -206,6 +230,7 @@ def _plot_ratio(ax, cross: list[Crossover], flops_ratio: list[tuple[str, list, l
         return
     ax.axhline(1.0, color="0.3", linewidth=1)
     _log_axes(ax, sizes)
+    _plain_y_labels(ax)
     ax.set_ylabel("DiM throughput / baseline" if cross else "baseline GFLOPs / DiM GFLOPs")
     ax.legend(fontsize=8, frameon=False)
 
@@ -278,7 +303,7 @@ def plot_scaling(results_dir: str | Path, formats: tuple[str, ...] = ("png", "sv
         if fl.empty:
             _empty(ax_fl, "no flops rows")
         else:
-            _plot_metric(ax_fl, fl, "gflops", "GFLOPs per image", per_image=True)
+            _plot_metric(ax_fl, fl, "gflops", "GFLOPs per image (2 per MAC)", per_image=True)
         _plot_ratio(ax_ratio, cross, [] if cross else _flops_ratios(fl) if not fl.empty else [])
         ax_tp.set_title("Throughput")
         ax_mem.set_title("Peak memory")

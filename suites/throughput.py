@@ -34,7 +34,7 @@ def measure(cfg: Config) -> dict:
                 warmup=0,
                 repeats=cfg.repeats,
                 budget_s=cfg.budget_s,
-                min_repeats=min(2, cfg.repeats),
+                min_repeats=1,
                 clock=clock,
             )
     timing.warmup_ms = warm

@@ -34,8 +34,8 @@ def run(
     budget: float = typer.Option(
         None,
         "--budget",
-        help="Seconds of timed repeats per configuration before stopping early (at least 2 "
-        "repeats are kept) [CPU 20, GPU 10]",
+        help="Seconds of timed repeats per configuration: no further repeat starts once the "
+        "next would pass it (one always runs; a single repeat has IQR 0) [CPU 20, GPU 10]",
     ),
     timeout: float = typer.Option(
         300.0, "--timeout", help="Seconds per configuration before its process is killed"

@@ -117,10 +117,10 @@ def time_fn(
 ) -> Timing:
     """Call ``fn`` ``warmup`` times untimed-for-the-result, then up to ``repeats`` timed times.
 
-    ``budget_s`` bounds the time spent in timed repeats: once the samples so far sum past it,
-    the loop stops (never before ``min_repeats`` samples). Warm-up calls are timed as well and
-    kept in ``warmup_ms``, since the first call's cost (allocation, kernel selection) is a
-    figure of its own.
+    ``budget_s`` bounds the time spent in timed repeats: a repeat that would, at the median so
+    far, end past the budget is not started (``min_repeats`` always run). Warm-up calls are
+    timed as well and kept in ``warmup_ms``, since the first call's cost (allocation, kernel
+    selection) is a figure of its own.
     """
     if repeats < 1:
         raise ValueError("repeats must be >= 1")
