@@ -206,7 +206,8 @@ class DiT(nn.Module):
     def pos_embed_for(self, grid: tuple[int, int], device: torch.device) -> torch.Tensor:
         if tuple(grid) == self.grid_size:
             return self.pos_embed
-        return sincos_pos_embed_2d(self.pos_embed.shape[-1], grid, device)[None]
+        pe = sincos_pos_embed_2d(self.pos_embed.shape[-1], grid, device)
+        return pe[None].to(self.pos_embed.dtype)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x (N, C, H, W), t (N,) timesteps, y (N,) labels -> (N, C_out, H, W)."""
