@@ -14,13 +14,15 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
+from dimbench.errors import UsageError
+
 # Modules that define models; each is optional so a partial checkout still lists the rest.
 MODEL_MODULES = ("dimbench.models.dim", "dimbench.baselines.dit", "dimbench.baselines.uvit")
 
 LATENT_DOWNSAMPLE = 8  # Stable-Diffusion KL-VAE: an R-px image is an (R/8)x(R/8)x4 latent
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(UsageError):
     pass
 
 
