@@ -1,0 +1,117 @@
+"""The Mamba-1 mixer (Gu & Dao), on dimbench's kernel layer.
+
+in_proj D -> 2E (x and the gate z), causal depthwise conv1d + SiLU on x, x_proj -> (dt, B, C),
+dt_proj, selective scan with D skip and SiLU(z) gate, out_proj E -> D. Parameter names, shapes and
+initialisation follow ``mamba_ssm.modules.mamba_simple.Mamba``, so checkpoints map one to one.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dimbench.ops import causal_conv1d, selective_scan
+
+Tensor = torch.Tensor
+
+
+class MambaMixer(nn.Module):
+    """Unidirectional Mamba-1 mixer: (B, L, D) -> (B, L, D).
+
+    ``scan_backend`` is read at every call, so it can be switched on a built model.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        d_conv: int = 3,
+        expand: int = 2,
+        dt_rank: int | None = None,
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        dt_init_floor: float = 1e-4,
+        n_layer: int = 1,
+        scan_backend: str = "auto",
+        conv_backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        self.d_model = d_model
+        self.d_state = d_state
+        self.d_conv = d_conv
+        self.d_inner = expand * d_model
+        self.dt_rank = dt_rank if dt_rank is not None else math.ceil(d_model / 16)
+        self.scan_backend = scan_backend
+        self.conv_backend = conv_backend
+
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=False)
+        self.conv1d = nn.Conv1d(
+            self.d_inner, self.d_inner, d_conv, groups=self.d_inner, padding=d_conv - 1
+        )
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
+        # S4D-real initialisation, kept in fp32 as A_log; A = -exp(A_log)
+        self.A_log = nn.Parameter(
+            torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(self.d_inner, 1)
+        )
+        self.D = nn.Parameter(torch.ones(self.d_inner, dtype=torch.float32))
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
+        self.A_log._no_weight_decay = True
+        self.D._no_weight_decay = True
+        self.reset_parameters(dt_min, dt_max, dt_init_floor, n_layer)
+
+    @torch.no_grad()
+    def reset_parameters(
+        self,
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        dt_init_floor: float = 1e-4,
+        n_layer: int = 1,
+    ) -> None:
+        """Mamba's initialisation (``Mamba.__init__`` plus ``_init_weights`` with ``n_layer``)."""
+        std = self.dt_rank**-0.5
+        nn.init.uniform_(self.dt_proj.weight, -std, std)
+        # dt bias = softplus^-1(dt), dt log-uniform in [dt_min, dt_max]
+        log_dt = torch.rand(self.d_inner, device=self.dt_proj.bias.device)
+        dt = torch.exp(log_dt * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=dt_init_floor)
+        self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        self.dt_proj.bias._no_reinit = True
+        # GPT-2 style rescale of the residual-branch output projection: 1/sqrt(n_layer)
+        nn.init.kaiming_uniform_(self.out_proj.weight, a=math.sqrt(5))
+        self.out_proj.weight /= math.sqrt(n_layer)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        batch, length, _ = hidden.shape
+        # (E2, D) @ (B, D, L): x and z come out channel-major, as the conv and the scan want them
+        xz = torch.matmul(self.in_proj.weight, hidden.transpose(1, 2))
+        x, z = xz.chunk(2, dim=1)
+        x = causal_conv1d(
+            x, self.conv1d.weight[:, 0], self.conv1d.bias, "silu", backend=self.conv_backend
+        )
+        x_dbl = F.linear(x.transpose(1, 2), self.x_proj.weight)  # (B, L, R + 2N)
+        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = torch.matmul(self.dt_proj.weight, dt.transpose(1, 2))  # (B, E, L), bias in the scan
+        A = -torch.exp(self.A_log.float())
+        y = selective_scan(
+            x,
+            dt,
+            A,
+            B.transpose(1, 2).contiguous(),
+            C.transpose(1, 2).contiguous(),
+            self.D.float(),
+            z=z,
+            delta_bias=self.dt_proj.bias.float(),
+            delta_softplus=True,
+            backend=self.scan_backend,
+        )
+        return F.linear(y.transpose(1, 2), self.out_proj.weight)
+
+    def extra_repr(self) -> str:
+        return (
+            f"d_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, "
+            f"d_conv={self.d_conv}, dt_rank={self.dt_rank}, scan_backend={self.scan_backend!r}"
+        )
