@@ -158,7 +158,8 @@ def _prepare(u, delta, A, B, C, D, z, delta_bias):
     max_n = _lib().dimbench_scan_max_dstate()
     if A.shape[1] > max_n:
         raise ValueError(f"the cpu scan backend supports d_state <= {max_n}")
-    t = [_f32(x) for x in (u, delta, A, Bg, Cg, D, z, delta_bias)]
+    Bt, Ct = (M.to(torch.float32).transpose(-1, -2).contiguous() for M in (Bg, Cg))
+    t = [_f32(x) for x in (u, delta, A)] + [Bt, Ct] + [_f32(x) for x in (D, z, delta_bias)]
     shape = (batch, dim, length, A.shape[1], groups)
     return shape, t
 

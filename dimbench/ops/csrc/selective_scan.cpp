@@ -202,6 +202,8 @@ inline vf gather_lanes(const float* p, int64_t stride, int nc) {
 
 struct Params {
   int64_t batch, dim, length, dstate, groups;
+  // B and C come time-major, (batch, groups, L, N): one cache line per step. (N, L) rows that
+  // lie a multiple of 4 KiB apart would all fall in one L1 set.
   const float *u, *delta, *A, *B, *C, *D, *z, *delta_bias;
   int32_t softplus;
 };
@@ -267,8 +269,8 @@ void fwd_unit(const Params& p, const Unit& w, float* out, float* ckpt) {
       vf y = splat(0.0f);
 #pragma GCC unroll 16
       for (int n = 0; n < N; ++n) {
-        x[n] = vexp2(dt * A2[n]) * x[n] + dtu * Bp[n * L + t];
-        y += x[n] * Cp[n * L + t];
+        x[n] = vexp2(dt * A2[n]) * x[n] + dtu * Bp[t * N + n];
+        y += x[n] * Cp[t * N + n];
       }
       if (p.D) y += Dv * tu[tt];
       if (p.z) y *= tz[tt];
@@ -281,7 +283,7 @@ void fwd_unit(const Params& p, const Unit& w, float* out, float* ckpt) {
 // Per-thread scratch of the backward, sized for one chunk and one block of NB state dims.
 struct Scratch {
   vf *cu, *cdt, *csig, *cz, *csz, *cg, *cgy, *cy, *sA, *sB;  // CHUNK each
-  vf *xs, *dAs;  // (CHUNK + 1) * NB: the block's states and decays over the chunk
+  vf *xs, *dAs;  // (CHUNK + 1) * NB: the block's dA_t x_{t-1} and dA_t over the chunk
   vf *h, *gA, *dA_next;  // N each: carried from one chunk to the previous
   vf* red;               // NB * T: contributions to dB or dC awaiting their lane reduction
   void* mem;
@@ -326,7 +328,8 @@ inline void flush_reduction(vf* red, int nb, int nt, float* dst, int64_t L) {
 // Backward of one unit, chunk by chunk from the end. The state dims are independent in the
 // recurrence, so each chunk is done NB dims at a time, which keeps the block's states and
 // decays in L1 and its accumulators in registers:
-//  1. recompute the block's states from the chunk's saved ones, keeping x_t and exp(dt_t A);
+//  1. recompute the block's states from the chunk's saved ones, keeping dA_t = exp(dt_t A)
+//     and dA_t x_{t-1};
 //     the same pass gives dC_t = sum_lanes gy_t x_t and the block's share of y (for dz);
 //  2. run h_t = exp(dt_{t+1} A) h_{t+1} + gy_t C_t backwards: dB, dA, and the block's share
 //     of the sums over n that ddelta and du need.
@@ -348,7 +351,7 @@ void bwd_unit(const Params& p, const Unit& w, const float* dout, const float* ck
   const vf bias = p.delta_bias ? gather_lanes(p.delta_bias + w.c0, 1, w.nc) : splat(0.0f);
   vf gD = splat(0.0f), gbias = splat(0.0f);
   for (int n = 0; n < N; ++n) sc.h[n] = sc.gA[n] = sc.dA_next[n] = splat(0.0f);
-  auto xs = [&](int tt, int i) -> vf& { return sc.xs[tt * NB + i]; };
+  auto xd = [&](int tt, int i) -> vf& { return sc.xs[tt * NB + i]; };  // dA_t x_{t-1}
   auto dAs = [&](int tt, int i) -> vf& { return sc.dAs[tt * NB + i]; };
 
   const int64_t nchunk = (L + CHUNK - 1) / CHUNK;
@@ -386,8 +389,8 @@ void bwd_unit(const Params& p, const Unit& w, const float* dout, const float* ck
       // 1. recompute
       vf x[NB];
       for (int i = 0; i < nb; ++i) {
-        x[i] = xs(0, i) = loadu(s + (n0 + i) * W);  // row 0: the state before the chunk
-        dAs(clen, i) = sc.dA_next[n0 + i];           // the decay one step past the chunk
+        x[i] = loadu(s + (n0 + i) * W);     // the state before the chunk
+        dAs(clen, i) = sc.dA_next[n0 + i];  // the decay one step past the chunk
       }
       for (int j0 = 0; j0 < clen; j0 += T) {
         const int nt = std::min(T, clen - j0);
@@ -399,10 +402,11 @@ void bwd_unit(const Params& p, const Unit& w, const float* dout, const float* ck
           for (int i = 0; i < nb; ++i) {
             const int n = n0 + i;
             const vf dA = vexp2(dt * A2[n]);
-            x[i] = dA * x[i] + dtu * Bp[n * L + t];
+            const vf xdec = dA * x[i];
+            x[i] = xdec + dtu * Bp[t * N + n];
             dAs(tt, i) = dA;
-            xs(tt + 1, i) = x[i];
-            y += x[i] * Cp[n * L + t];
+            xd(tt, i) = xdec;
+            y += x[i] * Cp[t * N + n];
             sc.red[i * T + (tt - j0)] = gy * x[i];
           }
           sc.cy[tt] += y;
@@ -425,10 +429,10 @@ void bwd_unit(const Params& p, const Unit& w, const float* dout, const float* ck
 #pragma GCC unroll 8
           for (int i = 0; i < nb; ++i) {
             const int n = n0 + i;
-            h[i] = h[i] * dAs(tt + 1, i) + gy * Cp[n * L + t];
-            const vf hx = h[i] * xs(tt, i) * dAs(tt, i);  // xs(tt) is the state before step tt
+            h[i] = h[i] * dAs(tt + 1, i) + gy * Cp[t * N + n];
+            const vf hx = h[i] * xd(tt, i);  // h_t dA_t x_{t-1}
             sA += hx * A2[n];
-            sB += h[i] * Bp[n * L + t];
+            sB += h[i] * Bp[t * N + n];
             gA[i] += hx * dt;
             sc.red[i * T + (tt - j0)] = h[i] * dtu;
           }
