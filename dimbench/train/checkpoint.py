@@ -1,0 +1,136 @@
+"""Checkpoints: atomic writes, safe loads, and the compatibility check between a checkpoint and
+the model a command is about to build.
+
+A checkpoint is one ``torch.save`` dict: ``meta`` (what model, size, channels, schedule, data and
+training config produced it), ``model``, ``ema``, ``optimizer``, ``scheduler``, ``step``,
+``samples_seen`` (the data-stream position), ``wall_time`` and ``rng`` (torch, CUDA, NumPy and
+Python generator states). It is written to a temporary file in the same folder, flushed to disk,
+then renamed over the old one, so a crash mid-write never leaves a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dimbench.errors import UsageError
+
+FORMAT = "dimbench-checkpoint-1"
+CHECKPOINT_NAME = "checkpoint.pt"
+
+# meta keys that must agree for a checkpoint to load into a model as-is (resume, sampling)
+ARCH_KEYS = ("model", "in_channels", "out_channels", "num_classes", "learn_sigma", "downsample")
+
+
+class CheckpointError(UsageError):
+    """A checkpoint that is missing, unreadable, or for another model or resolution."""
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, fsync, then ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load a dimbench checkpoint (tensors and plain data only: ``weights_only``)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("meta", {}).get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a dimbench checkpoint")
+    return ckpt
+
+
+def model_meta(model: torch.nn.Module, downsample: int) -> dict:
+    """What identifies a model's architecture and input, recorded in every checkpoint."""
+    return {
+        "format": FORMAT,
+        "model": getattr(model, "model_name", type(model).__name__),
+        "family": getattr(model, "family", None),
+        "image_size": list(getattr(model, "image_size", ())),
+        "downsample": downsample,
+        "in_channels": int(model.in_channels),
+        "out_channels": int(model.out_channels),
+        "num_classes": int(model.num_classes),
+        "learn_sigma": bool(getattr(model, "learn_sigma", False)),
+    }
+
+
+def check_compatible(
+    meta: dict, expected: dict, path: str | Path, allow_resize: bool = False
+) -> None:
+    """Raise ``CheckpointError`` naming every field where ``meta`` differs from ``expected``.
+
+    ``allow_resize`` (weak-to-strong initialisation, upsampled sampling) accepts another image
+    size; the architecture must still match.
+    """
+    keys = ARCH_KEYS if allow_resize else (*ARCH_KEYS, "image_size")
+    diffs = [
+        f"{k} {meta.get(k)!r} (wanted {expected.get(k)!r})"
+        for k in keys
+        if k in expected and _norm(meta.get(k)) != _norm(expected.get(k))
+    ]
+    if diffs:
+        hint = "" if allow_resize else "; to start from a lower resolution use --init-from"
+        raise CheckpointError(f"checkpoint {path} is for another model: {', '.join(diffs)}{hint}")
+
+
+def _norm(v):
+    return list(v) if isinstance(v, tuple) else v
+
+
+def rng_state() -> dict:
+    """Every global generator's state, in a form ``weights_only`` loading accepts."""
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if "cuda" in state and torch.cuda.is_available():
+        cuda = [s.cpu() for s in state["cuda"]]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)

@@ -1,0 +1,140 @@
+"""The training configuration, its paper defaults, and how a resumed run reconciles with it."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from dimbench.errors import UsageError
+
+# The DiM paper's ImageNet recipe (REFERENCE.md section 1); ``warmup`` is 5000 steps there and
+# defaults here to min(5000, steps // 10) so that short runs reach the peak learning rate.
+PAPER_DEFAULTS = {
+    "lr": 2e-4,
+    "weight_decay": 0.03,
+    "betas": (0.99, 0.99),
+    "adam_eps": 1e-15,
+    "grad_clip": 1.0,
+    "ema_decay": 0.9999,
+    "ema_warmup": False,
+    "label_dropout": 0.1,
+    "bf16": False,
+    "seed": 0,
+    "latent_scale": 0.18215,
+}
+PAPER_WARMUP = 5000
+
+# Settings that define the optimisation trajectory: a resumed run must use the checkpoint's.
+TRAJECTORY_KEYS = (
+    "model",
+    "data",
+    "image_size",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "betas",
+    "adam_eps",
+    "warmup",
+    "grad_clip",
+    "ema_decay",
+    "ema_warmup",
+    "label_dropout",
+    "bf16",
+    "seed",
+    "schedule",
+    "loss",
+    "vae",
+    "latent_scale",
+    "init_from",
+)
+
+
+@dataclass
+class TrainConfig:
+    """One training run. ``None`` means "the default" (or, with ``resume``, the checkpoint's)."""
+
+    model: str
+    data: str = "photos"
+    image_size: int = 32
+    steps: int = 1000
+    batch_size: int = 32  # global, over all ranks
+    out: str = "runs/train"
+    lr: float | None = None
+    weight_decay: float | None = None
+    betas: tuple[float, float] | None = None
+    adam_eps: float | None = None
+    warmup: int | None = None
+    grad_clip: float | None = None  # 0 disables clipping
+    ema_decay: float | None = None
+    ema_warmup: bool | None = None  # timm's EMA decay warm-up (1 - (1 + step)^-2/3)
+    label_dropout: float | None = None
+    bf16: bool | None = None
+    seed: int | None = None
+    schedule: str | None = None  # None: the model family's (DiT linear, DiM/U-ViT scaled-linear)
+    loss: str | None = None  # None: hybrid for learn_sigma models, else mse
+    vae: str | None = None  # local SD VAE weights: train on latents encoded on the fly
+    latent_scale: float | None = None
+    init_from: str | None = None  # weak-to-strong: weights from a lower-resolution checkpoint
+    init_weights: str = "ema"  # which weights --init-from takes: "ema" or "model"
+    resume: bool = False
+    device: str = "auto"
+    scan_backend: str = "auto"
+    attn_backend: str = "auto"
+    num_workers: int = 0
+    log_every: int = 10
+    ckpt_every: int = 1000
+    progress: bool = True
+    extra: dict = field(default_factory=dict)  # model constructor overrides
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas) if self.betas is not None else None
+        return d
+
+    def with_defaults(self) -> TrainConfig:
+        """A copy with every ``None`` set to its default (schedule and loss: per model)."""
+        values = {k: v for k, v in PAPER_DEFAULTS.items() if getattr(self, k) is None}
+        if self.warmup is None:
+            values["warmup"] = min(PAPER_WARMUP, self.steps // 10)
+        cfg = dataclasses.replace(self, **values)
+        cfg.betas = tuple(cfg.betas)
+        return cfg
+
+    def merged_with_checkpoint(self, saved: dict) -> TrainConfig:
+        """Fill unset trajectory settings from a checkpoint's config; refuse contradicting ones."""
+        values, clashes = {}, []
+        for key in TRAJECTORY_KEYS:
+            mine, theirs = getattr(self, key), saved.get(key)
+            if key == "betas" and theirs is not None:
+                theirs = tuple(theirs)
+            if mine is None:
+                values[key] = theirs
+            elif theirs is not None and _differs(mine, theirs):
+                clashes.append(f"{key}={mine!r} (checkpoint: {theirs!r})")
+        if clashes:
+            raise UsageError(
+                "--resume with settings that differ from the checkpoint's: " + ", ".join(clashes)
+            )
+        return dataclasses.replace(self, **values).with_defaults()
+
+    def validate(self) -> None:
+        if self.steps < 1:
+            raise UsageError(f"--steps must be positive, got {self.steps}")
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be positive, got {self.batch_size}")
+        if self.image_size < 1:
+            raise UsageError(f"--image-size must be positive, got {self.image_size}")
+        if self.init_weights not in ("ema", "model"):
+            raise UsageError(f"--init-weights must be 'ema' or 'model', got {self.init_weights!r}")
+        if self.resume and self.init_from:
+            raise UsageError("--resume and --init-from exclude each other")
+        if self.log_every < 1 or self.ckpt_every < 1:
+            raise UsageError("--log-every and --ckpt-every must be positive")
+
+
+def _differs(a, b) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        return abs(float(a) - float(b)) > 1e-12 * max(1.0, abs(float(b)))
+    if isinstance(a, (tuple, list)):
+        return len(a) != len(b) or any(_differs(x, y) for x, y in zip(a, b, strict=True))
+    return a != b

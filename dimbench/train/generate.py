@@ -1,0 +1,269 @@
+"""Sampling from a training checkpoint: the body of ``dimbench sample``.
+
+Samples are made in global batches; batch b is seeded by (seed, b) and runs on rank
+b mod world_size, so the images do not depend on how many processes share the work (FID-50K on
+several GPUs under torchrun). Each rank writes its PNGs and a part file; rank 0 merges the parts
+into ``samples.npz`` (``arr_0``: N x H x W x 3 uint8 as ADM/DiT's FID tools read it, ``labels``;
+latent samples without a VAE are stored as ``latents`` instead) and a preview ``grid.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dimbench.diffusion.guidance import make_model_fn
+from dimbench.diffusion.samplers import DEFAULT_STEPS, SAMPLERS, sample
+from dimbench.diffusion.schedule import NoiseSchedule
+from dimbench.diffusion.upsample import UPSAMPLE_FACTORS, UpsampleGuidance
+from dimbench.errors import UsageError
+from dimbench.train import distributed as D
+from dimbench.train.checkpoint import load_checkpoint
+from dimbench.train.data import mix_seed
+from dimbench.train.trainer import build_model
+
+SAMPLE_STREAM = 0x5A3E
+
+
+def load_for_sampling(
+    ckpt_path: str | Path,
+    weights: str = "ema",
+    device: torch.device | str = "cpu",
+    scan_backend: str = "auto",
+    attn_backend: str = "auto",
+) -> tuple[torch.nn.Module, dict]:
+    """The checkpoint's model (EMA or raw weights) at its training resolution, in eval mode."""
+    if weights not in ("ema", "model"):
+        raise UsageError(f"--weights must be 'ema' or 'model', got {weights!r}")
+    ckpt = load_checkpoint(ckpt_path)
+    meta = ckpt["meta"]
+    model = build_model(
+        meta["model"],
+        meta["image_size"][0],
+        meta["downsample"],
+        meta["model_overrides"],
+        scan_backend,
+        attn_backend,
+        device=device,
+    )
+    model.load_state_dict(ckpt[weights])
+    return model.eval().requires_grad_(False), meta
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """B x 3 x H x W in [-1, 1] -> B x H x W x 3 uint8."""
+    x = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def generate(
+    ckpt: str | Path,
+    out: str | Path,
+    num: int = 16,
+    sampler: str = "dpm++",
+    steps: int | None = None,
+    cfg_scale: float = 0.0,
+    upsample: int | None = None,
+    upsample_guidance: bool = True,
+    batch_size: int = 16,
+    seed: int = 0,
+    weights: str = "ema",
+    class_label: int | None = None,
+    order: int = 2,
+    eta: float = 0.0,
+    vae: str | None = None,
+    device: str = "auto",
+    scan_backend: str = "auto",
+    attn_backend: str = "auto",
+    progress: bool = True,
+    dist: D.DistInfo | None = None,
+) -> dict:
+    """Draw ``num`` samples from a checkpoint; returns a summary (paths, timing)."""
+    if sampler not in SAMPLERS:
+        raise UsageError(f"--sampler {sampler!r}: valid: {', '.join(SAMPLERS)}")
+    if upsample is not None and upsample not in UPSAMPLE_FACTORS:
+        raise UsageError(f"--upsample must be one of {UPSAMPLE_FACTORS}, got {upsample}")
+    if num < 1 or batch_size < 1:
+        raise UsageError("--num and --batch-size must be positive")
+    if steps is not None and steps < 1:
+        raise UsageError(f"--steps must be positive, got {steps}")
+    if order not in (1, 2, 3):
+        raise UsageError(f"--order must be 1, 2 or 3, got {order}")
+    steps = steps or DEFAULT_STEPS[sampler]
+    dist = dist or D.setup(device)
+    model, meta = load_for_sampling(ckpt, weights, dist.device, scan_backend, attn_backend)
+    schedule = NoiseSchedule(meta["schedule"])
+    n_cls = meta.get("data_classes") or model.num_classes
+    if class_label is not None and not 0 <= class_label < model.num_classes:
+        raise UsageError(f"--class-label {class_label} out of range [0, {model.num_classes})")
+    c = model.in_channels
+    m = upsample or 1
+    h, w = (s // meta["downsample"] * m for s in meta["image_size"])
+    decoder = _decoder(meta, vae, dist.device)
+
+    out = Path(out)
+    parts = out / ".parts"
+    if dist.is_main:
+        parts.mkdir(parents=True, exist_ok=True)
+    D.barrier(dist)
+    n_batches = math.ceil(num / batch_size)
+    mine = list(range(dist.rank, n_batches, dist.world_size))
+    indices, arrays, labels = [], [], []
+    start = time.perf_counter()
+    bar = _bar(len(mine), progress and dist.is_main)
+    for b in mine:
+        g = torch.Generator().manual_seed(mix_seed(seed, SAMPLE_STREAM, b))
+        bs = min(batch_size, num - b * batch_size)
+        y = torch.randint(0, n_cls, (bs,), generator=g)
+        if class_label is not None:
+            y.fill_(class_label)
+        noise = torch.randn((bs, c, h, w), generator=g)
+        y, noise = y.to(dist.device), noise.to(dist.device)
+        fn = make_model_fn(model, y, cfg_scale)
+        if m > 1:
+            fn = UpsampleGuidance(fn, schedule, m, c, enabled=upsample_guidance)
+        x0 = sample(
+            sampler,
+            fn,
+            schedule,
+            noise,
+            steps,
+            generator=_device_generator(g, dist.device),
+            order=order,
+            eta=eta,
+            learned_variance=meta.get("loss") == "hybrid",
+        )
+        images = decoder(x0) if decoder is not None else x0
+        ids = list(range(b * batch_size, b * batch_size + bs))
+        if decoder is not None or not meta.get("latent"):
+            arr = to_uint8(images)
+            for i, img in zip(ids, arr, strict=True):
+                _save_png(img, out / f"{i:06d}.png")
+        else:
+            arr = x0.float().cpu().numpy()
+        indices += ids
+        arrays.append(arr)
+        labels.append(y.cpu().numpy())
+        bar.advance()
+    bar.close()
+    elapsed = time.perf_counter() - start
+    np.savez(
+        parts / f"rank{dist.rank}.npz",
+        indices=np.array(indices, dtype=np.int64),
+        samples=np.concatenate(arrays) if arrays else np.zeros((0,)),
+        labels=np.concatenate(labels) if labels else np.zeros((0,), np.int64),
+    )
+    D.barrier(dist)
+    summary = {
+        "ckpt": str(ckpt),
+        "model": meta["model"],
+        "image_size": [s * m for s in meta["image_size"]],
+        "num": num,
+        "sampler": sampler,
+        "steps": steps,
+        "order": order if sampler == "dpm++" else None,
+        "cfg_scale": cfg_scale,
+        "upsample": upsample,
+        "upsample_guidance": bool(upsample and upsample_guidance),
+        "weights": weights,
+        "seed": seed,
+        "world_size": dist.world_size,
+        "seconds": elapsed,
+        "decoded": decoder is not None or not meta.get("latent"),
+    }
+    if dist.is_main:
+        summary["npz"] = str(_merge_parts(parts, out, dist.world_size, summary["decoded"]))
+        (out / "samples.json").write_text(json.dumps(summary, indent=2) + "\n")
+    D.barrier(dist)
+    return summary
+
+
+def _decoder(meta: dict, vae: str | None, device: torch.device):
+    """Latents -> images through the SD VAE when one is given (or recorded at training)."""
+    if not meta.get("latent"):
+        return None
+    path = vae or meta.get("vae")
+    if not path:
+        return None
+    from dimbench.train.vae import decode, load_vae
+
+    model = load_vae(path, device)
+    scale = meta.get("latent_scale", 0.18215)
+    return lambda z: decode(model, z, scale)
+
+
+def _device_generator(g: torch.Generator, device: torch.device) -> torch.Generator:
+    """A generator on the sampling device, seeded from the batch's CPU generator."""
+    if device.type == "cpu":
+        return g
+    seed = int(torch.randint(0, 2**62, (1,), generator=g))
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def _save_png(img: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    Image.fromarray(img).save(path)
+
+
+def _merge_parts(parts: Path, out: Path, world: int, decoded: bool) -> Path:
+    idx, samples, labels = [], [], []
+    for r in range(world):
+        with np.load(parts / f"rank{r}.npz") as f:
+            if len(f["indices"]):
+                idx.append(f["indices"])
+                samples.append(f["samples"])
+                labels.append(f["labels"])
+    order = np.argsort(np.concatenate(idx))
+    samples_all = np.concatenate(samples)[order]
+    labels_all = np.concatenate(labels)[order]
+    path = out / "samples.npz"
+    if decoded:
+        np.savez(path, arr_0=samples_all, labels=labels_all)
+        _save_grid(samples_all[:64], out / "grid.png")
+    else:
+        np.savez(path, latents=samples_all, labels=labels_all)
+    for r in range(world):
+        (parts / f"rank{r}.npz").unlink()
+    parts.rmdir()
+    return path
+
+
+def _save_grid(images: np.ndarray, path: Path) -> None:
+    n = len(images)
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    h, w = images.shape[1:3]
+    grid = np.full((rows * (h + 2) + 2, cols * (w + 2) + 2, 3), 255, np.uint8)
+    for i, img in enumerate(images):
+        r, c = divmod(i, cols)
+        grid[2 + r * (h + 2) : 2 + r * (h + 2) + h, 2 + c * (w + 2) : 2 + c * (w + 2) + w] = img
+    _save_png(grid, path)
+
+
+class _bar:
+    """A rich progress bar over batches, or nothing."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.progress = None
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+            self.progress = Progress(
+                "sample", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
+            )
+            self.task = self.progress.add_task("sample", total=total)
+            self.progress.start()
+
+    def advance(self) -> None:
+        if self.progress is not None:
+            self.progress.advance(self.task)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
