@@ -337,21 +337,36 @@ def _slug(key: tuple) -> str:
 
 def summary_markdown(df, cross: dict[str, list[Crossover]], figures: list[Path]) -> str:
     """A short human summary of a results folder: what ran where, and the crossovers."""
+
+    def values(frame, column: str) -> str:
+        if column not in frame:
+            return ""
+        return ", ".join(sorted({str(v) for v in frame[column].dropna() if str(v)}))
+
     lines = ["# dimbench results", ""]
-    meta = df.dropna(subset=["device_name"]) if "device_name" in df else df
-    if not meta.empty:
-        first = meta.iloc[0]
+    measured = df[df["device"] != "meta"]
+    for suite in ("throughput", "memory", "flops"):
+        rows = df[df["suite"] == suite]
+        if rows.empty:
+            continue
+        where = "counted on the meta device" if suite == "flops" else (
+            f"measured on {values(rows, 'device_name')} ({values(rows, 'device')}, "
+            f"{values(rows, 'threads')} threads, OMP_WAIT_POLICY "
+            f"{values(rows, 'omp_wait_policy') or 'unset'})"
+        )  # fmt: skip
         lines.append(
-            f"Measured on {first['device_name']} ({first.get('hostname', '')}), torch "
-            f"{first.get('torch_version', '')}, dimbench {first.get('git_sha', '')}."
+            f"- `{suite}.csv`: {len(rows)} rows, {where}; torch {values(rows, 'torch_version')}, "
+            f"dimbench {values(rows, 'git_sha')}, "
+            f"{', '.join(sorted({str(t)[:10] for t in rows['timestamp'].dropna()}))}."
         )
-        loads = df["load_avg_1m"].dropna() if "load_avg_1m" in df else []
-        if len(loads):
-            lines.append(
-                f"1-minute load average during the runs: {loads.min():.1f}-{loads.max():.1f}"
-                " (above the core count means the machine was shared and timings are noisy)."
-            )
-        lines.append("")
+    loads = measured["load_avg_1m"].dropna() if "load_avg_1m" in measured else []
+    if len(loads):
+        lines.append(
+            f"- 1-minute load average at the start of each measurement: {loads.min():.1f} to "
+            f"{loads.max():.1f} (above the core count: the machine was shared and timings "
+            "are slower and noisier than on an idle one)."
+        )
+    lines.append("")
     for name in sorted({p.stem for p in figures}):
         lines += [f"![{name}]({name}.png)", ""]
     for label, items in cross.items():

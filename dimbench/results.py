@@ -54,6 +54,7 @@ COLUMNS: dict[str, str] = {
     "system_cpu_pct": "the whole machine's CPU use over the timed region, % of all cores",
     "load_avg_1m": "1-minute load average when the measurement started",
     "threads": "torch.get_num_threads() in the measuring process",
+    "omp_wait_policy": "OMP_WAIT_POLICY of the measuring process (PASSIVE: idle threads sleep)",
     "git_sha": "dimbench commit",
     "torch_version": "torch.__version__",
     "cuda_version": "torch.version.cuda (the build's CUDA)",

@@ -35,8 +35,12 @@ def run_isolated(cfg: Config) -> dict:
         cfg_path, out_path, err_path = (Path(tmp) / n for n in ("cfg.json", "out.json", "err"))
         cfg_path.write_text(json.dumps(cfg.to_dict()))
         with err_path.open("wb") as err:
+            env = dict(os.environ)
+            if cfg.omp_wait_policy:  # read once, when the OpenMP runtime starts
+                env["OMP_WAIT_POLICY"] = cfg.omp_wait_policy.upper()
             proc = subprocess.Popen(
                 [sys.executable, "-m", WORKER, str(cfg_path), str(out_path)],
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=err,
@@ -110,9 +114,11 @@ def result_row(cfg: Config, result: dict) -> dict:
     """The CSV row for ``cfg`` from a worker's result (or from its death)."""
     from dimbench.measure.metadata import run_metadata
 
-    meta = result.get("meta") or run_metadata(cfg.device)
-    if result.get("status") != "ok" and cfg.threads:
-        meta["threads"] = cfg.threads
+    meta = result.get("meta")
+    if not meta:  # the worker died: describe the process it was meant to be
+        meta = run_metadata(cfg.device)
+        meta["threads"] = cfg.threads or meta["threads"]
+        meta["omp_wait_policy"] = (cfg.omp_wait_policy or meta["omp_wait_policy"]).upper()
     try:
         info = model_info(cfg.model)
         family, tokens, params_m = info.family, info.tokens(cfg.image_size), info.params_m

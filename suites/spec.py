@@ -28,7 +28,8 @@ CPU_MODELS = ("DiM-S/2", "DiT-S/2", "U-ViT-S/2")
 GPU_MODELS = ("DiM-H/2", "DiT-XL/2", "U-ViT-H/2")
 PAPER_MODELS = ("DiM-L/2", "DiM-H/2", "DiT-XL/2", "U-ViT-H/2")
 DEFAULT_RESOLUTIONS = (256, 512, 1024, 1536)
-NO_BACKEND = "-"  # in the scan column of a model without a scan, and vice versa
+NO_BACKEND = "-"
+OMP_POLICIES = ("passive", "active")  # in the scan column of a model without a scan, and vice versa
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class Config:
     timeout_s: float = 300.0
     sample_steps: int = SAMPLE_STEPS
     threads: int | None = None
+    omp_wait_policy: str | None = None  # OMP_WAIT_POLICY for the measuring process
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -135,6 +137,7 @@ class Sweep:
     timeout_s: float = 300.0
     sample_steps: int = SAMPLE_STEPS
     threads: int | None = None
+    omp_wait_policy: str | None = None
 
     def configs(self) -> list[Config]:
         """Every configuration, smallest resolution first within each model, backends resolved.
@@ -169,6 +172,7 @@ class Sweep:
                                     timeout_s=self.timeout_s,
                                     sample_steps=self.sample_steps,
                                     threads=self.threads,
+                                    omp_wait_policy=self.omp_wait_policy,
                                 )
                             )
         # FLOPs do not depend on dtype: one row per (model, res, batch, mode)
@@ -214,6 +218,11 @@ class Sweep:
             raise UsageError("--warmup must be >= 0 and --repeats >= 1")
         if self.timeout_s <= 0:
             raise UsageError("--timeout must be positive")
+        if self.omp_wait_policy is not None and self.omp_wait_policy.lower() not in OMP_POLICIES:
+            valid = ", ".join(OMP_POLICIES)
+            raise UsageError(f"unknown OMP wait policy {self.omp_wait_policy!r}; valid: {valid}")
+        if self.threads is not None and self.threads < 1:
+            raise UsageError("--threads must be >= 1")
         check_device(self.device)
         if self.suite.isolated:
             families = {model_info(m).family for m in self.models}

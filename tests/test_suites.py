@@ -4,6 +4,7 @@ per-configuration worker process, resume, and the `dimbench run` command. Tiny m
 from __future__ import annotations
 
 import json
+import os
 import signal
 import types
 
@@ -234,6 +235,7 @@ def sweep(**kw) -> Sweep:
         (dict(dtypes=["fp8"]), "unknown dtype 'fp8'"),
         (dict(modes=["infer"]), "unknown mode 'infer'"),
         (dict(models=["DiT-S/4"], resolutions=[48]), "DiT-S/4 needs resolutions divisible by 32"),
+        (dict(omp_wait_policy="lazy"), "unknown OMP wait policy 'lazy'"),
     ],
 )
 def test_sweep_validation(kw, message):
@@ -384,6 +386,7 @@ def test_run_throughput_end_to_end_and_resume(tmp_path, capsys):
         assert float(r["imgs_per_s"]) == pytest.approx(1e3 / lat, rel=1e-4)
         assert float(r["sample_latency_s"]) == pytest.approx(50 * 2 * lat / 1e3, rel=1e-4)
         assert r["threads"] == "1" and r["torch_version"] == torch.__version__
+        assert r["omp_wait_policy"] == os.environ.get("OMP_WAIT_POLICY", "passive").upper()
         assert r["device_name"] and r["repeats"] == "3" and float(r["peak_mem_mb"]) >= 0
     raw = [json.loads(x) for x in (out / "throughput.samples.jsonl").read_text().splitlines()]
     assert len(raw[0]["timing"]["samples_ms"]) == 3 and len(raw[0]["timing"]["warmup_ms"]) == 1
@@ -422,3 +425,45 @@ def test_cli_bad_input_is_one_line_exit_2(argv, message, capsys, tmp_path):
     assert cli([*argv, "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err and "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------- CUDA
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize(
+    "model, dtype, mode", [("DiT-T/2", "bf16", "forward"), ("DiM-T/2", "fp32", "train")]
+)
+def test_cuda_throughput_in_process(model, dtype, mode):
+    cfg = Config("throughput", model, 64, batch_size=2, device="cuda", dtype=dtype, mode=mode)
+    cfg = Config.from_dict({**cfg.to_dict(), "repeats": 5, "budget_s": 5.0})
+    result = get_suite("throughput").measure(cfg)
+    m, raw = result["metrics"], result["raw"]
+    assert raw["timing"]["clock"] == "cuda_events" and m["repeats"] == 5
+    assert m["latency_ms"] > 0 and m["imgs_per_s"] == pytest.approx(2e3 / m["latency_ms"])
+    assert 0 < m["peak_mem_mb"] <= m["peak_mem_reserved_mb"]
+    if raw["telemetry"]["nvml_error"] is None:  # NVML present: power, clocks, energy
+        assert m["gpu_power_w"] > 0 and m["gpu_sm_clock_mhz"] > 0 and m["energy_j_per_img"] > 0
+
+
+@pytest.mark.cuda
+def test_cuda_sweep_end_to_end(tmp_path):
+    from dimbench.results import ResultStore
+
+    args = ["run", "throughput", "--device", "cuda", "--res", "64", "128"]
+    args += [
+        "--models",
+        "DiM-T/2",
+        "DiT-T/2",
+        "U-ViT-T/2",
+        "--dtype",
+        "bf16",
+        "--out",
+        str(tmp_path),
+    ]
+    assert cli(args) == 0
+    assert cli(["run", "memory", *args[2:]]) == 0
+    rows = ResultStore(tmp_path, "throughput").rows() + ResultStore(tmp_path, "memory").rows()
+    assert len(rows) == 12 and {r["status"] for r in rows} == {"ok"}
+    assert all(r["device_name"] and r["cuda_version"] for r in rows)
+    assert all(float(r["peak_mem_reserved_mb"]) >= float(r["peak_mem_mb"]) > 0 for r in rows)

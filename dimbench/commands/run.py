@@ -47,6 +47,14 @@ def run(
         "auto", "--attn-backend", help="Attention for DiT/U-ViT: sdpa | math | flash_attn"
     ),
     threads: int = typer.Option(None, "--threads", help="torch threads [torch's default]"),
+    omp_wait_policy: str = typer.Option(
+        None,
+        "--omp-wait-policy",
+        help="passive | active: OpenMP threads sleep or spin while idle. Spinning threads on a "
+        "shared CPU wait for descheduled peers and slow every step by up to 10x "
+        "[$OMP_WAIT_POLICY, else passive on CPU]",
+        show_default=False,
+    ),
     sample_steps: int = typer.Option(
         50, "--sample-steps", help="Sampler steps for the derived sampling-run latency"
     ),
@@ -107,6 +115,7 @@ def run(
         timeout_s=timeout,
         sample_steps=sample_steps,
         threads=threads,
+        omp_wait_policy=omp_wait_policy or _default_omp_policy(device),
     )
     sweep.validate()
     out_dir = out if out is not None else Path("results") / machine_slug(device)
@@ -116,6 +125,15 @@ def run(
         console = Console(width=160)
     console.print(summary_table(the_suite, df))
     console.print(f"rows in {out_dir / (the_suite.name + '.csv')}")
+
+
+def _default_omp_policy(device: str) -> str | None:
+    """The environment's OMP_WAIT_POLICY if set; otherwise passive for CPU runs (see --help)."""
+    import os
+
+    if os.environ.get("OMP_WAIT_POLICY"):
+        return os.environ["OMP_WAIT_POLICY"].lower()
+    return None if device.startswith("cuda") else "passive"
 
 
 def register(app: typer.Typer) -> None:

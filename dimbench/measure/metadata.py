@@ -119,6 +119,7 @@ def run_metadata(device: str) -> dict:
         "cuda_version": torch.version.cuda or "",
         "git_sha": git_sha(),
         "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "").upper(),
         "cpu_model": cpu_model(),
         "hostname": socket.gethostname(),
         "load_avg_1m": load_average(),
