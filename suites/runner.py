@@ -143,6 +143,7 @@ def run_sweep(
     out_dir: str | Path,
     *,
     retry_failed: bool = True,
+    redo: bool = False,
     console=None,
     show_progress: bool = True,
 ):
@@ -161,7 +162,7 @@ def run_sweep(
     console = console or Console(stderr=True)
     store = ResultStore(out_dir, sweep.suite.name)
     configs = sweep.configs()
-    done = store.done_keys(retry_failed=retry_failed)
+    done = set() if redo else store.done_keys(retry_failed=retry_failed)
     todo = [c for c in configs if row_key(c.key_fields()) not in done]
     if len(todo) < len(configs):
         console.print(
@@ -178,8 +179,14 @@ def run_sweep(
         disable=not show_progress,
         transient=True,
     )
+    if todo:
+        console.print(
+            f"{sweep.suite.name}: {len(todo)} configuration{'s' * (len(todo) > 1)} -> "
+            f"{store.csv_path}"
+        )
     with progress, _terminate_as_interrupt():
-        task = progress.add_task("", total=len(todo), suite=sweep.suite.name)
+        first = todo[0].label() if todo else ""
+        task = progress.add_task(first, total=len(todo), suite=sweep.suite.name)
         for cfg in todo:
             progress.update(task, description=cfg.label())
             if sweep.suite.isolated:

@@ -411,6 +411,14 @@ def test_run_flops_in_process(tmp_path):
     dit = df[df["model"] == "DiT-T/2"].set_index("image_size")
     assert dit.loc[64, "gflops"] > 4 * dit.loc[32, "gflops"] * 0.9  # grows with tokens
 
+    from dimbench.results import ResultStore
+
+    # repeated --res works like the space-separated form; --redo measures again
+    args = ["run", "flops", "--res", "32", "--res", "64", "--models", "DiT-T/2", "--redo"]
+    assert cli([*args, "--out", str(tmp_path)]) == 0
+    assert len(ResultStore(tmp_path, "flops").rows()) == 6
+    assert len(load_results(tmp_path)) == 4  # the new rows supersede the old
+
 
 @pytest.mark.parametrize(
     "argv, message",

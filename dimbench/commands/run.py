@@ -58,6 +58,9 @@ def run(
     sample_steps: int = typer.Option(
         50, "--sample-steps", help="Sampler steps for the derived sampling-run latency"
     ),
+    redo: bool = typer.Option(
+        False, "--redo", help="Measure every configuration again; new rows supersede old ones"
+    ),
     retry_failed: bool = typer.Option(
         True,
         "--retry-failed/--skip-failed",
@@ -119,7 +122,7 @@ def run(
     )
     sweep.validate()
     out_dir = out if out is not None else Path("results") / machine_slug(device)
-    df = run_sweep(sweep, out_dir, retry_failed=retry_failed)
+    df = run_sweep(sweep, out_dir, retry_failed=retry_failed, redo=redo)
     console = Console()
     if not console.is_terminal:  # a log file: wide enough for the whole table
         console = Console(width=160)

@@ -85,20 +85,30 @@ def machine_slug(device: str = "cpu") -> str:
     return f"{slugify(name)}-{cpu_count()}c"
 
 
+# Code whose uncommitted edits change what a measurement measures.
+MEASURED_PATHS = ("dimbench", "baselines", "suites")
+
+
 @functools.cache
 def git_sha() -> str:
-    """Commit of the dimbench checkout in use ("" for an installed copy without git)."""
+    """Commit of the dimbench checkout in use, ``+dirty`` when the measured code has
+    uncommitted edits ("" for an installed copy without git)."""
     root = Path(__file__).resolve().parents[2]
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
+
+    def git(*args: str) -> subprocess.CompletedProcess | None:
+        try:
+            return subprocess.run(
+                ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    head = git("rev-parse", "--short=12", "HEAD")
+    if head is None or head.returncode != 0:
         return ""
-    return out.stdout.strip() if out.returncode == 0 else ""
+    diff = git("diff", "--quiet", "HEAD", "--", *MEASURED_PATHS)
+    dirty = diff is not None and diff.returncode == 1
+    return head.stdout.strip() + ("+dirty" if dirty else "")
 
 
 def load_average() -> float | None:
