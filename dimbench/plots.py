@@ -49,30 +49,53 @@ def model_style(name: str, all_names: list[str]) -> dict:
     return {"color": shade, "marker": marker}
 
 
+# kind -> (metric column, ratio label, wording: crossing, always ahead, never ahead)
+RATIO_KINDS = {
+    "throughput": (
+        "imgs_per_s",
+        "DiM/baseline throughput",
+        ("overtakes {b} at about {x:.0f} px", "is faster than {b} at every resolution ({lo}-{hi}"
+         " px)", "is slower than {b} up to {hi} px (no crossover)"),
+    ),
+    "flops": (
+        "gflops",
+        "baseline/DiM GFLOPs",
+        ("needs fewer GFLOPs than {b} from about {x:.0f} px", "needs fewer GFLOPs than {b} at "
+         "every resolution ({lo}-{hi} px)", "needs more GFLOPs than {b} up to {hi} px"),
+    ),
+}  # fmt: skip
+
+
 @dataclass
 class Crossover:
+    """How DiM compares with one baseline across resolution. ``ratios`` > 1 means DiM is
+    ahead: its throughput over the baseline's, or the baseline's GFLOPs over DiM's."""
+
     dim: str
     baseline: str
     resolutions: list[int]
-    ratios: list[float]  # DiM throughput / baseline throughput, where both ran
+    ratios: list[float]  # where both ran
     crossover_px: float | None  # interpolated resolution where the ratio reaches 1
     note: str = ""  # e.g. the baseline ran out of memory where DiM did not
+    kind: str = "throughput"
 
     def sentence(self) -> str:
         if not self.ratios:
             return f"{self.dim} vs {self.baseline}: no resolution where both ran. {self.note}"
+        _, label, (cross, ahead, behind) = RATIO_KINDS[self.kind]
         measured = zip(self.resolutions, self.ratios, strict=True)
         pairs = ", ".join(f"{r}: {q:.2f}x" for r, q in measured)
         lo, hi = self.resolutions[0], self.resolutions[-1]
+        fields = dict(b=self.baseline, x=self.crossover_px, lo=lo, hi=hi)
         if self.crossover_px is not None:
-            head = f"{self.dim} overtakes {self.baseline} at about {self.crossover_px:.0f} px"
+            head = f"{self.dim} " + cross.format(**fields)
         elif all(q >= 1 for q in self.ratios):
-            head = f"{self.dim} is faster than {self.baseline} at every resolution ({lo}-{hi} px)"
+            head = f"{self.dim} " + ahead.format(**fields)
         elif all(q < 1 for q in self.ratios):
-            head = f"{self.dim} is slower than {self.baseline} up to {hi} px (no crossover)"
+            head = f"{self.dim} " + behind.format(**fields)
         else:
             head = f"{self.dim} vs {self.baseline}: the ratio crosses 1 more than once"
-        return f"{head} (DiM/baseline throughput: {pairs}).{' ' + self.note if self.note else ''}"
+        return f"{head} ({label}: {pairs}).{' ' + self.note if self.note else ''}"
 
 
 def _crossing(res: list[int], ratios: list[float]) -> float | None:
@@ -102,25 +125,28 @@ def comparison_pairs(models: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def crossovers(tp) -> list[Crossover]:
-    """DiM-over-baseline throughput ratios and crossover resolutions from throughput rows
-    (one device/dtype/mode/batch group)."""
+def crossovers(df, kind: str = "throughput") -> list[Crossover]:
+    """DiM-over-baseline ratios and crossover resolutions from one group of throughput rows
+    (same device, dtype, mode, batch) or of flops rows."""
+    metric = RATIO_KINDS[kind][0]
     out = []
-    models = sorted(tp["model"].unique())
+    models = sorted(df["model"].unique())
     for dim, base in comparison_pairs(models):
-        a = tp[tp["model"] == dim].set_index("image_size")
-        b = tp[tp["model"] == base].set_index("image_size")
+        a = df[df["model"] == dim].set_index("image_size")
+        b = df[df["model"] == base].set_index("image_size")
         res, ratios, notes = [], [], []
         for r in sorted(set(a.index) & set(b.index)):
             sa, sb = a.loc[r, "status"], b.loc[r, "status"]
             if sa == "ok" and sb == "ok":
+                qa, qb = float(a.loc[r, metric]), float(b.loc[r, metric])
                 res.append(int(r))
-                ratios.append(float(a.loc[r, "imgs_per_s"]) / float(b.loc[r, "imgs_per_s"]))
+                ratios.append(qa / qb if kind == "throughput" else qb / qa)
             elif sa == "ok" and sb != "ok":
                 notes.append(f"At {r} px {base} gave {sb} and {dim} ran.")
             elif sb == "ok" and sa != "ok":
                 notes.append(f"At {r} px {dim} gave {sa} and {base} ran.")
-        out.append(Crossover(dim, base, res, ratios, _crossing(res, ratios), " ".join(notes)))
+        crossing = _crossing(res, ratios)
+        out.append(Crossover(dim, base, res, ratios, crossing, " ".join(notes), kind))
     return out
 
 
@@ -199,16 +225,17 @@ def _empty(ax, text: str) -> None:
     ax.set_yticks([])
 
 
-def _plot_ratio(ax, cross: list[Crossover], flops_ratio: list[tuple[str, list, list]]) -> None:
+def _plot_ratio(ax, cross: list[Crossover]) -> None:
     names = sorted({c.dim for c in cross} | {c.baseline for c in cross})
     sizes = []
     for c in cross:
         if not c.ratios:
             continue
         style = model_style(c.baseline, names)
+        label = f"{c.dim} / {c.baseline}" if c.kind == "throughput" else f"{c.baseline} / {c.dim}"
         ax.plot(
-            c.resolutions, c.ratios, label=f"{c.dim} / {c.baseline}", linewidth=1.8,
-            markersize=5, **style,
+            c.resolutions, c.ratios, label=label, linewidth=1.8, markersize=5,
+            linestyle="-" if c.kind == "throughput" else "--", **style,
         )  # fmt: skip
         sizes += c.resolutions
         if c.crossover_px is not None:
@@ -222,30 +249,15 @@ def _plot_ratio(ax, cross: list[Crossover], flops_ratio: list[tuple[str, list, l
                 fontsize=7,
                 color=style["color"],
             )
-    for label, res, ratio in flops_ratio:
-        ax.plot(res, ratio, label=label, linestyle="--", linewidth=1.2, marker=".")
-        sizes += res
     if not sizes:
         _empty(ax, "no DiM / baseline pair measured")
         return
     ax.axhline(1.0, color="0.3", linewidth=1)
     _log_axes(ax, sizes)
     _plain_y_labels(ax)
-    ax.set_ylabel("DiM throughput / baseline" if cross else "baseline GFLOPs / DiM GFLOPs")
+    throughput = any(c.kind == "throughput" for c in cross)
+    ax.set_ylabel("DiM throughput / baseline" if throughput else "baseline GFLOPs / DiM GFLOPs")
     ax.legend(fontsize=8, frameon=False)
-
-
-def _flops_ratios(fl) -> list[tuple[str, list, list]]:
-    """Baseline GFLOPs over DiM GFLOPs per resolution (>1: DiM does less work)."""
-    out = []
-    models = sorted(fl["model"].unique())
-    for dim, base in comparison_pairs(models):
-        a = fl[(fl["model"] == dim) & (fl["status"] == "ok")].set_index("image_size")["gflops"]
-        b = fl[(fl["model"] == base) & (fl["status"] == "ok")].set_index("image_size")["gflops"]
-        res = sorted(set(a.index) & set(b.index))
-        if res:
-            out.append((f"{base} / {dim} (GFLOPs)", res, [b[r] / a[r] for r in res]))
-    return out
 
 
 def _groups(df) -> dict[tuple, object]:
@@ -259,7 +271,8 @@ def _groups(df) -> dict[tuple, object]:
 def plot_scaling(results_dir: str | Path, formats: tuple[str, ...] = ("png", "svg")) -> dict:
     """Draw ``scaling*.png/svg`` and ``summary.md`` beside the CSVs in ``results_dir``.
 
-    Returns {"figures": [paths], "crossovers": {group label: [Crossover]}}.
+    Returns {"figures": [paths], "crossovers": {group label: [Crossover]}} (throughput groups,
+    plus a "GFLOPs, forward" entry when there are flops rows).
     """
     import matplotlib
 
@@ -281,6 +294,7 @@ def plot_scaling(results_dir: str | Path, formats: tuple[str, ...] = ("png", "sv
         fl = fl[fl["mode"] == ("forward" if "forward" in modes else sorted(modes)[0])]
     tp_groups, mem_groups = _groups(tp_all), _groups(mem_all)
     group_keys = sorted(set(tp_groups) | set(mem_groups)) or [None]
+    flops_cross = crossovers(fl, kind="flops") if not fl.empty else []
     figures, all_cross = [], {}
     for key in group_keys:
         tp = tp_groups.get(key, tp_all.iloc[0:0])
@@ -304,13 +318,13 @@ def plot_scaling(results_dir: str | Path, formats: tuple[str, ...] = ("png", "sv
             _empty(ax_fl, "no flops rows")
         else:
             _plot_metric(ax_fl, fl, "gflops", "GFLOPs per image (2 per MAC)", per_image=True)
-        _plot_ratio(ax_ratio, cross, [] if cross else _flops_ratios(fl) if not fl.empty else [])
+        _plot_ratio(ax_ratio, cross or flops_cross)
         ax_tp.set_title("Throughput")
         ax_mem.set_title("Peak memory")
         ax_fl.set_title(f"Compute ({fl['mode'].iloc[0] if not fl.empty else 'forward'})")
         ax_ratio.set_title("DiM over baselines (>1: DiM ahead)")
         label = _group_label(key) if key else "flops only"
-        device_name = _first(tp, mem, fl, column="device_name")
+        device_name = _first(tp, mem, column="device_name")
         fig.suptitle(f"dimbench scaling: {label}" + (f" on {device_name}" if device_name else ""))
         stem = "scaling" if len(group_keys) == 1 else "scaling_" + _slug(key)
         for fmt in formats:
@@ -319,6 +333,8 @@ def plot_scaling(results_dir: str | Path, formats: tuple[str, ...] = ("png", "sv
             figures.append(path)
         plt.close(fig)
         all_cross[label] = cross
+    if flops_cross:
+        all_cross[f"GFLOPs, {fl['mode'].iloc[0]}"] = flops_cross
     (results_dir / "summary.md").write_text(summary_markdown(df, all_cross, figures))
     return {"figures": figures, "crossovers": all_cross}
 
@@ -372,7 +388,9 @@ def summary_markdown(df, cross: dict[str, list[Crossover]], figures: list[Path])
     for label, items in cross.items():
         if not items:
             continue
-        lines += [f"## Where DiM overtakes the baselines ({label})", ""]
+        kind = items[0].kind
+        title = "overtakes the baselines" if kind == "throughput" else "needs fewer FLOPs"
+        lines += [f"## Where DiM {title} ({label})", ""]
         lines += [f"- {c.sentence()}" for c in items]
         lines.append("")
     return "\n".join(lines)

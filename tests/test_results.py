@@ -170,7 +170,8 @@ def test_plot_scaling_writes_png_svg_and_summary(tmp_path):
     svg = (tmp_path / "scaling.svg").read_text()
     assert "OOM" in svg  # DiT's 1536 px point is marked
 
-    (cross,) = out["crossovers"].values()
+    assert list(out["crossovers"]) == ["cpu, fp32, forward, batch 1", "GFLOPs, forward"]
+    cross = out["crossovers"]["cpu, fp32, forward, batch 1"]
     by_base = {c.baseline: c for c in cross}
     dit = by_base["DiT-T/2"]
     assert dit.resolutions == [256, 512, 1024]
@@ -182,6 +183,10 @@ def test_plot_scaling_writes_png_svg_and_summary(tmp_path):
     assert "DiM-T/2 overtakes DiT-T/2 at about" in summary
     assert "DiM-T/2 is faster than U-ViT-T/2 at every resolution" in summary
     assert "![scaling](scaling.png)" in summary
+    # the synthetic FLOPs: DiM 4 x tokens, baselines tokens x (res/256)^2 -> equal at 512 px
+    (flops,) = [c for c in out["crossovers"]["GFLOPs, forward"] if c.baseline == "DiT-T/2"]
+    assert flops.kind == "flops" and flops.crossover_px == pytest.approx(512)
+    assert "DiM-T/2 needs fewer GFLOPs than DiT-T/2 from about 512 px" in summary
 
 
 def cli(args: list[str]) -> int:
