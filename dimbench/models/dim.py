@@ -103,7 +103,10 @@ class DiMBlock(nn.Module):
 
     def forward(self, stream: Tensor, modulation: Tensor) -> Tensor:
         shift, scale, gate = (self.scale_shift_table[None] + modulation).unbind(1)
-        h = self.norm(stream.to(self.norm.weight.dtype)) * (1 + scale[:, None]) + shift[:, None]
+        # RMSNorm(x) * (1 + scale) + shift with the norm's weight folded into the scale
+        weight = self.norm.weight
+        h = F.rms_norm(stream.to(weight.dtype), weight.shape, eps=self.norm.eps)
+        h = torch.addcmul(shift[:, None], h, (weight * (1 + scale))[:, None])
         return (1 + gate[:, None]) * self.mixer(h)
 
 
@@ -366,7 +369,7 @@ def resize_pos_embed(pos_embed: Tensor, size: tuple[int, int]) -> Tensor:
 # ---------------------------------------------------------------------- registry
 
 DIM_CONFIGS: dict[str, dict] = {
-    "DiM-T/2": dict(hidden_size=64, depth=5),  # tiny: tests and CPU smoke runs
+    "DiM-T/2": dict(hidden_size=64, depth=7),  # tiny, for tests: 7 blocks use all four orders
     "DiM-S/2": dict(hidden_size=512, depth=25),
     "DiM-L/2": dict(hidden_size=1024, depth=49),
     "DiM-H/2": dict(hidden_size=1536, depth=49),

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from dimbench.ops import causal_conv1d, selective_scan
@@ -85,16 +84,19 @@ class MambaMixer(nn.Module):
         self.out_proj.weight /= math.sqrt(n_layer)
 
     def forward(self, hidden: Tensor) -> Tensor:
-        batch, length, _ = hidden.shape
-        # (E2, D) @ (B, D, L): x and z come out channel-major, as the conv and the scan want them
-        xz = torch.matmul(self.in_proj.weight, hidden.transpose(1, 2))
-        x, z = xz.chunk(2, dim=1)
+        # Channel-major (B, E, L) is what the conv and the scan want. The projections are batched
+        # matmuls on transposed views (BLAS transpose flags), so no activation is ever copied:
+        # torch.matmul / F.linear would copy (B, E, L) outputs or (B, L, E) inputs here.
+        # x and z as two GEMMs (not one and a split) so that both come out contiguous
+        w_x, w_z = self.in_proj.weight.chunk(2, dim=0)
+        x = _weight_matmul(w_x, hidden.transpose(1, 2))  # (B, E, L)
+        z = _weight_matmul(w_z, hidden.transpose(1, 2))
         x = causal_conv1d(
             x, self.conv1d.weight[:, 0], self.conv1d.bias, "silu", backend=self.conv_backend
         )
-        x_dbl = F.linear(x.transpose(1, 2), self.x_proj.weight)  # (B, L, R + 2N)
+        x_dbl = _matmul_weight(x.transpose(1, 2), self.x_proj.weight)  # (B, L, R + 2N)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = torch.matmul(self.dt_proj.weight, dt.transpose(1, 2))  # (B, E, L), bias in the scan
+        dt = _weight_matmul(self.dt_proj.weight, dt.transpose(1, 2))  # (B, E, L); bias in the scan
         A = -torch.exp(self.A_log.float())
         y = selective_scan(
             x,
@@ -108,10 +110,20 @@ class MambaMixer(nn.Module):
             delta_softplus=True,
             backend=self.scan_backend,
         )
-        return F.linear(y.transpose(1, 2), self.out_proj.weight)
+        return _matmul_weight(y.transpose(1, 2), self.out_proj.weight)  # (B, L, D)
 
     def extra_repr(self) -> str:
         return (
             f"d_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, "
             f"d_conv={self.d_conv}, dt_rank={self.dt_rank}, scan_backend={self.scan_backend!r}"
         )
+
+
+def _weight_matmul(weight: Tensor, x: Tensor) -> Tensor:
+    """(O, I) @ (B, I, L) -> (B, O, L)."""
+    return torch.bmm(weight.expand(x.shape[0], -1, -1), x)
+
+
+def _matmul_weight(x: Tensor, weight: Tensor) -> Tensor:
+    """(B, L, I) @ (O, I)^T -> (B, L, O), i.e. F.linear without a bias."""
+    return torch.bmm(x, weight.t().expand(x.shape[0], -1, -1))
