@@ -178,9 +178,11 @@ def official_style_blocks(m: DiM, seq, modulation, layout):
     return change(hidden + residual, last, 0)
 
 
-@pytest.mark.parametrize("directions", [4, 2])
-def test_block_loop_matches_the_official_formulation(directions):
-    m = tiny(64, scan_directions=directions)
+@pytest.mark.parametrize(
+    "overrides", [{}, {"scan_directions": 2}, {"hidden_size": 520, "depth": 5}]
+)  # the last fuses skips as Linear(h) + Linear(skip) (width > 512)
+def test_block_loop_matches_the_official_formulation(overrides):
+    m = tiny(64, **overrides)
     x, t, y = inputs(2, 8, 12)  # non-square: 4x6 patches, 7x9 padded
     with torch.no_grad():
         seq, _, layout = m.embed(x, t, y)
@@ -266,6 +268,9 @@ def test_bf16_autocast_on_cpu():
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
     ref = m(x, t, y)
     assert (out - ref).abs().max() < 0.05 * ref.abs().max() + 0.05
+    pure = m.to(torch.bfloat16)(x.bfloat16(), t, y)  # parameters in bf16, no autocast
+    assert pure.dtype == torch.bfloat16 and torch.isfinite(pure).all()
+    assert (pure.float() - ref).abs().max() < 0.05 * ref.abs().max() + 0.05
 
 
 # ----------------------------------------------------------------------------- checkpoints

@@ -52,7 +52,8 @@ class TimestepMLP(nn.Module):
         self.fc2 = nn.Linear(dim, dim)
 
     def forward(self, t: Tensor) -> Tensor:
-        return self.fc2(F.silu(self.fc1(timestep_embedding(t, self.freq_dim))))
+        emb = timestep_embedding(t, self.freq_dim).to(self.fc1.weight.dtype)
+        return self.fc2(F.silu(self.fc1(emb)))
 
 
 class AdaLNSingle(nn.Module):
@@ -84,8 +85,10 @@ class SkipFusion(nn.Module):
 
     def forward(self, hidden: Tensor, skip: Tensor) -> Tensor:
         if self.concat:
-            return self.linear(torch.cat([hidden, skip.to(hidden.dtype)], dim=-1))
-        return self.hidden_linear(hidden) + self.skip_linear(skip)
+            dtype = self.linear.weight.dtype
+            return self.linear(torch.cat([hidden.to(dtype), skip.to(dtype)], dim=-1))
+        dtype = self.hidden_linear.weight.dtype
+        return self.hidden_linear(hidden.to(dtype)) + self.skip_linear(skip.to(dtype))
 
 
 class DiMBlock(nn.Module):
@@ -277,9 +280,9 @@ class DiM(nn.Module):
         if h % p or w % p:
             raise ValueError(f"input {h}x{w} is not divisible by the patch size {p}")
         gh, gw = h // p, w // p
-        cond = torch.stack(
-            [timestep_embedding(t, self.hidden_size), self.class_embed(y).float()], dim=1
-        )
+        dtype = self.x_embedder.weight.dtype  # the parameters' dtype (fp32 under autocast)
+        t_tok = timestep_embedding(t, self.hidden_size).to(dtype)
+        cond = torch.stack([t_tok, self.class_embed(y)], dim=1)
         prefix = cond + self.pos_embed_cond
         grid = self.x_embedder(x).permute(0, 2, 3, 1) + self.grid_pos_embed(gh, gw)
         if self.first_smoother is not None:
@@ -333,7 +336,7 @@ class DiM(nn.Module):
         """R+ sequence -> un-pad -> last smoother -> modulated RMSNorm -> linear -> unpatchify."""
         batch, dim = seq.shape[0], seq.shape[-1]
         grid = seq[:, layout.num_prefix :].reshape(batch, layout.padded_h, layout.padded_w, dim)
-        grid = grid[:, : layout.grid_h, : layout.grid_w]
+        grid = grid[:, : layout.grid_h, : layout.grid_w].to(self.proj_out.weight.dtype)
         if self.last_smoother is not None:
             grid = self.last_smoother(grid.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         shift, scale = self.final_modulation(F.silu(cond.sum(1))).chunk(2, dim=-1)
