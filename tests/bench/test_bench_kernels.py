@@ -1,0 +1,101 @@
+"""Kernel benchmarks at DiM-L/2's inner width (D = 2048, N = 16, B = 1) and DiM's token counts.
+
+Every available scan backend with DiM's options (D skip, z gate, delta bias, softplus), forward
+and forward+backward; the attention backends (16 heads x 64); the causal depthwise conv.
+The ratio of two rows of one run is what to compare (e.g. cpu vs ref at L = 9216); absolute
+times on a shared 2-core machine move by tens of percent.
+"""
+
+import time
+
+import pytest
+import torch
+
+from dimbench.ops import attention, causal_conv1d, scan_backends, selective_scan
+
+LENGTHS = [256, 1024, 4096, 9216]
+DIM, DSTATE, HEADS, HEAD_DIM = 2048, 16, 16, 64
+TARGET_SECONDS = 3.0  # per benchmark: enough rounds for a median, few for the slow ones
+
+
+def run(benchmark, fn, *args):
+    fn(*args)  # warm-up (and the first-use compile of the cpu kernel)
+    t0 = time.perf_counter()
+    fn(*args)
+    once = time.perf_counter() - t0
+    rounds = max(3, min(30, int(TARGET_SECONDS / max(once, 1e-6))))
+    benchmark.pedantic(fn, args=args, rounds=rounds, iterations=1, warmup_rounds=0)
+
+
+def scan_inputs(length, requires_grad=False):
+    g = torch.Generator().manual_seed(0)
+    t = {
+        "u": torch.randn(1, DIM, length, generator=g),
+        "delta": torch.randn(1, DIM, length, generator=g) - 4.0,
+        "A": -torch.exp(torch.randn(DIM, DSTATE, generator=g)),
+        "B": torch.randn(1, DSTATE, length, generator=g),
+        "C": torch.randn(1, DSTATE, length, generator=g),
+        "D": torch.ones(DIM),
+        "z": torch.randn(1, DIM, length, generator=g),
+        "delta_bias": torch.full((DIM,), -4.0),
+    }
+    return {k: v.requires_grad_(requires_grad) for k, v in t.items()}
+
+
+def scan_forward(inputs, backend):
+    with torch.no_grad():
+        return selective_scan(**inputs, delta_softplus=True, backend=backend)
+
+
+def scan_forward_backward(inputs, backend):
+    out = selective_scan(**inputs, delta_softplus=True, backend=backend)
+    out.backward(torch.ones_like(out))
+    for v in inputs.values():
+        v.grad = None
+
+
+@pytest.mark.parametrize("length", LENGTHS)
+@pytest.mark.parametrize("backend", scan_backends("cpu"))
+def test_scan_forward(benchmark, backend, length):
+    benchmark.group = f"scan forward L={length}"
+    benchmark.extra_info.update(kernel="scan", backend=backend, length=length, mode="forward")
+    run(benchmark, scan_forward, scan_inputs(length), backend)
+
+
+@pytest.mark.parametrize("length", LENGTHS)
+@pytest.mark.parametrize("backend", scan_backends("cpu"))
+def test_scan_forward_backward(benchmark, backend, length):
+    benchmark.group = f"scan forward+backward L={length}"
+    benchmark.extra_info.update(kernel="scan", backend=backend, length=length, mode="train")
+    run(benchmark, scan_forward_backward, scan_inputs(length, requires_grad=True), backend)
+
+
+@pytest.mark.parametrize("length", LENGTHS)
+@pytest.mark.parametrize("backend", ["sdpa", "math"])
+def test_attention_forward(benchmark, backend, length):
+    if backend == "math" and length > 4096:
+        pytest.skip("explicit softmax(QK^T)V at 9216 tokens needs ~10 GB")
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, HEADS, length, HEAD_DIM, generator=g) for _ in range(3))
+    benchmark.group = f"attention forward L={length}"
+    benchmark.extra_info.update(kernel="attention", backend=backend, length=length)
+
+    def fwd():
+        with torch.no_grad():
+            return attention(q, k, v, backend=backend)
+
+    run(benchmark, fwd)
+
+
+@pytest.mark.parametrize("length", LENGTHS)
+def test_causal_conv_forward(benchmark, length):
+    g = torch.Generator().manual_seed(0)
+    x, w, b = torch.randn(1, DIM, length, generator=g), torch.randn(DIM, 3), torch.randn(DIM)
+    benchmark.group = f"causal conv forward L={length}"
+    benchmark.extra_info.update(kernel="conv", backend="torch", length=length)
+
+    def fwd():
+        with torch.no_grad():
+            return causal_conv1d(x, w, b, activation="silu")
+
+    run(benchmark, fwd)

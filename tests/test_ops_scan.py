@@ -1,0 +1,241 @@
+"""Every selective-scan backend against a float64 reference: outputs and all gradients."""
+
+import math
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from dimbench.ops import scan_backends, scan_flops, selective_scan, selective_scan_ref
+from dimbench.ops.scan_ref import selective_scan_ref_bwd
+
+CPU_BACKENDS = scan_backends("cpu")
+OPTIONAL = ("D", "z", "delta_bias")
+
+
+def make_inputs(batch, dim, length, n, groups=None, delta_range=(1e-4, 10.0), seed=0):
+    """Fresh random inputs; delta log-uniform over delta_range, A = -exp(.) as Mamba's."""
+    g = torch.Generator().manual_seed(seed)
+    lo, hi = (math.log(v) for v in delta_range)
+    bc = (batch, n, length) if groups is None else (batch, groups, n, length)
+    return {
+        "u": torch.randn(batch, dim, length, generator=g),
+        "delta": torch.exp(lo + (hi - lo) * torch.rand(batch, dim, length, generator=g)),
+        "A": -torch.exp(torch.randn(dim, n, generator=g)),
+        "B": torch.randn(*bc, generator=g),
+        "C": torch.randn(*bc, generator=g),
+        "D": torch.randn(dim, generator=g),
+        "z": torch.randn(batch, dim, length, generator=g),
+        "delta_bias": 0.5 * torch.randn(dim, generator=g),
+    }
+
+
+def pick(inputs, with_opts):
+    return {k: v for k, v in inputs.items() if k not in OPTIONAL or with_opts}
+
+
+NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+AUTOGRAD_MAX_LENGTH = 400  # beyond, autograd's graph of a float64 loop is slow; use the twin
+
+
+def reference(inputs, softplus, grad_out=None, seed=0):
+    """float64 output and input gradients: autograd of the reference loop for short sequences,
+    its hand-written backward twin (checked against autograd below) for long ones."""
+    x64 = {k: v.double() for k, v in inputs.items()}
+    length = inputs["u"].shape[-1]
+    if length <= AUTOGRAD_MAX_LENGTH:
+        leaves = {k: v.requires_grad_() for k, v in x64.items()}
+        out = selective_scan_ref(**leaves, delta_softplus=softplus)
+        if grad_out is None:
+            grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed))
+        out.backward(grad_out.double())
+        return out.detach(), grad_out, {k: v.grad for k, v in leaves.items()}
+    out = selective_scan_ref(**x64, delta_softplus=softplus)
+    if grad_out is None:
+        grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed))
+    args = [x64.get(k) for k in NAMES]
+    grads = selective_scan_ref_bwd(grad_out.double(), *args, delta_softplus=softplus)
+    return out, grad_out, {k: g for k, g in zip(NAMES, grads, strict=True) if k in x64}
+
+
+def assert_close(actual, expected, rel=2e-5, what=""):
+    """max |a - e| within rel of max |e| (float32 against float64 over long recurrences)."""
+    scale = expected.abs().max().item()
+    err = (actual.double() - expected).abs().max().item()
+    assert err <= rel * scale + 1e-7, f"{what}: max error {err:.3g} vs scale {scale:.3g}"
+
+
+CASES = [
+    # (batch, dim, length, d_state, groups)
+    (1, 16, 1, 16, None),
+    (2, 37, 100, 16, None),  # dim not a multiple of 16, length not of the time tile
+    (1, 32, 130, 5, 2),  # grouped B/C, odd d_state
+    (1, 24, 333, 33, None),
+    (2, 16, 1024, 16, None),
+]
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c)))
+@pytest.mark.parametrize("with_opts", [False, True], ids=["bare", "D-z-bias-softplus"])
+def test_backend_matches_float64_reference(backend, case, with_opts):
+    batch, dim, length, n, groups = case
+    if backend == "ref" and length > 200:
+        pytest.skip("the reference checks itself at small sizes")
+    inputs = pick(make_inputs(batch, dim, length, n, groups, seed=length), with_opts)
+    softplus = with_opts
+    expected, grad_out, expected_grads = reference(inputs, softplus)
+
+    leaves = {k: v.clone().requires_grad_() for k, v in inputs.items()}
+    out = selective_scan(**leaves, delta_softplus=softplus, backend=backend)
+    assert out.shape == (batch, dim, length) and out.dtype == torch.float32
+    assert_close(out, expected, what="out")
+    out.backward(grad_out.float())
+    for name, leaf in leaves.items():
+        assert leaf.grad is not None, name
+        assert leaf.grad.shape == leaf.shape, name
+        assert_close(leaf.grad, expected_grads[name], rel=5e-5, what=f"d{name}")
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_long_sequence_with_extreme_deltas_is_finite_and_exact(backend):
+    """L = 9216 (DiM at 1536 px); delta from 1e-4 to 10 with softplus; no overflow, no NaN."""
+    if backend == "ref":
+        pytest.skip("the reference is the oracle here")
+    inputs = make_inputs(1, 16, 9216, 4, seed=1)
+    expected, grad_out, expected_grads = reference(inputs, True)
+    leaves = {k: v.clone().requires_grad_() for k, v in inputs.items()}
+    out = selective_scan(**leaves, delta_softplus=True, backend=backend)
+    out.backward(grad_out.float())
+    assert torch.isfinite(out).all()
+    assert_close(out, expected, what="out")
+    for name, leaf in leaves.items():
+        assert torch.isfinite(leaf.grad).all(), name
+        assert_close(leaf.grad, expected_grads[name], rel=1e-4, what=f"d{name}")
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_huge_decays_underflow_to_zero_not_nan(backend):
+    inputs = make_inputs(1, 16, 64, 16, delta_range=(5.0, 10.0), seed=2)
+    inputs["A"] = inputs["A"] * 1e4  # exp(delta * A) underflows
+    out = selective_scan(**inputs, delta_softplus=True, backend=backend)
+    expected = selective_scan_ref(**{k: v.double() for k, v in inputs.items()}, delta_softplus=True)
+    assert torch.isfinite(out).all()
+    assert_close(out, expected, what="out")
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_bfloat16_inputs_use_float32_state(backend):
+    inputs = make_inputs(2, 32, 200, 16, seed=3)
+    params = ("A", "D", "delta_bias")  # float32 parameters, as in Mamba
+    bf16 = {k: (v if k in params else v.bfloat16()) for k, v in inputs.items()}
+    out = selective_scan(**bf16, delta_softplus=True, backend=backend)
+    assert out.dtype == torch.bfloat16
+    # the reference on the same (bf16-rounded) values, in float64
+    expected = selective_scan_ref(**{k: v.double() for k, v in bf16.items()}, delta_softplus=True)
+    assert_close(out.float(), expected, rel=1e-2, what="bf16 out")
+    leaves = {k: v.clone().requires_grad_() for k, v in bf16.items()}
+    selective_scan(**leaves, delta_softplus=True, backend=backend).float().sum().backward()
+    for name, leaf in leaves.items():
+        assert leaf.grad.dtype == leaf.dtype and torch.isfinite(leaf.grad.float()).all(), name
+
+
+def test_ref_backward_matches_autograd_of_the_reference():
+    inputs = make_inputs(2, 8, 40, 6, groups=2, seed=4)
+    leaves = {k: v.double().requires_grad_() for k, v in inputs.items()}
+    out = selective_scan_ref(**leaves, delta_softplus=True)
+    grad_out = torch.randn_like(out)
+    out.backward(grad_out)
+    grads = selective_scan_ref_bwd(
+        grad_out, *(inputs[k].double() for k in NAMES), delta_softplus=True
+    )
+    for name, g in zip(NAMES, grads, strict=True):
+        torch.testing.assert_close(g, leaves[name].grad, rtol=1e-10, atol=1e-12)
+
+
+def test_gradcheck_through_the_custom_op():
+    inputs = make_inputs(1, 3, 6, 2, seed=5)
+    args = [inputs[k].double().requires_grad_() for k in ("u", "delta", "A", "B", "C", "D", "z")]
+
+    def fn(*a):
+        return selective_scan(*a, delta_softplus=True, backend="ref")
+
+    assert torch.autograd.gradcheck(fn, args)
+
+
+def test_results_do_not_depend_on_thread_count():
+    if "cpu" not in CPU_BACKENDS:
+        pytest.skip("no compiled kernel here")
+    inputs = make_inputs(2, 64, 300, 16, seed=6)
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            leaves = {k: v.clone().requires_grad_() for k, v in inputs.items()}
+            out = selective_scan(**leaves, delta_softplus=True, backend="cpu")
+            out.sum().backward()
+            results.append((out, {k: v.grad for k, v in leaves.items()}))
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=0)
+    for k in inputs:
+        torch.testing.assert_close(results[0][1][k], results[1][1][k], rtol=1e-6, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- FLOPs and meta
+
+
+@pytest.mark.parametrize("with_opts", [False, True])
+def test_flop_formula_counted_on_cpu_and_meta(with_opts):
+    inputs = pick(make_inputs(2, 32, 50, 16), with_opts)
+    expected_fwd = scan_flops(
+        (2, 32, 50), (32, 16), with_opts, with_opts, with_opts, delta_softplus=with_opts
+    )
+    assert expected_fwd == 9 * 2 * 50 * 32 * 16 + (10 * 2 * 32 * 50 if with_opts else 0)
+    for device in ("cpu", "meta"):
+        leaves = {k: v.detach().clone().to(device).requires_grad_() for k, v in inputs.items()}
+        with FlopCounterMode(display=False) as counter:
+            out = selective_scan(**leaves, delta_softplus=with_opts)
+        assert out.shape == (2, 32, 50) and out.device.type == device
+        assert counter.get_total_flops() == expected_fwd
+        with FlopCounterMode(display=False) as counter:
+            out.backward(torch.ones_like(out))
+        assert counter.get_total_flops() == 2 * expected_fwd
+        if device == "meta":
+            assert all(leaf.grad.shape == leaf.shape for leaf in leaves.values())
+
+
+def test_meta_tensors_allocate_nothing_at_paper_scale():
+    """DiM-H/2 at 1536 px: E = 3072 channels, L = 9806 tokens; shapes only."""
+    u = torch.empty(8, 3072, 9806, device="meta")
+    A = torch.empty(3072, 16, device="meta")
+    B = torch.empty(8, 16, 9806, device="meta")
+    with FlopCounterMode(display=False) as counter:
+        out = selective_scan(u, u, A, B, B, A[:, 0], u, A[:, 0], delta_softplus=True)
+    assert out.shape == u.shape and out.is_meta
+    assert counter.get_total_flops() == scan_flops(u.shape, A.shape, True, True, True, True)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_unknown_backend_names_the_available_ones():
+    inputs = make_inputs(1, 4, 5, 2)
+    with pytest.raises(ValueError, match="unknown scan backend 'nope'.*ref"):
+        selective_scan(**inputs, backend="nope")
+
+
+def test_unavailable_backend_is_a_clear_error():
+    if "mamba_ssm" in scan_backends():
+        pytest.skip("mamba_ssm is installed here")
+    inputs = make_inputs(1, 4, 5, 2)
+    with pytest.raises((RuntimeError, ValueError), match="available here"):
+        selective_scan(**inputs, backend="mamba_ssm")
+
+
+def test_shape_errors_say_what_was_expected():
+    inputs = make_inputs(1, 4, 5, 2)
+    inputs["B"] = inputs["B"][..., :3]
+    with pytest.raises(ValueError, match="B must be"):
+        selective_scan(**inputs)
