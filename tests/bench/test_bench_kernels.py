@@ -99,3 +99,12 @@ def test_causal_conv_forward(benchmark, length):
             return causal_conv1d(x, w, b, activation="silu")
 
     run(benchmark, fwd)
+
+
+def test_matmul_fp32(benchmark):
+    """The machine's fp32 matmul rate, the ceiling to read the kernels' GFLOP/s against."""
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(2048, 2048, generator=g) for _ in range(2))
+    benchmark.group = "fp32 matmul 2048^3"
+    benchmark.extra_info.update(kernel="matmul", flops=2 * 2048**3)
+    run(benchmark, torch.mm, a, b)

@@ -1,0 +1,73 @@
+"""Summarise a kernel benchmark run (pytest-benchmark JSON of tests/bench/test_bench_kernels.py).
+
+    pytest tests/bench/test_bench_kernels.py -m bench --benchmark-enable --benchmark-json=k.json
+    python -m dimbench.measure.kernel_report k.json > kernels.md
+
+For each length: every scan backend's median forward and forward+backward time, the speed-up
+of each backend over ``ref`` measured in the same run, forward+backward over forward, and the
+achieved GFLOP/s (dimbench's scan FLOP formula) beside the run's fp32 matmul GFLOP/s.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from dimbench.ops.scan import scan_flops
+
+DIM, DSTATE = 2048, 16  # the benchmark's shapes
+
+
+def load(path: str | Path) -> list[dict]:
+    data = json.loads(Path(path).read_text())
+    return [
+        {**b["extra_info"], "median_s": b["stats"]["median"], "iqr_s": b["stats"]["iqr"]}
+        for b in data["benchmarks"]
+    ]
+
+
+def report(rows: list[dict]) -> str:
+    matmul = [r for r in rows if r.get("kernel") == "matmul"]
+    matmul_gflops = matmul[0]["flops"] / matmul[0]["median_s"] / 1e9 if matmul else None
+    scans = {(r["backend"], r["length"], r["mode"]): r for r in rows if r.get("kernel") == "scan"}
+    backends = sorted({b for b, _, _ in scans}, key=lambda b: (b == "ref", b))
+    lines = [
+        "| L | backend | forward ms | fwd+bwd ms | fwd+bwd / fwd | speed-up vs ref (fwd) "
+        "| speed-up vs ref (fwd+bwd) | forward GFLOP/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for length in sorted({n for _, n, _ in scans}):
+        flops = scan_flops((1, DIM, length), (DIM, DSTATE), True, True, True, True)
+        ref_f = scans.get(("ref", length, "forward"))
+        ref_t = scans.get(("ref", length, "train"))
+        for b in backends:
+            f, t = scans.get((b, length, "forward")), scans.get((b, length, "train"))
+            if f is None:
+                continue
+            cells = [
+                str(length),
+                b,
+                f"{f['median_s'] * 1e3:.1f}",
+                f"{t['median_s'] * 1e3:.1f}" if t else "-",
+                f"{t['median_s'] / f['median_s']:.2f}" if t else "-",
+                f"{ref_f['median_s'] / f['median_s']:.1f}x" if ref_f else "-",
+                f"{ref_t['median_s'] / t['median_s']:.1f}x" if ref_t and t else "-",
+                f"{flops / f['median_s'] / 1e9:.1f}",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    if matmul_gflops is not None:
+        lines.append("")
+        lines.append(f"fp32 matmul (2048^3) in the same run: {matmul_gflops:.0f} GFLOP/s.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        sys.exit("usage: python -m dimbench.measure.kernel_report BENCHMARK.json")
+    print(report(load(args[0])))
+
+
+if __name__ == "__main__":
+    main()
