@@ -231,7 +231,8 @@ class DiM(nn.Module):
                 nn.init.normal_(module.weight, std=0.02)
 
     def no_weight_decay(self) -> set[str]:
-        """Parameter names the official optimiser excludes from weight decay."""
+        """Parameters to keep out of weight decay: position embeddings, pad and split tokens,
+        and the A_log / D that Mamba marks ``_no_weight_decay``."""
         always = {"pos_embed", "pos_embed_cond", "pad_tokens", "split_tokens"}
         return {
             name
