@@ -1,0 +1,41 @@
+"""The speed gate's benchmarks under pytest-benchmark: small sizes, milliseconds per call.
+
+The same cases as `dimbench regress` (dimbench/measure/regress_cases.py), on one torch thread
+with glibc keeping its heap, as the gate runs them; the calibration kernels are included so a
+pytest-benchmark JSON can be normalised the same way. Run:
+
+    pytest tests/bench/test_bench_gate.py -m bench --benchmark-enable --benchmark-json=FILE
+
+pytest-benchmark times each case on its own (no interleaving) with the wall clock; the gate's
+verdicts come from `dimbench regress`, which interleaves rounds and uses CPU time.
+"""
+
+import pytest
+import torch
+
+from dimbench.measure.regress_cases import CALIBRATION, gate_cases
+from dimbench.measure.regress_run import keep_heap, torch_threads
+
+pytestmark = pytest.mark.bench  # also without tests/bench/conftest.py: never in the default run
+
+CASES = [*gate_cases("cpu"), *CALIBRATION]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    keep_heap()
+    with torch_threads(1):
+        yield
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_gate_case(benchmark, case):
+    benchmark.group = case.group
+    benchmark.extra_info.update(signature=case.signature, repeat=case.repeat, threads=1)
+    fn = case.setup(torch.device("cpu"))
+
+    def sample() -> None:
+        for _ in range(case.repeat):
+            fn()
+
+    benchmark.pedantic(sample, rounds=20, iterations=1, warmup_rounds=2)
