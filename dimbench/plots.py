@@ -212,9 +212,10 @@ def _plain_y_labels(ax) -> None:
 
     lo, hi = ax.get_ylim()
     decades = math.log10(hi / lo) if lo > 0 and hi > lo else 99
-    ax.yaxis.set_major_locator(
-        LogLocator(base=10, subs=(1.0, 2.0, 5.0) if decades <= 3 else (1.0,))
+    subs = (
+        (1.0, 2.0, 3.0, 5.0, 7.0) if decades <= 1 else (1.0, 2.0, 5.0) if decades <= 3 else (1.0,)
     )
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=subs))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.6g}"))
     ax.yaxis.set_minor_formatter(NullFormatter())
 
@@ -308,8 +309,10 @@ def plot_scaling(results_dir: str | Path, formats: tuple[str, ...] = ("png", "sv
             _plot_metric(ax_tp, tp, "imgs_per_s", "throughput (images / s)")
         if mem.empty and not tp.empty and tp["peak_mem_mb"].notna().any():
             mem, mem_title = tp, "peak memory (MB), from the throughput runs"
+        elif key is not None and str(key[0]).startswith("cuda"):
+            mem_title = "peak memory (MB, max allocated)"
         else:
-            mem_title = "peak memory (MB)"
+            mem_title = "peak memory (MB, RSS above idle)"
         if mem.empty:
             _empty(ax_mem, "no memory rows")
         else:
