@@ -140,6 +140,14 @@ def test_resume_refuses_another_model_or_setting(tmp_path):
     check_compatible(meta, {**meta, "image_size": [16, 16]}, "ckpt", allow_resize=True)
     with pytest.raises(CheckpointError, match="in_channels"):
         check_compatible(meta, {**meta, "in_channels": 4}, "ckpt", allow_resize=True)
+    # weights written before a model's definition changed: one clear error, not a traceback
+    from dimbench.train.generate import load_for_sampling
+
+    ckpt = load_checkpoint(tmp_path / "run")
+    ckpt["ema"].pop(next(iter(ckpt["ema"])))
+    atomic_save(ckpt, tmp_path / "stale.pt")
+    with pytest.raises(CheckpointError, match="do not fit"):
+        load_for_sampling(tmp_path / "stale.pt")
 
 
 def test_weak_to_strong_initialises_a_higher_resolution_model(tmp_path):

@@ -26,9 +26,9 @@ def sample(
     ),
     sampler: str = typer.Option("dpm++", "--sampler", help="dpm++|ddim|ddpm."),
     steps: int | None = typer.Option(
-        None, "--steps", help="Sampling steps [dpm++ 50, ddim 50, ddpm 250]."
+        None, "--steps", help="Sampling steps (default: dpm++ 50, ddim 50, ddpm 250)."
     ),
-    cfg_scale: float = typer.Option(0.0, "--cfg-scale", help="Guidance s (paper form) [0]."),
+    cfg_scale: float = typer.Option(0.0, "--cfg-scale", help="Guidance s, paper form (0 = none)."),
     upsample: int | None = typer.Option(
         None, "--upsample", help="Training-free upsampling factor: 2 or 3."
     ),
@@ -42,12 +42,16 @@ def sample(
     seed: int = typer.Option(0, "--seed", help="Seed of labels and noise."),
     weights: str = typer.Option("ema", "--weights", help="ema|model."),
     class_label: int | None = typer.Option(
-        None, "--class-label", help="One class for every sample [random over the data's classes]."
+        None,
+        "--class-label",
+        help="One class for every sample (default: random over the data's classes).",
     ),
     order: int = typer.Option(2, "--order", help="DPM-Solver++ order: 1, 2 or 3."),
     eta: float = typer.Option(0.0, "--eta", help="DDIM eta (0 = deterministic)."),
     vae: str | None = typer.Option(
-        None, "--vae", help="Local SD VAE to decode latents [the one used in training, if any]."
+        None,
+        "--vae",
+        help="Local SD VAE to decode latents (default: the one used in training, if any).",
     ),
     device: str = typer.Option("auto", "--device", help="auto|cpu|cuda."),
     scan_backend: str = typer.Option("auto", "--scan-backend", help="Selective-scan backend."),

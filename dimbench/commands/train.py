@@ -37,35 +37,45 @@ def train(
     init_weights: str = typer.Option(
         "ema", "--init-weights", help="--init-from weights: ema|model."
     ),
-    lr: float | None = typer.Option(None, "--lr", help="Peak learning rate [2e-4]."),
+    lr: float | None = typer.Option(None, "--lr", help="Peak learning rate (default: 2e-4)."),
     weight_decay: float | None = typer.Option(
-        None, "--weight-decay", help="AdamW weight decay [0.03]."
+        None, "--weight-decay", help="AdamW weight decay (default: 0.03)."
     ),
-    beta1: float | None = typer.Option(None, "--beta1", help="AdamW beta1 [0.99]."),
-    beta2: float | None = typer.Option(None, "--beta2", help="AdamW beta2 [0.99]."),
-    adam_eps: float | None = typer.Option(None, "--adam-eps", help="AdamW epsilon [1e-15]."),
+    beta1: float | None = typer.Option(None, "--beta1", help="AdamW beta1 (default: 0.99)."),
+    beta2: float | None = typer.Option(None, "--beta2", help="AdamW beta2 (default: 0.99)."),
+    adam_eps: float | None = typer.Option(
+        None, "--adam-eps", help="AdamW epsilon (default: 1e-15)."
+    ),
     warmup: int | None = typer.Option(
-        None, "--warmup", help="Linear warm-up steps [min(5000, steps/10)]."
+        None, "--warmup", help="Linear warm-up steps (default: min(5000, steps/10))."
     ),
     grad_clip: float | None = typer.Option(
-        None, "--grad-clip", help="Gradient-norm clip, 0 = off [1.0]."
+        None, "--grad-clip", help="Gradient-norm clip, 0 = off (default: 1.0)."
     ),
-    ema_decay: float | None = typer.Option(None, "--ema-decay", help="EMA decay [0.9999]."),
+    ema_decay: float | None = typer.Option(
+        None, "--ema-decay", help="EMA decay (default: 0.9999)."
+    ),
     ema_warmup: bool | None = typer.Option(
         None,
         "--ema-warmup/--no-ema-warmup",
-        help="timm's EMA decay warm-up (for short runs) [off].",
+        help="timm's EMA decay warm-up (for short runs) (default: off).",
     ),
     label_dropout: float | None = typer.Option(
-        None, "--label-dropout", help="Probability of the null label, for CFG [0.1]."
+        None, "--label-dropout", help="Probability of the null label, for CFG (default: 0.1)."
     ),
-    bf16: bool | None = typer.Option(None, "--bf16/--no-bf16", help="bf16 autocast [off]."),
-    seed: int | None = typer.Option(None, "--seed", help="Seed of init, data order and noise [0]."),
+    bf16: bool | None = typer.Option(
+        None, "--bf16/--no-bf16", help="bf16 autocast (default: off)."
+    ),
+    seed: int | None = typer.Option(
+        None, "--seed", help="Seed of init, data order and noise (default: 0)."
+    ),
     schedule: str | None = typer.Option(
-        None, "--schedule", help="scaled_linear|linear [DiT: linear; DiM, U-ViT: scaled_linear]."
+        None,
+        "--schedule",
+        help="scaled_linear|linear (default: DiT: linear; DiM, U-ViT: scaled_linear).",
     ),
     loss: str | None = typer.Option(
-        None, "--loss", help="mse|hybrid [hybrid if the model learns sigma]."
+        None, "--loss", help="mse|hybrid (default: hybrid if the model learns sigma)."
     ),
     vae: str | None = typer.Option(
         None,

@@ -107,6 +107,17 @@ def check_compatible(
         raise CheckpointError(f"checkpoint {path} is for another model: {', '.join(diffs)}{hint}")
 
 
+def load_weights(model: torch.nn.Module, state: dict, what: str) -> None:
+    """``model.load_state_dict(state)`` with a one-line ``CheckpointError`` when it does not fit
+    (e.g. a checkpoint written before a model's definition changed)."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        lines = [ln.strip() for ln in str(e).strip().splitlines()[1:] if ln.strip()]
+        detail = "; ".join(ln if len(ln) <= 160 else ln[:157] + "..." for ln in lines[:2])
+        raise CheckpointError(f"{what}: the weights do not fit the model: {detail}") from None
+
+
 def _norm(v):
     return list(v) if isinstance(v, tuple) else v
 

@@ -23,7 +23,7 @@ from dimbench.diffusion.schedule import NoiseSchedule
 from dimbench.diffusion.upsample import UPSAMPLE_FACTORS, UpsampleGuidance
 from dimbench.errors import UsageError
 from dimbench.train import distributed as D
-from dimbench.train.checkpoint import load_checkpoint
+from dimbench.train.checkpoint import load_checkpoint, load_weights
 from dimbench.train.data import mix_seed
 from dimbench.train.trainer import build_model
 
@@ -51,7 +51,7 @@ def load_for_sampling(
         attn_backend,
         device=device,
     )
-    model.load_state_dict(ckpt[weights])
+    load_weights(model, ckpt[weights], str(ckpt_path))
     return model.eval().requires_grad_(False), meta
 
 

@@ -30,10 +30,10 @@ from dimbench.errors import UsageError
 from dimbench.train import distributed as D
 from dimbench.train.checkpoint import (
     CHECKPOINT_NAME,
-    CheckpointError,
     atomic_save,
     check_compatible,
     load_checkpoint,
+    load_weights,
     model_meta,
     rng_state,
     set_rng_state,
@@ -182,7 +182,7 @@ class Trainer:
         self.step = 0
         self.samples_seen = 0
         self.wall_time = 0.0
-        if cfg.init_from:
+        if cfg.init_from and resume_ckpt is None:
             self._init_from(cfg.init_from, cfg.init_weights)
         self.ema = ModelEmaV3(self.model, decay=cfg.ema_decay, use_warmup=cfg.ema_warmup)
         if resume_ckpt is not None:
@@ -237,8 +237,8 @@ class Trainer:
     def _restore(self, ckpt: dict, path: Path) -> None:
         expected = {**self.meta, "image_size": [self.cfg.image_size] * 2}
         check_compatible(ckpt["meta"], expected, path)
-        self.model.load_state_dict(ckpt["model"])
-        self.ema.module.load_state_dict(ckpt["ema"])
+        load_weights(self.model, ckpt["model"], str(path))
+        load_weights(self.ema.module, ckpt["ema"], str(path))
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.lr_scheduler.load_state_dict(ckpt["scheduler"])
         self.step = int(ckpt["step"])
@@ -251,11 +251,7 @@ class Trainer:
         another resolution (the model resizes its position embedding while loading)."""
         src = load_checkpoint(path)
         check_compatible(src["meta"], self.meta, path, allow_resize=True)
-        try:
-            self.model.load_state_dict(src[which])
-        except RuntimeError as e:
-            first = str(e).strip().splitlines()[-1].strip()
-            raise CheckpointError(f"--init-from {path}: weights do not fit: {first}") from None
+        load_weights(self.model, src[which], f"--init-from {path}")
 
     # ---- the loop -------------------------------------------------------------------------
 
@@ -317,11 +313,11 @@ class Trainer:
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimisation step on this rank's batch; returns (mean loss, grad norm)."""
         cfg = self.cfg
+        n_cls = self.model.num_classes
+        if int(y.max()) >= n_cls:  # checked on the host, before an out-of-range lookup
+            raise UsageError(f"label {int(y.max())} out of range for {cfg.model} ({n_cls} classes)")
         x = x.to(self.device, non_blocking=True)
         y = y.to(self.device, non_blocking=True)
-        n_cls = self.model.num_classes
-        if int(y.max()) >= n_cls:
-            raise UsageError(f"label {int(y.max())} out of range for {cfg.model} ({n_cls} classes)")
         latent_shape = None
         if self.vae is not None:
             h, w = x.shape[-2] // VAE_DOWNSAMPLE, x.shape[-1] // VAE_DOWNSAMPLE
