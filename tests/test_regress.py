@@ -224,7 +224,7 @@ def test_gate_confirms_a_regression(tmp_path, monkeypatch):
     result, fake = _gate(
         tmp_path, monkeypatch, slow, synthetic_run(times | {"scan": 1.3e-3}, seed=9)
     )
-    assert fake.calls == [["scan", "conv"], ["scan"]]  # only the suspect is measured again
+    assert fake.calls == [["scan", "conv"], ["scan", "conv"]]  # measured again, in company
     assert result.status == FAIL and result.exit_code == 1
     row = {r.name: r for r in result.rows}["scan"]
     assert row.verdict == REGRESSION and row.confirmation.regressed

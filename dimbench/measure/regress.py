@@ -2,9 +2,9 @@
 
 ``run_gate`` measures every benchmark in interleaved rounds with the calibration kernels
 (``regress_run``), compares each with its baseline under the rule in ``regress_stats``, and
-measures any suspect again in fresh rounds: a regression is reported only when the re-run confirms
-it. That second look costs time only when something looks slower, and a chance burst of load
-rarely strikes the same benchmark twice while a real slowdown always repeats.
+measures everything again in fresh rounds when something looks slower: a regression is reported
+only when the re-run confirms it. The second look costs time only then, and a chance burst of
+load rarely strikes the same benchmark twice while a real slowdown always repeats.
 """
 
 from __future__ import annotations
@@ -199,9 +199,10 @@ def run_gate(
 
     suspects = [row for row in result.rows if row.verdict == REGRESSION]
     if suspects:
-        names = {row.name for row in suspects}
+        # all cases again, not only the suspects: a benchmark's time depends on what ran
+        # before it (caches), so the re-run keeps the company the baseline was measured in
         again = measure(
-            [c for c in cases if c.name in names],
+            cases,
             calibration,
             rounds,
             device,

@@ -7,8 +7,9 @@ sample, so a sample is a few milliseconds, long against the clock's resolution a
 scheduler time slice. Changing a case's sizes changes its ``signature``, and a baseline recorded
 with other sizes is then reported as changed rather than compared.
 
-The calibration cases measure the machine itself (a compute-bound fp32 matmul and a memory-bound
-copy) in the same rounds, so a slower or busier machine does not read as a regression.
+The calibration cases measure the machine itself (an fp32 matmul, a small MLP training step, a
+softmax; plain torch) in the same rounds, so a slower or busier machine does not read as a
+regression.
 """
 
 from __future__ import annotations
@@ -185,9 +186,15 @@ def _dit_block_train(device: torch.device) -> Workload:
 
 
 # ---------------------------------------------------------------------- calibration
+# Plain torch, no dimbench code, so a regression in dimbench cannot move them. Chosen for how
+# they respond to a busy machine: a compute-bound matmul barely does, while an MLP training step
+# and a softmax over 1 MiB slow down with cache and memory-bandwidth contention the way the
+# kernels above do (two memory-streaming neighbours: kernels +6% to +35%, MLP +18%, softmax
+# +21%, matmul +2%; a 16 MiB copy, tried first, only +5%).
 
 MATMUL = dict(n=256)
-COPY = dict(mib=16)
+MLP = dict(tokens=512, hidden=128, mlp_ratio=4)
+SOFTMAX = dict(shape=(4, 256, 256))
 
 
 def _calib_matmul(device: torch.device) -> Workload:
@@ -199,16 +206,28 @@ def _calib_matmul(device: torch.device) -> Workload:
     return lambda: torch.mm(a, b, out=out)
 
 
-def _calib_copy(device: torch.device) -> Workload:
-    numel = COPY["mib"] * 2**20 // 4
-    src = torch.randn(numel, generator=_gen(device), device=device)
-    dst = torch.empty_like(src)
-    return lambda: dst.copy_(src)
+def _calib_mlp(device: torch.device) -> Workload:
+    torch.manual_seed(0)
+    hidden = MLP["hidden"]
+    net = torch.nn.Sequential(
+        torch.nn.LayerNorm(hidden),
+        torch.nn.Linear(hidden, MLP["mlp_ratio"] * hidden),
+        torch.nn.GELU(),
+        torch.nn.Linear(MLP["mlp_ratio"] * hidden, hidden),
+    ).to(device)
+    x = torch.randn(MLP["tokens"], hidden, generator=_gen(device), device=device)
+    return _train_step(net, x.requires_grad_(True))
+
+
+def _calib_softmax(device: torch.device) -> Workload:
+    x = torch.randn(*SOFTMAX["shape"], generator=_gen(device), device=device)
+    return lambda: torch.softmax(x, dim=-1)
 
 
 CALIBRATION = (
-    Case("calib/matmul-fp32", "calibration", _calib_matmul, repeat=4, params=MATMUL),
-    Case("calib/copy-16MiB", "calibration", _calib_copy, repeat=2, params=COPY),
+    Case("calib/matmul", "calibration", _calib_matmul, repeat=4, params=MATMUL),
+    Case("calib/mlp-forward+backward", "calibration", _calib_mlp, params=MLP),
+    Case("calib/softmax", "calibration", _calib_softmax, repeat=8, params=SOFTMAX),
 )
 
 
