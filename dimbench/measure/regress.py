@@ -26,6 +26,7 @@ from dimbench.measure.regress_run import Samples, measure
 from dimbench.measure.regress_stats import (
     DEFAULT_ALPHA,
     DEFAULT_THRESHOLD,
+    FASTER,
     REGRESSION,
     Comparison,
     compare,
@@ -224,4 +225,6 @@ def run_gate(
         if regressed
         else f"no regression over {threshold:.0%} against {old.commit or 'the baseline'}"
     )
+    if any(row.verdict in (FASTER, NEW, CHANGED) for row in result.rows):
+        result.message += "; faster, new or changed benchmarks: record them with --update"
     return result
