@@ -121,6 +121,13 @@ def regress(
             f"calibration kernels ran {result.machine_ratio:.2f}x the baseline's time "
             "(every ratio above is already divided by this)"
         )
+    base_load, now_load = result.load
+    if base_load is not None and now_load is not None:
+        # cache and memory contention slows memory-bound kernels more than the calibration
+        console.print(
+            f"load average: {base_load:.1f} when the baseline was recorded, {now_load:.1f} now",
+            highlight=False,
+        )
     style = {"regression": "bold red", "pass": "green"}.get(result.status, "cyan")
     console.print(f"[{style}]{result.status}[/]: {result.message}", highlight=False)
     console.print(f"gate took {elapsed:.1f} s", highlight=False)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from dimbench.measure.metadata import load_average
 from dimbench.measure.regress_baseline import (
     Baseline,
     baseline_path,
@@ -69,6 +70,7 @@ class GateResult:
     alpha: float = DEFAULT_ALPHA
     rows: list[Row] = field(default_factory=list)
     machine_ratio: float | None = None  # calibration now / baseline: >1 = slower machine now
+    load: tuple[float | None, float | None] = (None, None)  # 1-min load average: baseline, now
     baseline_commit: str = ""
     settings: dict = field(default_factory=dict)
     samples: dict = field(default_factory=dict)  # this run's raw samples (for --json)
@@ -196,6 +198,7 @@ def run_gate(
         result.message = f"baseline {path} is not comparable: {reason}; rerun with --update"
         return result
     result.machine_ratio = machine_ratio(now, old.samples)
+    result.load = (old.machine.get("load_avg_1m"), load_average())
     result.rows = compare_runs(now, old.samples, cases, threshold, alpha)
 
     suspects = [row for row in result.rows if row.verdict == REGRESSION]
