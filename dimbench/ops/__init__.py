@@ -1,6 +1,8 @@
 """Kernels. Each has a plain-PyTorch reference twin, a FLOP formula and optional fast backends."""
 
 from dimbench.ops import scan_cpu as _scan_cpu  # noqa: F401  (registers the "cpu" backend)
+from dimbench.ops import scan_mamba as _scan_mamba  # noqa: F401  ("mamba_ssm", CUDA)
+from dimbench.ops import scan_triton as _scan_triton  # noqa: F401  ("triton", CUDA)
 from dimbench.ops.attention import attention, attention_backends
 from dimbench.ops.conv import causal_conv1d, causal_conv1d_ref, conv_backends
 from dimbench.ops.scan import scan_backends, scan_flops, selective_scan
