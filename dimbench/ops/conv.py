@@ -2,8 +2,9 @@
 
 ``causal_conv1d(x, weight, bias=None, activation=None, backend="auto")``: x (B, D, L),
 weight (D, K), bias (D,); out_t = act(bias + sum_k weight[:, k] * x[:, t - K + 1 + k]) with
-zeros before the sequence start. Backends: ``torch`` (F.conv1d on a left-padded input) and
-``causal_conv1d`` (Dao-AILab's CUDA kernel, when importable).
+zeros before the sequence start. Backends: ``torch`` (F.conv1d on a left-padded input),
+``causal_conv1d`` (Dao-AILab's CUDA kernel, when importable) and ``triton`` (conv_triton.py: one
+fused kernel, CUDA; CPU tensors too under TRITON_INTERPRET=1, never auto's choice there).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import functools
 
 import torch
 import torch.nn.functional as F
+
+from dimbench.ops import triton_util
 
 Tensor = torch.Tensor
 
@@ -29,9 +32,17 @@ def conv_backends(device: str | torch.device | None = None) -> list[str]:
     """Conv backends usable here (for ``device``'s type when given), fastest first."""
     dtype = torch.device(device).type if device is not None else None
     names = []
-    if _causal_conv1d_fn() is not None and torch.cuda.is_available() and dtype in (None, "cuda"):
+    cuda = torch.cuda.is_available() and dtype in (None, "cuda")
+    if _causal_conv1d_fn() is not None and cuda:
         names.append("causal_conv1d")
-    return names + ["torch"]
+    interpreting = triton_util.interpreting()
+    triton_ok = (cuda or interpreting) and triton_util.unavailable_reason() is None
+    if triton_ok and not interpreting:
+        names.append("triton")
+    names.append("torch")
+    if triton_ok and interpreting:  # the interpreter is the slowest of all
+        names.append("triton")
+    return names
 
 
 def causal_conv1d_ref(
@@ -59,7 +70,7 @@ def causal_conv1d(
             f"{tuple(weight.shape)}"
         )
     if backend == "auto":
-        backend = "causal_conv1d" if x.is_cuda and _causal_conv1d_fn() is not None else "torch"
+        backend = conv_backends(x.device)[0] if x.device.type != "meta" else "torch"
     if backend == "torch":
         return causal_conv1d_ref(x, weight, bias, activation)
     if backend == "causal_conv1d":
@@ -70,5 +81,15 @@ def causal_conv1d(
                 f"available here: {', '.join(conv_backends())}"
             )
         return fn(x, weight, bias, activation=activation)
+    if backend == "triton":
+        if triton_util.unavailable_reason() is None and x.device.type in triton_util.device_types():
+            from dimbench.ops.conv_triton import causal_conv1d_triton
+
+            return causal_conv1d_triton(x, weight, bias, activation)
+        raise RuntimeError(
+            f"conv backend 'triton' cannot run on {x.device.type} here "
+            f"({triton_util.unavailable_reason() or 'CUDA tensors only'}); "
+            f"available here: {', '.join(conv_backends(x.device))}"
+        )
     available = ", ".join(conv_backends())
     raise ValueError(f"unknown conv backend {backend!r}; available here: {available}")
