@@ -2,9 +2,10 @@
 
     python -m dimbench.suites.gpu_scan_check --out results/<gpu>/
 
-On a lent device machine (the repo copied there, nothing installed, results back as one file):
+On a lent device machine (the repo copied there, torch and triton installed but not dimbench;
+files come back from $OUT, so everything goes back as one archive; about 8 minutes):
 
-    pip install -q --no-deps --no-build-isolation -e . && PYTHONUNBUFFERED=1 \\
+    python3 -m pip install -q --no-deps --no-build-isolation -e . && PYTHONUNBUFFERED=1 \\
       python3 -m dimbench.suites.gpu_scan_check 2>&1 | tee gpu_scan_check.log; \\
       tar czf $OUT/results.tgz results gpu_scan_check.log
 
