@@ -31,7 +31,7 @@ from dimbench.train.data import (
     build_dataset,
     load_latent_arrays,
 )
-from dimbench.train.trainer import Trainer
+from dimbench.train.trainer import Trainer, build_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -97,6 +97,16 @@ def test_trainer_learns_on_the_photos(tmp_path, name):
 
 
 # ---- checkpoints, resume, weak-to-strong -------------------------------------------------
+
+
+def test_labels_are_dropped_once_dit_embedder_dropout_is_off():
+    """The trainer drops labels itself; DiT's own in-forward dropout would drop them again."""
+    model = build_model("DiT-T/2", 32, 8, {})
+    assert model.y_embedder.dropout_prob == 0.0
+    assert model.y_embedder.embedding_table.num_embeddings == model.num_classes + 1  # null row
+    model.train()
+    y = torch.arange(64) % model.num_classes
+    assert torch.equal(model.y_embedder(y, train=True), model.y_embedder.embedding_table(y))
 
 
 def test_resume_is_bitwise_identical(tmp_path):

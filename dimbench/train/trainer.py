@@ -60,7 +60,7 @@ def build_model(
     from dimbench.registry import UnknownModelError, create_model
 
     try:
-        return create_model(
+        model = create_model(
             name,
             image_size,
             device=device,
@@ -73,6 +73,12 @@ def build_model(
         raise UsageError(str(e)) from None
     except ValueError as e:
         raise UsageError(f"{name} at {image_size} px: {e}") from None
+    # The trainer drops labels itself (seeded per step, the same for every family); DiT's
+    # official label embedder would drop them a second time inside forward. Its null row stays.
+    embedder = getattr(model, "y_embedder", None)
+    if hasattr(embedder, "dropout_prob"):
+        embedder.dropout_prob = 0.0
+    return model
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
