@@ -30,7 +30,9 @@ def run(
         ["forward"], "--mode", help="forward | train (forward + backward + AdamW step)"
     ),
     warmup: int = typer.Option(None, "--warmup", help="Untimed warm-up steps [CPU 1, GPU 3]"),
-    repeats: int = typer.Option(None, "--repeats", help="Timed repeats at most [CPU 3, GPU 20]"),
+    repeats: int = typer.Option(
+        None, "--repeats", help="Timed repeats at most (fewer past --budget) [CPU 10, GPU 20]"
+    ),
     budget: float = typer.Option(
         None,
         "--budget",
@@ -113,7 +115,7 @@ def run(
         scan_backend=scan_backend,
         attn_backend=attn_backend,
         warmup=warmup if warmup is not None else (3 if on_gpu else 1),
-        repeats=repeats if repeats is not None else (20 if on_gpu else 3),
+        repeats=repeats if repeats is not None else (20 if on_gpu else 10),
         budget_s=budget if budget is not None else (10.0 if on_gpu else 20.0),
         timeout_s=timeout,
         sample_steps=sample_steps,
