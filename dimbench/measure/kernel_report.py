@@ -56,6 +56,29 @@ def report(rows: list[dict]) -> str:
                 f"{flops / f['median_s'] / 1e9:.1f}",
             ]
             lines.append("| " + " | ".join(cells) + " |")
+    only = {
+        (r["length"], r["mode"]): r["median_s"]
+        for r in rows
+        if r.get("kernel") == "scan-kernel-only"
+    }
+    if only:
+        lines += [
+            "",
+            "The cpu kernel alone (buffers allocated once; the calls above also pay for fresh "
+            "outputs, three (B, D, L) gradients in the backward):",
+            "",
+            "| L | forward ms | backward ms | (fwd+bwd) / fwd | forward GFLOP/s |",
+            "|---|---|---|---|---|",
+        ]
+        for length in sorted({n for n, _ in only}):
+            f, b = only.get((length, "forward")), only.get((length, "backward"))
+            if f is None or b is None:
+                continue
+            flops = scan_flops((1, DIM, length), (DIM, DSTATE), True, True, True, True)
+            lines.append(
+                f"| {length} | {f * 1e3:.1f} | {b * 1e3:.1f} | {(f + b) / f:.2f} "
+                f"| {flops / f / 1e9:.1f} |"
+            )
     if matmul_gflops is not None:
         lines.append("")
         lines.append(f"fp32 matmul (2048^3) in the same run: {matmul_gflops:.0f} GFLOP/s.")
