@@ -13,11 +13,11 @@ def plot(
     ),
     fmt: list[str] = typer.Option(["png", "svg"], "--format", help="Figure formats"),
 ) -> None:
-    """Plot throughput, peak memory and GFLOPs against resolution (log axes, one line per
-    model, OOM/timeout marked) and DiM's throughput over each baseline's.
+    """Plot throughput, memory and GFLOPs against resolution, and DiM over each baseline.
 
-    Writes scaling.png / scaling.svg (one pair per device/dtype/mode/batch group) and
-    summary.md (where DiM overtakes each baseline) beside the CSVs.
+    Log axes, one line per model, OOM/timeout marked. Writes scaling.png / scaling.svg (one
+    pair per device/dtype/mode/batch group) and summary.md (where DiM overtakes each
+    baseline) beside the CSVs.
     """
     from dimbench.errors import UsageError
 
