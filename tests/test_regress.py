@@ -319,6 +319,7 @@ def test_cli_update_then_compare(tmp_path, monkeypatch, capsys):
         (["--alpha", "1.5"], "--alpha"),
         (["--rounds", "2"], "--rounds"),
         (["--device", "tpu"], "--device"),
+        (["--baseline", "/nonexistent/gate.json"], "no such file or folder"),
     ],
 )
 def test_cli_bad_input_exits_2(args, message, capsys):

@@ -15,7 +15,8 @@ REGRESS_HELP = "\n\n".join(
         "Benchmarks: every available selective-scan backend (forward, forward+backward), the "
         "attention backends, the causal conv, one DiM and one DiT block forward+backward, at "
         "sizes of milliseconds per call, on one torch thread. Each round runs all of them and "
-        "two calibration kernels (an fp32 matmul and a memory copy) in a shuffled order; every "
+        "three calibration kernels (an fp32 matmul, a small MLP training step and a softmax) in "
+        "a shuffled order; every "
         "sample is divided by its round's calibration, so a slower or busier machine does not "
         "read as a regression. CPU time is the clock on the CPU.",
         "A benchmark regresses when its median is more than --threshold slower than the "
@@ -80,6 +81,11 @@ def regress(
     if rounds < 5:
         raise UsageError(f"--rounds must be >= 5 (fewer cannot reach significance), got {rounds}")
     _check_device(device)
+    if baseline is not None and not update and not baseline.exists():
+        raise UsageError(
+            f"--baseline {baseline}: no such file or folder "
+            f"(record one with `dimbench regress --update --baseline {baseline}`)"
+        )
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
