@@ -196,3 +196,18 @@ def test_torchrun_two_processes_match_one(smoke, tmp_path):
         for col in ("train_loss", "heldout_loss", "heldout_loss_raw", "fid", "swd"):
             if mine[col]:
                 assert float(r[col]) == pytest.approx(float(mine[col]), rel=1e-4), col
+
+
+def test_match_params_scales_widths_to_the_first_models_parameters():
+    from dimbench.train.compare import plan_models
+
+    cfg = resolve(CompareConfig(preset="smoke", match="params"))
+    specs = plan_models(cfg, in_channels=3, downsample=1, num_classes=10)
+    ref = specs[0]
+    for s in specs[1:]:
+        assert s.match["by"] == "params" and s.match["width_to"] == s.width
+        assert s.params == pytest.approx(ref.params, rel=0.05)
+        assert s.width % 4 == 0 or s.family == "uvit"
+    none = plan_models(resolve(CompareConfig(preset="smoke", match="none")), 3, 1, 10)
+    assert [s.match for s in none] == [None, None, None]
+    assert [s.width for s in none] == [64, 64, 64]
