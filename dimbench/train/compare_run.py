@@ -298,10 +298,6 @@ class ModelRun:
         )
         trainer = Trainer(tc, self.comp.dist)
         trainer.dataset = self.comp.train_data  # the held-out indices are not trained on
-        if self.spec.family == "dit":
-            # DiT drops labels inside forward in training mode; the trainer already does
-            for m in (trainer.model, trainer.ema.module):
-                m.y_embedder.dropout_prob = 0.0
         if self.comp.dist.is_main:
             self.dir.mkdir(parents=True, exist_ok=True)
             meta = {**trainer.checkpoint_meta(), "train_compare": self.spec.to_dict()}
