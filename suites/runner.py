@@ -167,7 +167,7 @@ def run_sweep(
     if len(todo) < len(configs):
         console.print(
             f"[dim]{len(configs) - len(todo)} of {len(configs)} configurations already in "
-            f"{store.csv_path}; skipping them[/dim]"
+            f"{store.csv_path}; skipping them (--redo measures them again)[/dim]"
         )
     progress = Progress(
         SpinnerColumn(),
