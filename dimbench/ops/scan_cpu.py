@@ -174,18 +174,41 @@ def saved_shapes(u: Tensor, A: Tensor, z: Tensor | None):
     return [((batch, ncb, _nchunks(length), A.shape[1], LANES), torch.float32)]
 
 
+def thread_ranges(shape: tuple[int, ...]) -> list[tuple[int, int]]:
+    """The (batch, 16-channel) units of a scan of ``shape`` split over this process's threads."""
+    batch, dim = shape[:2]
+    return _ranges(batch * ((dim + LANES - 1) // LANES))
+
+
+def launch_forward(shape, t, delta_softplus, out, ckpt, ranges) -> None:
+    """Run the forward kernel on prepared inputs ``t`` (see ``_prepare``) into ``out``/``ckpt``."""
+    head = [*shape, *map(_ptr, t), int(delta_softplus)]
+    _run(
+        _lib().dimbench_scan_fwd,
+        ranges,
+        lambda i, lo, hi: (*head, out.data_ptr(), _ptr(ckpt), lo, hi),
+    )
+
+
+def launch_backward(shape, t, delta_softplus, dout, ckpt, grads, accumulators, ranges) -> None:
+    """Run the backward kernel. ``grads`` = (du, ddelta, dz or None), written in full;
+    ``accumulators`` = (dA, dD, ddelta_bias, dB, dC), each stacked per thread and zeroed."""
+    head = [*shape, *map(_ptr, t), int(delta_softplus), dout.data_ptr(), ckpt.data_ptr()]
+    grad_ptrs = [_ptr(g) for g in grads]
+    _run(
+        _lib().dimbench_scan_bwd,
+        ranges,
+        lambda i, lo, hi: (*head, *grad_ptrs, *(a[i].data_ptr() for a in accumulators), lo, hi),
+    )
+
+
 def forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, save):
-    (batch, dim, length, n, groups), t = _prepare(u, delta, A, B, C, D, z, delta_bias)
+    shape, t = _prepare(u, delta, A, B, C, D, z, delta_bias)
+    batch, dim, length = shape[:3]
     out = torch.empty((batch, dim, length), dtype=torch.float32)
     ckpt = torch.empty(saved_shapes(u, A, z)[0][0], dtype=torch.float32) if save else None
     if length:
-        units = batch * ((dim + LANES - 1) // LANES)
-        head = [batch, dim, length, n, groups, *map(_ptr, t), int(delta_softplus)]
-        _run(
-            _lib().dimbench_scan_fwd,
-            _ranges(units),
-            lambda i, lo, hi: (*head, out.data_ptr(), _ptr(ckpt), lo, hi),
-        )
+        launch_forward(shape, t, delta_softplus, out, ckpt, thread_ranges(shape))
     outs = [out.to(u.dtype)]
     if save:
         outs.append(ckpt)
@@ -193,16 +216,15 @@ def forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, save):
 
 
 def backward(grad_out, u, delta, A, B, C, D, z, delta_bias, delta_softplus, saved):
-    (batch, dim, length, n, groups), t = _prepare(u, delta, A, B, C, D, z, delta_bias)
+    shape, t = _prepare(u, delta, A, B, C, D, z, delta_bias)
+    batch, dim, length, n, groups = shape
     (ckpt,) = saved
-    dout = _f32(grad_out)
     f32 = {"dtype": torch.float32}
     # the kernel writes every element of these
     du = torch.empty((batch, dim, length), **f32)
     ddelta = torch.empty_like(du)
     dz = torch.empty_like(du) if z is not None else None
-    units = batch * ((dim + LANES - 1) // LANES)
-    ranges = _ranges(units)
+    ranges = thread_ranges(shape)
     nt = len(ranges)
     dA = torch.zeros((nt, dim, n), **f32)
     dD = torch.zeros((nt, dim), **f32)
@@ -210,25 +232,15 @@ def backward(grad_out, u, delta, A, B, C, D, z, delta_bias, delta_softplus, save
     dB = torch.zeros((nt, batch, groups, n, length), **f32)
     dC = torch.zeros_like(dB)
     if length:
-        head = [batch, dim, length, n, groups, *map(_ptr, t), int(delta_softplus)]
-        _run(
-            _lib().dimbench_scan_bwd,
+        launch_backward(
+            shape,
+            t,
+            delta_softplus,
+            _f32(grad_out),
+            ckpt,
+            (du, ddelta, dz),
+            (dA, dD, dbias, dB, dC),
             ranges,
-            lambda i, lo, hi: (
-                *head,
-                dout.data_ptr(),
-                ckpt.data_ptr(),
-                du.data_ptr(),
-                ddelta.data_ptr(),
-                _ptr(dz),
-                dA[i].data_ptr(),
-                dD[i].data_ptr(),
-                dbias[i].data_ptr(),
-                dB[i].data_ptr(),
-                dC[i].data_ptr(),
-                lo,
-                hi,
-            ),
         )
     dB, dC = dB.sum(0), dC.sum(0)
     if B.dim() == 3:

@@ -71,54 +71,37 @@ def test_scan_forward_backward(benchmark, backend, length):
 
 
 class KernelOnly:
-    """The cpu backend's C kernel on buffers allocated (and page-faulted) once, on the
-    backend's own thread split: the kernel's cost without the fresh-output allocations that a
-    call through the custom op pays (three (B, D, L) gradients in the backward)."""
+    """The cpu backend's kernel launches on buffers allocated (and page-faulted) once: the
+    kernel's cost without the fresh-output allocations that a call through the custom op pays
+    (three (B, D, L) gradients in the backward)."""
 
     def __init__(self, length: int):
         t = {k: v.detach() for k, v in scan_inputs(length).items()}
-        (self.shape, self.args) = scan_cpu._prepare(*t.values())
+        self.shape, self.args = scan_cpu._prepare(*t.values())
         batch, dim, length, n, groups = self.shape
-        self.units = batch * ((dim + scan_cpu.LANES - 1) // scan_cpu.LANES)
-        self.ranges = scan_cpu._ranges(self.units)
+        self.ranges = scan_cpu.thread_ranges(self.shape)
         f32 = {"dtype": torch.float32}
         self.out = torch.zeros((batch, dim, length), **f32)
         self.ckpt = torch.zeros(scan_cpu.saved_shapes(t["u"], t["A"], t["z"])[0][0], **f32)
         self.dout = torch.ones_like(self.out)
-        self.grads = [torch.zeros_like(self.out) for _ in range(3)]  # du, ddelta, dz
+        self.grads = tuple(torch.zeros_like(self.out) for _ in range(3))  # du, ddelta, dz
         nt = len(self.ranges)
-        self.acc = [
+        self.acc = (
             torch.zeros((nt, dim, n), **f32),
             torch.zeros((nt, dim), **f32),
             torch.zeros((nt, dim), **f32),
             torch.zeros((nt, batch, groups, n, length), **f32),
             torch.zeros((nt, batch, groups, n, length), **f32),
-        ]
-        self.head = [*self.shape, *(scan_cpu._ptr(a) for a in self.args), 1]
+        )
 
     def forward(self):
-        scan_cpu._run(
-            scan_cpu._lib().dimbench_scan_fwd,
-            self.ranges,
-            lambda i, lo, hi: (*self.head, self.out.data_ptr(), self.ckpt.data_ptr(), lo, hi),
-        )
+        scan_cpu.launch_forward(self.shape, self.args, True, self.out, self.ckpt, self.ranges)
 
     def backward(self):
         for a in self.acc:
             a.zero_()
-        grads = [g.data_ptr() for g in self.grads]
-        scan_cpu._run(
-            scan_cpu._lib().dimbench_scan_bwd,
-            self.ranges,
-            lambda i, lo, hi: (
-                *self.head,
-                self.dout.data_ptr(),
-                self.ckpt.data_ptr(),
-                *grads,
-                *(a[i].data_ptr() for a in self.acc),
-                lo,
-                hi,
-            ),
+        scan_cpu.launch_backward(
+            self.shape, self.args, True, self.dout, self.ckpt, self.grads, self.acc, self.ranges
         )
 
 
