@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 
 from dimbench.errors import UsageError
+from dimbench.threads import check_omp_policy
 
 DTYPES = ("fp32", "bf16", "fp16")
 MODES = ("forward", "train")
@@ -28,8 +29,7 @@ CPU_MODELS = ("DiM-S/2", "DiT-S/2", "U-ViT-S/2")
 GPU_MODELS = ("DiM-H/2", "DiT-XL/2", "U-ViT-H/2")
 PAPER_MODELS = ("DiM-L/2", "DiM-H/2", "DiT-XL/2", "U-ViT-H/2")
 DEFAULT_RESOLUTIONS = (256, 512, 1024, 1536)
-NO_BACKEND = "-"
-OMP_POLICIES = ("passive", "active")  # in the scan column of a model without a scan, and vice versa
+NO_BACKEND = "-"  # in the scan column of a model without a scan, and vice versa
 
 
 @dataclass(frozen=True)
@@ -218,9 +218,8 @@ class Sweep:
             raise UsageError("--warmup must be >= 0 and --repeats >= 1")
         if self.timeout_s <= 0:
             raise UsageError("--timeout must be positive")
-        if self.omp_wait_policy is not None and self.omp_wait_policy.lower() not in OMP_POLICIES:
-            valid = ", ".join(OMP_POLICIES)
-            raise UsageError(f"unknown OMP wait policy {self.omp_wait_policy!r}; valid: {valid}")
+        if self.omp_wait_policy is not None:
+            check_omp_policy(self.omp_wait_policy)
         if self.threads is not None and self.threads < 1:
             raise UsageError("--threads must be >= 1")
         check_device(self.device)
