@@ -21,7 +21,8 @@ from pathlib import Path
 
 from dimbench.suites.spec import Config, Suite, Sweep, model_info
 
-from dimbench.results import ResultStore, load_results, make_row, row_key
+from dimbench.errors import Interrupted
+from dimbench.results import ResultStore, key_part, load_results, make_row, row_key
 
 WORKER = "dimbench.suites.worker"
 STDERR_TAIL = 4000  # bytes of a dead worker's stderr kept to explain it
@@ -41,6 +42,9 @@ def run_isolated(cfg: Config) -> dict:
             proc = subprocess.Popen(
                 [sys.executable, "-m", WORKER, str(cfg_path), str(out_path)],
                 env=env,
+                # never the caller's folder: a source checkout's dimbench/ there would shadow
+                # the installed package (python -m puts the working directory first on the path)
+                cwd=tmp,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=err,
@@ -60,8 +64,10 @@ def run_isolated(cfg: Config) -> dict:
         elif timed_out:
             result = {"status": "timeout", "error": f"no result after {cfg.timeout_s:g} s"}
         else:
-            status, error = _classify_death(proc.returncode, _tail(err_path))
+            status, error = _classify_death(proc.returncode, _last_line(err_path))
             result = {"status": status, "error": error}
+        if result.get("status") == "error":
+            result["stderr"] = err_path.read_bytes()[-STDERR_TAIL:].decode(errors="replace")
     result["wall_s"] = wall
     return result
 
@@ -74,7 +80,7 @@ def _kill_group(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-def _tail(path: Path) -> str:
+def _last_line(path: Path) -> str:
     data = path.read_bytes()[-STDERR_TAIL:].decode(errors="replace")
     lines = [ln.strip() for ln in data.splitlines() if ln.strip()]
     return lines[-1] if lines else ""
@@ -184,19 +190,30 @@ def run_sweep(
             f"{sweep.suite.name}: {len(todo)} configuration{'s' * (len(todo) > 1)} -> "
             f"{store.csv_path}"
         )
-    with progress, _terminate_as_interrupt():
-        first = todo[0].label() if todo else ""
-        task = progress.add_task(first, total=len(todo), suite=sweep.suite.name)
-        for cfg in todo:
-            progress.update(task, description=cfg.label())
-            if sweep.suite.isolated:
-                result = run_isolated(cfg)
-            else:
-                result = run_inline(cfg, sweep.suite)
-            row = result_row(cfg, result)
-            store.append(row, raw=result.get("raw"))
-            console.print(_row_line(sweep.suite, row))
-            progress.advance(task)
+    kept = 0
+    try:
+        with progress, _terminate_as_interrupt() as received:
+            first = todo[0].label() if todo else ""
+            task = progress.add_task(first, total=len(todo), suite=sweep.suite.name)
+            for cfg in todo:
+                progress.update(task, description=cfg.label())
+                if sweep.suite.isolated:
+                    result = run_isolated(cfg)
+                else:
+                    result = run_inline(cfg, sweep.suite)
+                row = result_row(cfg, result)
+                store.append(row, raw=result.get("raw"))
+                kept += 1
+                if result.get("stderr"):
+                    _log_error(store, cfg, result["stderr"])
+                console.print(_row_line(sweep.suite, row))
+                progress.advance(task)
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"{kept} of {len(todo)} configuration{'s' * (len(todo) != 1)} measured and kept in "
+            f"{store.csv_path}; the same command measures the rest",
+            received.signum,
+        ) from None
     keys = {row_key(c.key_fields()) for c in configs}
     df = load_results(store.csv_path)
     if df.empty:
@@ -205,19 +222,38 @@ def run_sweep(
     return df.loc[mask].reset_index(drop=True)
 
 
+def errors_log(store: ResultStore) -> Path:
+    """Where the stderr of workers that ended in error goes: ``OUT/<suite>.errors.log``."""
+    return store.out_dir / f"{store.suite}.errors.log"
+
+
+def _log_error(store: ResultStore, cfg: Config, stderr: str) -> None:
+    from dimbench.results import utc_timestamp
+
+    with errors_log(store).open("a") as f:
+        f.write(f"=== {utc_timestamp()} {cfg.label()}\n{stderr.rstrip()}\n")
+
+
+class _Received:
+    signum: int = signal.SIGINT
+
+
 @contextlib.contextmanager
 def _terminate_as_interrupt():
-    """SIGTERM raises KeyboardInterrupt while a sweep runs, so the running worker is killed."""
+    """SIGTERM raises KeyboardInterrupt while a sweep runs, so the running worker is killed;
+    the yielded object says which signal it was."""
+    received = _Received()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield received
         return
 
     def handler(signum, frame):
+        received.signum = signum
         raise KeyboardInterrupt(f"signal {signum}")
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:
-        yield
+        yield received
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -251,7 +287,7 @@ SUMMARY_COLUMNS = {
         ("imgs_per_s", "img/s", ".3g"),
         ("latency_ms", "latency ms", ".1f"),
         ("latency_iqr_ms", "IQR ms", ".1f"),
-        ("sample_latency_s", "50-step CFG run s", ".1f"),
+        ("sample_latency_s", "{sample_steps}-step CFG run s", ".1f"),
         ("peak_mem_mb", "peak MB", ".0f"),
     ],
     "memory": [("peak_mem_mb", "peak MB", ".0f"), ("peak_mem_reserved_mb", "reserved MB", ".0f")],
@@ -283,8 +319,10 @@ def summary_table(suite: Suite, df):
     table = Table(title=f"dimbench {suite.name}", title_justify="left", caption=caption)
     for k, label in varying:
         table.add_column(label, justify="right" if k in ("image_size", "batch_size") else "left")
+    steps = {key_part(r.get("sample_steps")) for r in records} - {""}
+    sample_steps = steps.pop() if len(steps) == 1 else "N"
     for _, label, _ in SUMMARY_COLUMNS[suite.name]:
-        table.add_column(label, justify="right")
+        table.add_column(label.format(sample_steps=sample_steps), justify="right")
     table.add_column("status")
     for r in records:
         cells = [_fmt(r.get(col), spec) for col, _, spec in SUMMARY_COLUMNS[suite.name]]

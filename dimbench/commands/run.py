@@ -21,13 +21,17 @@ def run(
         "Default: DiM-S/2 DiT-S/2 U-ViT-S/2 on CPU, DiM-H/2 DiT-XL/2 U-ViT-H/2 on a GPU; "
         "flops: DiM-L/2 DiM-H/2 DiT-XL/2 U-ViT-H/2",
     ),
-    batch_size: list[int] = typer.Option([1], "--batch-size", help="Batch size (repeatable)"),
+    batch_size: list[int] = typer.Option(
+        [1], "--batch-size", help="Batch sizes, space-separated, e.g. --batch-size 1 8"
+    ),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N"),
     dtype: list[str] = typer.Option(
-        ["fp32"], "--dtype", help="fp32 | bf16 | fp16 (autocast; repeatable)"
+        ["fp32"], "--dtype", help="fp32 | bf16 | fp16 (autocast), space-separated"
     ),
     mode: list[str] = typer.Option(
-        ["forward"], "--mode", help="forward | train (forward + backward + AdamW step)"
+        ["forward"],
+        "--mode",
+        help="forward | train (forward + backward + AdamW step), space-separated",
     ),
     warmup: int = typer.Option(None, "--warmup", help="Untimed warm-up steps [CPU 1, GPU 3]"),
     repeats: int = typer.Option(
@@ -54,7 +58,7 @@ def run(
         "--omp-wait-policy",
         help="passive | active: OpenMP threads sleep or spin while idle. Spinning threads on a "
         "shared CPU wait for descheduled peers and slow every step by up to 10x "
-        "[$OMP_WAIT_POLICY, else passive on CPU]",
+        "[$OMP_WAIT_POLICY, else passive]",
         show_default=False,
     ),
     sample_steps: int = typer.Option(
@@ -69,7 +73,11 @@ def run(
         help="On a rerun, measure timeouts and errors again (ok and oom rows are always kept)",
     ),
     out: Path = typer.Option(
-        None, "--out", help="Results folder [results/<machine>/]", show_default=False
+        None,
+        "--out",
+        help="Results folder [runs/<machine>/, e.g. runs/amd-epyc-2c/; the project's published "
+        "results live in results/<machine>/]",
+        show_default=False,
     ),
 ) -> None:
     """Measure SUITE for every (model, resolution, batch, dtype, mode), each in its own process.
@@ -82,10 +90,12 @@ def run(
     from rich.console import Console
 
     from dimbench.errors import UsageError
-    from dimbench.measure.metadata import machine_slug
+    from dimbench.paths import writable_dir
+    from dimbench.results import ResultStore
     from dimbench.suites import get_suite
-    from dimbench.suites.runner import run_sweep, summary_table
+    from dimbench.suites.runner import errors_log, run_sweep, summary_table
     from dimbench.suites.spec import DEFAULT_RESOLUTIONS, Sweep, check_device
+    from dimbench.threads import omp_policy_in_effect
 
     the_suite = get_suite(suite)
     check_device(device)
@@ -120,25 +130,35 @@ def run(
         timeout_s=timeout,
         sample_steps=sample_steps,
         threads=threads,
-        omp_wait_policy=omp_wait_policy or _default_omp_policy(device),
+        omp_wait_policy=omp_wait_policy or omp_policy_in_effect().lower() or None,
     )
     sweep.validate()
-    out_dir = out if out is not None else Path("results") / machine_slug(device)
+    out_dir = writable_dir(out if out is not None else default_out(device))
+    store = ResultStore(out_dir, the_suite.name)
+    store.check()
     df = run_sweep(sweep, out_dir, retry_failed=retry_failed, redo=redo)
     console = Console()
     if not console.is_terminal:  # a log file: wide enough for the whole table
         console = Console(width=160)
     console.print(summary_table(the_suite, df))
-    console.print(f"rows in {out_dir / (the_suite.name + '.csv')}")
+    console.print(f"rows in {store.csv_path}")
+    errors = int((df["status"] == "error").sum()) if len(df) else 0
+    if errors:
+        console.print(
+            f"[red]{errors} configuration{'s' * (errors > 1)} ended in error[/red] (a crash, "
+            f"unlike oom and timeout): the error column of {store.csv_path} says why, the "
+            f"workers' tracebacks are in {errors_log(store)}",
+            highlight=False,
+        )
+        raise typer.Exit(1)
 
 
-def _default_omp_policy(device: str) -> str | None:
-    """The environment's OMP_WAIT_POLICY if set; otherwise passive for CPU runs (see --help)."""
-    import os
+def default_out(device: str) -> Path:
+    """Where a run's rows go unless --out says: ``runs/<machine>/``, apart from the project's
+    published results in ``results/``, so a first run measures instead of resuming them."""
+    from dimbench.measure.metadata import machine_slug
 
-    if os.environ.get("OMP_WAIT_POLICY"):
-        return os.environ["OMP_WAIT_POLICY"].lower()
-    return None if device.startswith("cuda") else "passive"
+    return Path("runs") / machine_slug(device)
 
 
 def register(app: typer.Typer) -> None:
