@@ -11,11 +11,15 @@ the row.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
+
+from dimbench.errors import UsageError
 
 # name -> meaning. The order is the CSV's column order.
 COLUMNS: dict[str, str] = {
@@ -107,7 +111,7 @@ def make_row(**fields) -> dict:
     return row
 
 
-def _key_part(value) -> str:
+def key_part(value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     if isinstance(value, float) and value.is_integer():
@@ -117,7 +121,7 @@ def _key_part(value) -> str:
 
 def row_key(row: dict) -> tuple[str, ...]:
     """The identity of a row, as strings so CSV-read and fresh rows compare equal."""
-    return tuple(_key_part(row.get(c)) for c in KEY_COLUMNS)
+    return tuple(key_part(row.get(c)) for c in KEY_COLUMNS)
 
 
 def _cell(value) -> str:
@@ -130,6 +134,64 @@ def _cell(value) -> str:
     return str(value).replace("\n", " ")
 
 
+# The columns every dimbench result CSV has had: a file without them is not one of ours.
+IDENTITY_COLUMNS = ("suite", "model", "image_size", "status")
+
+
+class ResultFileError(UsageError):
+    """A result CSV that is not dimbench's, or is corrupt: refused, never rewritten."""
+
+
+@dataclass
+class CsvContents:
+    header: list[str]
+    rows: list[dict]
+    partial_tail: bool  # the last line was cut off (its writer killed mid-row): not a row
+    clean_end: bool  # the file ends with a newline: a row can be appended as it is
+
+
+def read_result_csv(path: Path) -> CsvContents | None:
+    """The rows of a dimbench result CSV (None for a missing or empty file).
+
+    Raises ``ResultFileError`` for a file with another header (a foreign CSV, or one from a
+    newer dimbench) or a malformed row anywhere but at the end. A last line without its
+    newline and with too few fields is a row whose writer was killed mid-write: it is reported
+    as ``partial_tail`` and left out; every intact row is kept.
+    """
+    if not path.exists() or path.stat().st_size == 0:
+        return None
+    try:
+        with path.open(newline="") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ResultFileError(f"cannot read {path}: {e}") from None
+    try:
+        lines = list(csv.reader(io.StringIO(text)))
+    except csv.Error as e:
+        raise ResultFileError(f"{path} is not a readable CSV ({e}); move it away") from None
+    header, body = lines[0], lines[1:]
+    unknown = [c for c in header if c not in COLUMNS]
+    missing = [c for c in IDENTITY_COLUMNS if c not in header]
+    if unknown or missing:
+        what = f"unknown columns {', '.join(unknown[:3])}" if unknown else "no " + missing[0]
+        raise ResultFileError(
+            f"{path} is not a dimbench result file ({what}); move it away or choose another "
+            "--out (it is left as it is)"
+        )
+    clean_end = text.endswith(("\n", "\r"))
+    partial = False
+    if body and not clean_end and len(body[-1]) != len(header):
+        body, partial = body[:-1], True
+    for i, fields in enumerate(body):
+        if len(fields) != len(header):
+            raise ResultFileError(
+                f"{path} is corrupt: row {i + 1} has {len(fields)} fields, the header "
+                f"{len(header)}; fix or remove that line (the file is left as it is)"
+            )
+    rows = [dict(zip(header, fields, strict=True)) for fields in body]
+    return CsvContents(header=header, rows=rows, partial_tail=partial, clean_end=clean_end)
+
+
 class ResultStore:
     """The CSV (and raw-sample JSONL) of one suite in one results folder."""
 
@@ -139,12 +201,14 @@ class ResultStore:
         self.csv_path = self.out_dir / f"{suite}.csv"
         self.samples_path = self.out_dir / f"{suite}.samples.jsonl"
 
+    def check(self) -> None:
+        """Refuse a foreign or corrupt CSV before any measurement (``ResultFileError``)."""
+        read_result_csv(self.csv_path)
+
     def rows(self) -> list[dict]:
-        """Every row in the CSV, in file order, as strings ("" for empty)."""
-        if not self.csv_path.exists():
-            return []
-        with self.csv_path.open(newline="") as f:
-            return list(csv.DictReader(f))
+        """Every intact row in the CSV, in file order, as strings ("" for empty)."""
+        contents = read_result_csv(self.csv_path)
+        return [] if contents is None else contents.rows
 
     def done_keys(self, retry_failed: bool = True) -> set[tuple[str, ...]]:
         """Keys a rerun should skip: rows with a final status (ok, oom), plus timeouts and
@@ -156,15 +220,17 @@ class ResultStore:
         return {k for k, status in latest.items() if status in final}
 
     def append(self, row: dict, raw: dict | None = None) -> None:
-        """Append one row (and its raw samples); the file is created with a header if new."""
+        """Append one row (and its raw samples); the file is created with a header if new.
+
+        A CSV in an older dimbench layout is first rewritten in today's (every value kept); a
+        cut-off last line is dropped so the new row lands on a line of its own."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        header = self._header()
-        new_file = header is None
-        if not new_file and header != list(COLUMNS):
-            self._rewrite_with_current_columns()
+        contents = read_result_csv(self.csv_path)
+        if contents is not None and (contents.header != list(COLUMNS) or not contents.clean_end):
+            self._rewrite(contents.rows)
         with self.csv_path.open("a", newline="") as f:
             writer = csv.writer(f)
-            if new_file:
+            if contents is None:
                 writer.writerow(COLUMNS)
             writer.writerow([_cell(row.get(c)) for c in COLUMNS])
         if raw is not None:
@@ -173,20 +239,13 @@ class ResultStore:
             with self.samples_path.open("a") as f:
                 f.write(json.dumps(record, default=_json_default) + "\n")
 
-    def _header(self) -> list[str] | None:
-        if not self.csv_path.exists() or self.csv_path.stat().st_size == 0:
-            return None
-        with self.csv_path.open(newline="") as f:
-            return next(csv.reader(f), None)
-
-    def _rewrite_with_current_columns(self) -> None:
-        """An older CSV with other columns: rewrite it in today's layout, keeping its values."""
-        old = self.rows()
+    def _rewrite(self, rows: list[dict]) -> None:
+        """Today's layout, the intact rows only; atomically (a temp file, then rename)."""
         tmp = self.csv_path.with_suffix(".csv.tmp")
         with tmp.open("w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(COLUMNS)
-            for r in old:
+            for r in rows:
                 writer.writerow([r.get(c, "") or "" for c in COLUMNS])
         tmp.replace(self.csv_path)
 
@@ -199,15 +258,31 @@ def _json_default(obj):
 
 def load_results(paths: Iterable[str | Path] | str | Path):
     """All result rows from CSV files or folders of them as one DataFrame, the latest row per
-    key (a rerun's row replaces the earlier one). Numeric columns come back as numbers."""
+    key (a rerun's row replaces the earlier one). Numeric columns come back as numbers.
+
+    In a folder, only dimbench result CSVs are read (other CSVs beside them are skipped); a
+    dimbench CSV that is corrupt raises ``ResultFileError``."""
     import pandas as pd
 
     if isinstance(paths, (str, Path)):
         paths = [paths]
-    files: list[Path] = []
+    contents: list[CsvContents] = []
     for p in map(Path, paths):
-        files += sorted(p.glob("*.csv")) if p.is_dir() else [p]
-    frames = [pd.read_csv(f, dtype={"git_sha": str}) for f in files if f.stat().st_size]
+        for f in sorted(p.glob("*.csv")) if p.is_dir() else [p]:
+            if p.is_dir() and not _looks_like_results(f):
+                continue
+            c = read_result_csv(f)
+            if c is not None:
+                contents.append(c)
+    frames = []
+    for c in contents:
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(c.header)
+        writer.writerows([r[h] for h in c.header] for r in c.rows)
+        buf.seek(0)
+        frames.append(pd.read_csv(buf, dtype={"git_sha": str}))
+    frames = [f for f in frames if len(f)]
     if not frames:
         return pd.DataFrame(columns=list(COLUMNS))
     df = pd.concat(frames, ignore_index=True)
@@ -217,3 +292,13 @@ def load_results(paths: Iterable[str | Path] | str | Path):
     keys = df[list(KEY_COLUMNS)].astype(str)
     df = df.loc[~keys.duplicated(keep="last")].reset_index(drop=True)
     return df
+
+
+def _looks_like_results(path: Path) -> bool:
+    """A CSV whose header begins like dimbench's (``suite,model,...``)."""
+    try:
+        with path.open(newline="") as f:
+            header = next(csv.reader(f), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+    return header[:2] == list(COLUMNS)[:2]
