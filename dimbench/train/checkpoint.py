@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -57,20 +58,56 @@ def atomic_save(obj: Any, path: str | Path) -> None:
         pass
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load a dimbench checkpoint (tensors and plain data only: ``weights_only``)."""
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False
+) -> dict:
+    """Load a dimbench checkpoint (tensors and plain data only: ``weights_only``).
+
+    A file that is not one (another torch file, a CSV, a save cut off by a kill) is a one-line
+    ``CheckpointError`` that says what it is and what to do. ``mmap`` maps the tensors instead
+    of reading them: a cheap check of a large file.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT_NAME
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
+        raise unreadable(path, e) from None
     if not isinstance(ckpt, dict) or ckpt.get("meta", {}).get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a dimbench checkpoint")
+        raise CheckpointError(
+            f"{path} is not a dimbench checkpoint (no {FORMAT!r} meta); give the checkpoint.pt "
+            "that `dimbench train` writes, or its run folder"
+        )
     return ckpt
+
+
+def unreadable(path: Path, error: Exception) -> CheckpointError:
+    """Why ``torch.load`` could not read ``path``, in one line."""
+    with path.open("rb") as f:
+        head = f.read(4)
+    if head == b"PK\x03\x04" and not zipfile.is_zipfile(path):
+        return CheckpointError(
+            f"checkpoint {path} is truncated (a save cut off by a kill or a full disk?); "
+            "delete it and start again, or restore an earlier copy"
+        )
+    if head[:1] != b"\x80" and head != b"PK\x03\x04":  # neither a zip nor a legacy pickle
+        return CheckpointError(f"{path} is not a checkpoint (not a file torch.save wrote)")
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return CheckpointError(
+        f"{path} is not a dimbench checkpoint ({first[:160]}); give the checkpoint.pt that "
+        "`dimbench train` writes"
+    )
+
+
+def remove_stale_temp_files(folder: str | Path) -> list[Path]:
+    """Delete the temporary files of saves that were killed before their rename."""
+    stale = sorted(Path(folder).glob(f".{CHECKPOINT_NAME}.*.tmp"))
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def model_meta(model: torch.nn.Module, downsample: int) -> dict:

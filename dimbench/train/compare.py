@@ -254,6 +254,14 @@ def validate(cfg: CompareConfig) -> None:
     for name, value in positive.items():
         if value < 1:
             raise UsageError(f"{name} must be positive, got {value}")
+    if not cfg.lr > 0 or not cfg.adam_eps > 0:
+        raise UsageError(f"--lr must be positive, got {cfg.lr}")
+    for name, value in (("--weight-decay", cfg.weight_decay), ("--warmup", cfg.warmup)):
+        if value < 0:
+            raise UsageError(f"{name} must be >= 0, got {value}")
+    for name, value in (("--ema-decay", cfg.ema_decay), ("--label-dropout", cfg.label_dropout)):
+        if not 0 <= value < 1:
+            raise UsageError(f"{name} must be in [0, 1), got {value}")
     if cfg.metrics and (cfg.fid_gen < 2 or cfg.fid_ref_count < 2):
         raise UsageError("--fid-gen and --fid-ref-count must be at least 2")
     if cfg.heldout_timesteps > 1000:

@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from dimbench.errors import UsageError
+from dimbench.paths import writable_dir
 from dimbench.train import distributed as D
 from dimbench.train.checkpoint import CHECKPOINT_NAME
 from dimbench.train.compare import (
@@ -51,6 +52,7 @@ from dimbench.train.evaluate import (
     timestep_grid,
     to_uint8,
 )
+from dimbench.train.trainer import check_backends
 
 FORMAT = "dimbench-train-compare-1"
 CSV_NAME = "train_compare.csv"
@@ -702,6 +704,9 @@ def run_compare(cfg: CompareConfig) -> dict:
     if not cfg.command:
         cfg.command = " ".join(["dimbench", *sys.argv[1:]])
     dist = D.setup(cfg.device)
+    check_backends(cfg.scan_backend, cfg.attn_backend, dist.device)
+    if dist.is_main:
+        writable_dir(cfg.out)
     try:
         return Comparison(cfg, dist).run()
     finally:

@@ -79,6 +79,16 @@ def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return value / info.world_size
 
 
+def agree_max(info: DistInfo, *values: int) -> tuple[int, ...]:
+    """The largest of each value over ranks, so every rank takes the same decision (save,
+    stop) on the same step; the values themselves when not distributed."""
+    if not info.enabled:
+        return values
+    t = torch.tensor(values, dtype=torch.int64, device=info.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return tuple(int(v) for v in t.tolist())
+
+
 def broadcast_object(obj, info: DistInfo, src: int = 0):
     if not info.enabled:
         return obj
