@@ -58,7 +58,8 @@ def atomic_save(obj: Any, path: str | Path) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load a dimbench checkpoint (tensors and plain data only: ``weights_only``)."""
+    """Load a dimbench checkpoint (tensors and plain data only: ``weights_only``); an official
+    DiM state dict comes back as the dimbench checkpoint it converts to."""
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT_NAME
@@ -69,6 +70,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
         raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
     if not isinstance(ckpt, dict) or ckpt.get("meta", {}).get("format") != FORMAT:
+        from dimbench.models import dim_official
+
+        if dim_official.is_official_state_dict(ckpt):  # a released DiM nnet_ema.pth
+            return dim_official.as_dimbench_checkpoint(ckpt, path)
         raise CheckpointError(f"{path} is not a dimbench checkpoint")
     return ckpt
 
