@@ -123,11 +123,8 @@ _BLOCK = {
     "skip_linear.1.weight": "skip_fusion.skip_linear.weight",
     "skip_linear.1.bias": "skip_fusion.skip_linear.bias",
 }
-_RESHAPED = {  # official -> dimbench, converted by _reshape_in / _reshape_out
-    "additional_embed": ("pos_embed_cond", "pos_embed"),
-    "a4m_adapter.pad_token": ("pad_tokens",),
-    "a4m_adapter.pad_token_dec_split": ("split_tokens",),
-}
+# reshaped rather than renamed: _reshape_in, and back in to_official_state_dict
+_RESHAPED = ("additional_embed", "a4m_adapter.pad_token", "a4m_adapter.pad_token_dec_split")
 _OFFICIAL_BLOCK_KEY = re.compile(r"transformer_blocks\.(\d+)\.(.+)")
 _DIMBENCH_BLOCK_KEY = re.compile(r"blocks\.(\d+)\.(.+)")
 _TOP_BACK = {v: k for k, v in _TOP.items()}
