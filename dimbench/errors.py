@@ -14,3 +14,7 @@ class Interrupted(Exception):
     def __init__(self, message: str, signum: int = 2):
         super().__init__(message)
         self.exit_code = 128 + signum
+
+
+class CheckpointError(UsageError):
+    """A checkpoint that is missing, unreadable, or for another model or resolution."""

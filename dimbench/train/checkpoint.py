@@ -13,24 +13,20 @@ from __future__ import annotations
 import os
 import random
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from dimbench.errors import UsageError
+from dimbench.errors import CheckpointError
+from dimbench.torch_files import load_torch_file
 
 FORMAT = "dimbench-checkpoint-1"
 CHECKPOINT_NAME = "checkpoint.pt"
 
 # meta keys that must agree for a checkpoint to load into a model as-is (resume, sampling)
 ARCH_KEYS = ("model", "in_channels", "out_channels", "num_classes", "learn_sigma", "downsample")
-
-
-class CheckpointError(UsageError):
-    """A checkpoint that is missing, unreadable, or for another model or resolution."""
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
@@ -61,7 +57,8 @@ def atomic_save(obj: Any, path: str | Path) -> None:
 def load_checkpoint(
     path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False
 ) -> dict:
-    """Load a dimbench checkpoint (tensors and plain data only: ``weights_only``).
+    """Load a dimbench checkpoint (tensors and plain data only: ``weights_only``); an official
+    DiM state dict comes back as the dimbench checkpoint it converts to.
 
     A file that is not one (another torch file, a CSV, a save cut off by a kill) is a one-line
     ``CheckpointError`` that says what it is and what to do. ``mmap`` maps the tensors instead
@@ -70,36 +67,17 @@ def load_checkpoint(
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT_NAME
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
-        raise unreadable(path, e) from None
+    ckpt = load_torch_file(path, map_location, mmap=mmap)
     if not isinstance(ckpt, dict) or ckpt.get("meta", {}).get("format") != FORMAT:
+        from dimbench.models import dim_official
+
+        if dim_official.is_official_state_dict(ckpt):  # a released DiM nnet_ema.pth
+            return dim_official.as_dimbench_checkpoint(ckpt, path)
         raise CheckpointError(
             f"{path} is not a dimbench checkpoint (no {FORMAT!r} meta); give the checkpoint.pt "
             "that `dimbench train` writes, or its run folder"
         )
     return ckpt
-
-
-def unreadable(path: Path, error: Exception) -> CheckpointError:
-    """Why ``torch.load`` could not read ``path``, in one line."""
-    with path.open("rb") as f:
-        head = f.read(4)
-    if head == b"PK\x03\x04" and not zipfile.is_zipfile(path):
-        return CheckpointError(
-            f"checkpoint {path} is truncated (a save cut off by a kill or a full disk?); "
-            "delete it and start again, or restore an earlier copy"
-        )
-    if head[:1] != b"\x80" and head != b"PK\x03\x04":  # neither a zip nor a legacy pickle
-        return CheckpointError(f"{path} is not a checkpoint (not a file torch.save wrote)")
-    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return CheckpointError(
-        f"{path} is not a dimbench checkpoint ({first[:160]}); give the checkpoint.pt that "
-        "`dimbench train` writes"
-    )
 
 
 def remove_stale_temp_files(folder: str | Path) -> list[Path]:

@@ -56,13 +56,16 @@ def load_for_sampling(
         device=device,
     )
     load_weights(model, ckpt[weights], str(ckpt_path))
-    return model.eval().requires_grad_(False), {**meta, "trained_steps": int(ckpt["step"])}
+    steps = ckpt.get("step")  # None for an official checkpoint: its file does not say
+    return model.eval().requires_grad_(False), {**meta, "trained_steps": steps}
 
 
 def describe_weights(meta: dict, weights: str) -> tuple[str, str | None]:
     """Which weights sampling uses, in words, and a warning when an EMA has seen so few updates
     that it is still mostly the start of training (its samples look untrained)."""
-    steps = meta.get("trained_steps", 0)
+    steps = meta.get("trained_steps")
+    if steps is None:
+        return f"released weights ({meta.get('official', 'an official checkpoint')})", None
     if weights == "model":
         return f"raw weights after {steps} steps", None
     cfg = meta.get("config", {})

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 from dimbench.diffusion.losses import LOSSES, training_losses
 from dimbench.diffusion.schedule import SCHEDULES, NoiseSchedule, schedule_for_family
 from dimbench.errors import Interrupted, UsageError
+from dimbench.models.dim_official import check_official_fits
 from dimbench.paths import writable_dir
 from dimbench.threads import omp_policy_in_effect
 from dimbench.train import distributed as D
@@ -287,7 +288,10 @@ class Trainer:
         """Weak-to-strong: this model's weights from a checkpoint of the same architecture at
         another resolution (the model resizes its position embedding while loading)."""
         src = load_checkpoint(path)
-        check_compatible(src["meta"], self.meta, path, allow_resize=True)
+        if "official" in src["meta"]:  # a released DiM file: its shapes decide, not its name
+            check_official_fits(src["meta"], self.model, path)
+        else:
+            check_compatible(src["meta"], self.meta, path, allow_resize=True)
         load_weights(self.model, src[which], f"--init-from {path}")
 
     # ---- the loop -------------------------------------------------------------------------
