@@ -132,6 +132,11 @@ class Trainer:
         resume_ckpt = None
         if cfg.resume:
             resume_ckpt = load_checkpoint(ckpt_path)
+            if "config" not in resume_ckpt["meta"]:  # released weights have no run to continue
+                raise UsageError(
+                    f"{ckpt_path} holds released weights, not a training run: start from them "
+                    "with --init-from in a new --out"
+                )
             cfg = cfg.merged_with_checkpoint(resume_ckpt["meta"]["config"])
         else:
             if ckpt_path.exists():
