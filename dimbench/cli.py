@@ -11,6 +11,7 @@ import typer
 
 from dimbench import __version__
 from dimbench.errors import Interrupted, UsageError
+from dimbench.plugins import take_import_options
 from dimbench.threads import apply_thread_policy
 
 
@@ -22,7 +23,9 @@ def _version(value: bool) -> None:
 
 app = typer.Typer(
     name="dimbench",
-    help="Benchmark and profile state-space diffusion backbones (DiM) against DiT and U-ViT.",
+    help="Benchmark and profile state-space diffusion backbones (DiM) against DiT and U-ViT. "
+    "Any command takes --import MODULE (repeatable; or DIMBENCH_IMPORT=mod1,mod2): a module "
+    "that registers more models or suites (dimbench.register_model).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -113,7 +116,8 @@ def expand_multi_value_options(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = expand_multi_value_options(list(sys.argv[1:] if argv is None else argv))
+    args = take_import_options(list(sys.argv[1:] if argv is None else argv))
+    args = expand_multi_value_options(args)
     try:
         apply_thread_policy()  # before any command imports torch (see dimbench.threads)
         app(args=args, prog_name="dimbench", standalone_mode=True)

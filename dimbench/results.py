@@ -21,11 +21,11 @@ from pathlib import Path
 
 from dimbench.errors import UsageError
 
-# name -> meaning. The order is the CSV's column order.
-COLUMNS: dict[str, str] = {
-    "suite": "throughput | memory | flops",
+# name -> meaning. A CSV's columns: these, the metric columns the suites register, then TAIL.
+HEAD_COLUMNS: dict[str, str] = {
+    "suite": "the suite that measured the row (throughput, memory, flops, ...)",
     "model": "registry name, e.g. DiM-H/2",
-    "family": "dim | dit | uvit",
+    "family": "the model's registered family, lower case: dim | dit | uvit | ...",
     "image_size": "image side in pixels (latents are image_size/8)",
     "tokens": "image patch tokens: (image_size / 8 / patch_size)^2",
     "batch_size": "images per forward pass",
@@ -33,29 +33,13 @@ COLUMNS: dict[str, str] = {
     "device_name": "CPU or GPU model",
     "dtype": "fp32 | bf16 | fp16 (bf16/fp16: torch.autocast, fp32 weights)",
     "mode": "forward (inference) | train (forward + MSE loss + backward + AdamW step)",
-    "scan_backend": "selective-scan backend used (DiM); '-' for a model without a scan",
-    "attn_backend": "attention backend used (DiT/U-ViT); '-' for a model without attention",
-    "imgs_per_s": "batch_size / median latency",
-    "latency_ms": "median latency of one forward (or train step) over the timed repeats",
-    "latency_iqr_ms": "interquartile range of those latencies (0 with a single repeat)",
-    "repeats": "timed repeats behind the median (after warm-up)",
-    "sample_steps": "sampler steps assumed for sample_latency_s",
-    "sample_latency_s": "one guided sampling run: sample_steps x 2 (CFG) x latency_ms / 1000",
-    "peak_mem_mb": "GPU: max_memory_allocated; CPU: peak RSS above the process's idle level",
-    "peak_mem_reserved_mb": "GPU: max_memory_reserved (caching allocator); empty on CPU",
-    "gmacs": "multiply-accumulates per forward (or train step) of the batch, in 1e9",
-    "gflops": "2 x gmacs (torch.utils.flop_counter convention)",
-    "params_m": "parameters in millions",
+    "scan_backend": "selective-scan backend used; '-' for a model without a scan",
+    "attn_backend": "attention backend used; '-' for a model without attention",
+    "conv_backend": "causal-conv1d backend used; '-' for a model without one",
+}
+TAIL_COLUMNS: dict[str, str] = {
     "status": "ok | oom | timeout | error",
     "error": "one line: why a row is not ok",
-    "gpu_power_w": "mean board power over the timed region (NVML)",
-    "gpu_power_max_w": "max board power over the timed region (NVML)",
-    "gpu_util_pct": "mean GPU utilisation over the timed region (NVML)",
-    "gpu_sm_clock_mhz": "mean SM clock over the timed region (NVML)",
-    "gpu_temp_c": "max GPU temperature over the timed region (NVML)",
-    "energy_j_per_img": "energy of the timed region / images processed (NVML energy counter)",
-    "cpu_util_pct": "this process's CPU use over the timed region, % of one core",
-    "system_cpu_pct": "the whole machine's CPU use over the timed region, % of all cores",
     "load_avg_1m": "1-minute load average when the measurement started",
     "threads": "torch.get_num_threads() in the measuring process",
     "omp_wait_policy": "OMP_WAIT_POLICY of the measuring process (PASSIVE: idle threads sleep)",
@@ -67,17 +51,23 @@ COLUMNS: dict[str, str] = {
     "wall_s": "seconds the whole measurement took (process start to result)",
     "timestamp": "UTC time the row was written (ISO 8601)",
 }
-METRIC_COLUMNS = (
-    "imgs_per_s",
-    "latency_ms",
-    "latency_iqr_ms",
-    "sample_latency_s",
-    "peak_mem_mb",
-    "peak_mem_reserved_mb",
-    "gmacs",
-    "gflops",
-    "params_m",
-)
+METRIC_COLUMNS: dict[str, str] = {}  # registered by the suites (dimbench.suites.register_suite)
+COLUMNS: dict[str, str] = {**HEAD_COLUMNS, **TAIL_COLUMNS}  # kept in CSV order, updated in place
+
+
+def register_columns(columns: dict[str, str]) -> None:
+    """Add a suite's metric columns to the one schema every result CSV has. A name another
+    suite registered with another meaning is an error; the same meaning is shared."""
+    for name, meaning in columns.items():
+        known = {**HEAD_COLUMNS, **TAIL_COLUMNS, **METRIC_COLUMNS}.get(name)
+        if known is not None and known != meaning:
+            raise ValueError(f"result column {name!r} means {known!r} already, not {meaning!r}")
+        METRIC_COLUMNS.setdefault(name, meaning)
+    ordered = {**HEAD_COLUMNS, **METRIC_COLUMNS, **TAIL_COLUMNS}
+    COLUMNS.clear()
+    COLUMNS.update(ordered)
+
+
 # What identifies a measurement: a rerun with the same key is the same measurement.
 KEY_COLUMNS = (
     "suite",
@@ -89,6 +79,7 @@ KEY_COLUMNS = (
     "mode",
     "scan_backend",
     "attn_backend",
+    "conv_backend",
 )
 STATUSES = ("ok", "oom", "timeout", "error")
 # Rows that a rerun does not repeat; timeouts and errors are retried unless asked not to.

@@ -19,9 +19,10 @@ import threading
 import time
 from pathlib import Path
 
-from dimbench.suites.spec import Config, Suite, Sweep, model_info
+from dimbench.suites.spec import Config, Suite, Sweep, fmt, params_m
 
 from dimbench.errors import Interrupted
+from dimbench.registry import KERNELS, get_model
 from dimbench.results import ResultStore, key_part, load_results, make_row, row_key
 
 WORKER = "dimbench.suites.worker"
@@ -126,12 +127,12 @@ def result_row(cfg: Config, result: dict) -> dict:
         meta["threads"] = cfg.threads or meta["threads"]
         meta["omp_wait_policy"] = (cfg.omp_wait_policy or meta["omp_wait_policy"]).upper()
     try:
-        info = model_info(cfg.model)
-        family, tokens, params_m = info.family, info.tokens(cfg.image_size), info.params_m
+        spec = get_model(cfg.model)
+        family, tokens, params = spec.family_id, spec.tokens(cfg.image_size), params_m(cfg.model)
     except Exception:
-        family, tokens, params_m = None, None, None
+        family, tokens, params = None, None, None
     metrics = dict(result.get("metrics") or {})
-    metrics.setdefault("params_m", params_m)
+    metrics.setdefault("params_m", params)
     return make_row(
         **cfg.key_fields(),
         family=family,
@@ -258,45 +259,23 @@ def _terminate_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _fmt(value, spec: str) -> str:
-    if value is None or value == "" or (isinstance(value, float) and value != value):
-        return "-"
-    v = float(value)
-    return f"{v:,.0f}" if abs(v) >= 10_000 else format(v, spec)
-
-
 def _row_line(suite: Suite, row: dict) -> str:
     head = f"{row['model']:>10} {row['image_size']:>5}px b{row['batch_size']} {row['dtype']}"
     status = row["status"]
     if status != "ok":
         colour = "yellow" if status in ("oom", "timeout") else "red"
         return f"{head}  [{colour}]{status}[/{colour}] {row.get('error') or ''}"
-    if suite.name == "throughput":
-        return (
-            f"{head}  {_fmt(row['imgs_per_s'], '.3g')} img/s  "
-            f"{_fmt(row['latency_ms'], '.1f')} ms (IQR {_fmt(row['latency_iqr_ms'], '.1f')}, "
-            f"n={row['repeats']})  peak {_fmt(row['peak_mem_mb'], '.0f')} MB"
-        )
-    if suite.name == "memory":
-        return f"{head}  peak {_fmt(row['peak_mem_mb'], '.0f')} MB"
-    return f"{head}  {_fmt(row['gflops'], '.4g')} GFLOPs  {_fmt(row['params_m'], '.1f')} M params"
+    return f"{head}  {suite.row_line(row)}"
 
 
-SUMMARY_COLUMNS = {
-    "throughput": [
-        ("imgs_per_s", "img/s", ".3g"),
-        ("latency_ms", "latency ms", ".1f"),
-        ("latency_iqr_ms", "IQR ms", ".1f"),
-        ("sample_latency_s", "{sample_steps}-step CFG run s", ".1f"),
-        ("peak_mem_mb", "peak MB", ".0f"),
-    ],
-    "memory": [("peak_mem_mb", "peak MB", ".0f"), ("peak_mem_reserved_mb", "reserved MB", ".0f")],
-    "flops": [
-        ("gmacs", "GMACs", ".4g"),
-        ("gflops", "GFLOPs", ".4g"),
-        ("params_m", "params M", ".1f"),
-    ],
-}
+def _backends(row: dict) -> str:
+    """The backends a row ran, e.g. "scan cpu, conv torch" ("-" for none)."""
+    used = [
+        f"{kernel} {row[column]}"
+        for kernel, column in KERNELS.items()
+        if str(row.get(column)) not in ("-", "", "None", "nan")
+    ]
+    return ", ".join(used) or "-"
 
 
 def summary_table(suite: Suite, df):
@@ -306,8 +285,7 @@ def summary_table(suite: Suite, df):
 
     records = df.to_dict("records")
     for r in records:
-        backends = [str(b) for b in (r["scan_backend"], r["attn_backend"])]
-        r["backend"] = next((b for b in backends if b not in ("-", "", "None", "nan")), "-")
+        r["backend"] = _backends(r)
     keys = [("model", "model"), ("image_size", "res"), ("batch_size", "batch"), ("dtype", "dtype")]
     keys += [("mode", "mode"), ("backend", "backend")]
     varying = [(k, label) for k, label in keys if len({str(r[k]) for r in records}) > 1]
@@ -321,11 +299,11 @@ def summary_table(suite: Suite, df):
         table.add_column(label, justify="right" if k in ("image_size", "batch_size") else "left")
     steps = {key_part(r.get("sample_steps")) for r in records} - {""}
     sample_steps = steps.pop() if len(steps) == 1 else "N"
-    for _, label, _ in SUMMARY_COLUMNS[suite.name]:
-        table.add_column(label.format(sample_steps=sample_steps), justify="right")
+    for col in suite.summary:
+        table.add_column(col.title.format(sample_steps=sample_steps), justify="right")
     table.add_column("status")
     for r in records:
-        cells = [_fmt(r.get(col), spec) for col, _, spec in SUMMARY_COLUMNS[suite.name]]
+        cells = [fmt(r.get(col.column), col.fmt) for col in suite.summary]
         status = r["status"]
         style = {"ok": "green", "oom": "yellow", "timeout": "yellow"}.get(status, "red")
         table.add_row(*(str(r[k]) for k, _ in varying), *cells, f"[{style}]{status}[/{style}]")

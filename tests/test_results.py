@@ -6,6 +6,7 @@ import csv
 import json
 import math
 
+import dimbench.suites  # noqa: F401  (the built-in suites register their result columns)
 import pytest
 
 from dimbench.results import (

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-SUITES_HELP = "throughput | memory | flops"
+SUITES_HELP = "throughput | memory | flops, or a suite an --import module registers"
 
 
 def run(
@@ -47,10 +47,15 @@ def run(
         300.0, "--timeout", help="Seconds per configuration before its process is killed"
     ),
     scan_backend: str = typer.Option(
-        "auto", "--scan-backend", help="Selective scan for DiM (see `dimbench backends`)"
+        "auto",
+        "--scan-backend",
+        help="Selective scan for the models that have one (DiM); `dimbench backends` lists them",
     ),
     attn_backend: str = typer.Option(
-        "auto", "--attn-backend", help="Attention for DiT/U-ViT: sdpa | math | flash_attn"
+        "auto", "--attn-backend", help="Attention for the models that have it (DiT, U-ViT)"
+    ),
+    conv_backend: str = typer.Option(
+        "auto", "--conv-backend", help="Causal conv1d for the models that have it (DiM)"
     ),
     threads: int = typer.Option(None, "--threads", help="torch threads [torch's default]"),
     omp_wait_policy: str = typer.Option(
@@ -89,16 +94,17 @@ def run(
     """
     from rich.console import Console
 
+    from dimbench.devices import parse_device
     from dimbench.errors import UsageError
     from dimbench.paths import writable_dir
     from dimbench.results import ResultStore
     from dimbench.suites import get_suite
     from dimbench.suites.runner import errors_log, run_sweep, summary_table
-    from dimbench.suites.spec import DEFAULT_RESOLUTIONS, Sweep, check_device
+    from dimbench.suites.spec import DEFAULT_RESOLUTIONS, Sweep
     from dimbench.threads import omp_policy_in_effect
 
     the_suite = get_suite(suite)
-    check_device(device)
+    device = parse_device(device)
     on_gpu = device.startswith("cuda")
     chosen = list(models) if models else list(the_suite.default_models(device))
     if not models:
@@ -124,6 +130,7 @@ def run(
         device=device,
         scan_backend=scan_backend,
         attn_backend=attn_backend,
+        conv_backend=conv_backend,
         warmup=warmup if warmup is not None else (3 if on_gpu else 1),
         repeats=repeats if repeats is not None else (20 if on_gpu else 10),
         budget_s=budget if budget is not None else (10.0 if on_gpu else 20.0),

@@ -35,6 +35,7 @@ from dimbench.models.dim_layout import (
     token_layout,
 )
 from dimbench.models.mamba_mixer import MambaMixer
+from dimbench.registry import register_model
 
 Tensor = torch.Tensor
 
@@ -138,8 +139,6 @@ class DiM(nn.Module):
     weights want ``timestep_shift=1``).
     """
 
-    family = "dim"
-
     def __init__(
         self,
         input_size: int | tuple[int, int] = 32,
@@ -160,7 +159,6 @@ class DiM(nn.Module):
         timestep_shift: float = 0.0,
         scan_backend: str = "auto",
         conv_backend: str = "auto",
-        attn_backend: str = "auto",  # accepted for the registry's uniform interface; unused
     ) -> None:
         super().__init__()
         h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
@@ -420,23 +418,20 @@ RELEASED_CONFIGS: dict[str, dict] = {
 
 
 def _constructor(config: dict) -> Callable[..., DiM]:
-    def build(
-        input_size: tuple[int, int] = (32, 32),
-        scan_backend: str = "auto",
-        attn_backend: str = "auto",
-        **overrides,
-    ) -> DiM:
-        kwargs = {"patch_size": 2, **config, **overrides}
-        return DiM(
-            input_size=input_size, scan_backend=scan_backend, attn_backend=attn_backend, **kwargs
-        )
+    def build(input_size: tuple[int, int] = (32, 32), **overrides) -> DiM:
+        return DiM(input_size=input_size, **{"patch_size": 2, **config, **overrides})
 
     return build
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {
-    name: _constructor(cfg) for name, cfg in {**DIM_CONFIGS, **RELEASED_CONFIGS}.items()
-}
+for _name, _config in {**DIM_CONFIGS, **RELEASED_CONFIGS}.items():
+    register_model(
+        _name,
+        kernels=("scan", "conv"),
+        width="hidden_size",
+        width_multiple=4,
+        family="DiM",
+    )(_constructor(_config))
 
 # re-exported: every model module with official checkpoints offers convert_official_state_dict
 from dimbench.models.dim_official import (  # noqa: E402

@@ -479,7 +479,9 @@ def check_official_fits(meta: dict, model: torch.nn.Module, path: str | Path) ->
     config = meta["official_config"]
     name = getattr(model, "model_name", type(model).__name__)
     what = f"{path}: this is an {meta['official']}"
-    if getattr(model, "family", None) != "dim":
+    from dimbench.models.dim import DiM
+
+    if not isinstance(model, DiM):
         raise UsageError(f"{what}; {name} is not a DiM")
     mixer = model.blocks[0].mixer
     have = {

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from dimbench.ops import triton_util
+from dimbench.ops.backends import Op, register_op
 
 Tensor = torch.Tensor
 
@@ -45,6 +46,29 @@ def conv_backends(device: str | torch.device | None = None) -> list[str]:
     return names
 
 
+CONV_BACKENDS = ("torch", "triton", "causal_conv1d")
+
+
+def choose_conv_backend(backend: str, device_type: str, dtype: torch.dtype) -> str:
+    """``auto`` -> the fastest conv usable on ``device_type`` (torch on the meta device); a
+    named one must run there."""
+    if backend == "auto":
+        return "torch" if device_type == "meta" else conv_backends(device_type)[0]
+    if backend not in CONV_BACKENDS:
+        raise ValueError(
+            f"unknown conv backend {backend!r}; available here: {', '.join(conv_backends())}"
+        )
+    if device_type != "meta" and backend not in conv_backends(device_type):
+        raise RuntimeError(
+            f"conv backend {backend!r} cannot run on {device_type}; available there: "
+            f"{', '.join(conv_backends(device_type))}"
+        )
+    return backend
+
+
+register_op(Op("conv", conv_backends, choose_conv_backend))
+
+
 def causal_conv1d_ref(
     x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str | None = None
 ) -> Tensor:
@@ -70,7 +94,7 @@ def causal_conv1d(
             f"{tuple(weight.shape)}"
         )
     if backend == "auto":
-        backend = conv_backends(x.device)[0] if x.device.type != "meta" else "torch"
+        backend = choose_conv_backend(backend, x.device.type, x.dtype)
     if backend == "torch":
         return causal_conv1d_ref(x, weight, bias, activation)
     if backend == "causal_conv1d":

@@ -93,7 +93,7 @@ def model_meta(model: torch.nn.Module, downsample: int) -> dict:
     return {
         "format": FORMAT,
         "model": getattr(model, "model_name", type(model).__name__),
-        "family": getattr(model, "family", None),
+        "family": getattr(model, "family", None),  # create_model records the registered one
         "image_size": list(getattr(model, "image_size", ())),
         "downsample": downsample,
         "in_channels": int(model.in_channels),

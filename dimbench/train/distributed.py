@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from dimbench.errors import UsageError
+from dimbench.devices import parse_device
 
 
 @dataclass(frozen=True)
@@ -33,14 +33,11 @@ class DistInfo:
 
 
 def resolve_device(device: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> this process's GPU if there is one, else the CPU."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {device}: no CUDA device on this machine")
-        if device == "cuda":
-            device = f"cuda:{local_rank % torch.cuda.device_count()}"
+    """``auto`` -> this process's GPU if there is one, else the CPU; plain ``cuda`` -> this
+    rank's GPU (``LOCAL_RANK``)."""
+    device = parse_device(device, allow_auto=True)
+    if device == "cuda":
+        device = f"cuda:{local_rank % torch.cuda.device_count()}"
     return torch.device(device)
 
 

@@ -29,10 +29,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from dimbench.diffusion.losses import LOSSES, training_losses
-from dimbench.diffusion.schedule import SCHEDULES, NoiseSchedule, schedule_for_family
+from dimbench.diffusion.schedule import SCHEDULES, NoiseSchedule
 from dimbench.errors import Interrupted, UsageError
 from dimbench.models.dim_official import check_official_fits
 from dimbench.paths import writable_dir
+from dimbench.registry import get_model
 from dimbench.threads import omp_policy_in_effect
 from dimbench.train import distributed as D
 from dimbench.train.checkpoint import (
@@ -82,7 +83,7 @@ def build_model(
         raise UsageError(str(e)) from None
     except ValueError as e:
         raise UsageError(f"{name} at {image_size} px: {e}") from None
-    # The trainer drops labels itself (seeded per step, the same for every family); DiT's
+    # The trainer drops labels itself (seeded per step, the same for every model); DiT's
     # official label embedder would drop them a second time inside forward. Its null row stays.
     embedder = getattr(model, "y_embedder", None)
     if hasattr(embedder, "dropout_prob"):
@@ -185,9 +186,8 @@ class Trainer:
             device=self.device,
         )
         self.meta = model_meta(self.model, downsample)
-        family = self.meta["family"]
         if cfg.schedule is None:
-            cfg.schedule = schedule_for_family(family)
+            cfg.schedule = get_model(cfg.model).schedule
         if cfg.loss is None:
             cfg.loss = "hybrid" if self.meta["learn_sigma"] else "mse"
         if cfg.schedule not in SCHEDULES:
