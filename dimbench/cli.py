@@ -42,7 +42,17 @@ def _main_options(
     pass
 
 
-COMMAND_MODULES = ("info", "run", "plot", "train", "sample", "compare", "fid", "regress")
+COMMAND_MODULES = (
+    "info",
+    "run",
+    "plot",
+    "train",
+    "sample",
+    "compare",
+    "fid",
+    "regress",
+    "kernel_report",
+)
 
 for _name in COMMAND_MODULES:
     try:

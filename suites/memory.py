@@ -26,9 +26,9 @@ STEPS = {"forward": 1, "train": 2}
 
 def measure(cfg: Config) -> dict:
     import torch
-    from dimbench.suites.workload import build_workload, warm_up_runtime
 
     from dimbench.measure.memory import PeakMemory
+    from dimbench.suites.workload import build_workload, warm_up_runtime
 
     warm_up_runtime(cfg.device)
     with PeakMemory(cfg.device, sample_interval_s=0.002) as mem:

@@ -19,11 +19,10 @@ import threading
 import time
 from pathlib import Path
 
-from dimbench.suites.spec import Config, Suite, Sweep, fmt, params_m
-
 from dimbench.errors import Interrupted
 from dimbench.registry import KERNELS, get_model
 from dimbench.results import ResultStore, key_part, load_results, make_row, row_key
+from dimbench.suites.spec import Config, Suite, Sweep, fmt, params_m
 
 WORKER = "dimbench.suites.worker"
 STDERR_TAIL = 4000  # bytes of a dead worker's stderr kept to explain it
@@ -102,9 +101,8 @@ def _classify_death(returncode: int, last_line: str) -> tuple[str, str]:
 
 def run_inline(cfg: Config, suite: Suite) -> dict:
     """Run an instant, allocation-free measurement (FLOP counting) in this process."""
-    from dimbench.suites.worker import one_line
-
     from dimbench.measure.metadata import run_metadata
+    from dimbench.suites.worker import one_line
 
     t0 = time.perf_counter()
     result: dict = {"status": "ok", "error": None, "metrics": {}, "raw": None}

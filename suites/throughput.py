@@ -44,11 +44,11 @@ COLUMNS = {
 
 def measure(cfg: Config) -> dict:
     import torch
-    from dimbench.suites.workload import build_workload, warm_up_runtime
 
     from dimbench.measure.memory import PeakMemory
     from dimbench.measure.telemetry import CpuTelemetry, GpuTelemetry
     from dimbench.measure.timing import make_clock, time_fn
+    from dimbench.suites.workload import build_workload, warm_up_runtime
 
     on_gpu = cfg.device.startswith("cuda")
     # High-water mark only on the CPU: a sampling thread would steal time from the timed work.

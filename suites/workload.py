@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from dimbench.suites.spec import Config
 from torch import nn
 
 from dimbench.registry import create_model, get_model
+from dimbench.suites.spec import Config
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

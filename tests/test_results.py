@@ -6,9 +6,9 @@ import csv
 import json
 import math
 
-import dimbench.suites  # noqa: F401  (the built-in suites register their result columns)
 import pytest
 
+import dimbench.suites  # noqa: F401  (the built-in suites register their result columns)
 from dimbench.results import (
     COLUMNS,
     KEY_COLUMNS,
