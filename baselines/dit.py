@@ -22,6 +22,7 @@ import torch
 from timm.layers import Mlp, PatchEmbed
 from torch import nn
 
+from dimbench.models.checkpointing import GradCheckpointing, run_block
 from dimbench.registry import register_model
 
 from .layers import Attention, patch_grid, timestep_embedding, unpatchify
@@ -128,7 +129,7 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm_final(x), shift, scale))
 
 
-class DiT(nn.Module):
+class DiT(GradCheckpointing, nn.Module):
     """Diffusion transformer over a latent of ``input_size`` (any multiple of the patch works)."""
 
     def __init__(
@@ -217,7 +218,7 @@ class DiT(nn.Module):
         x = self.x_embedder(x) + self.pos_embed_for(grid, x.device)
         c = self.t_embedder(t) + self.y_embedder(y, self.training)
         for block in self.blocks:
-            x = block(x, c)
+            x = run_block(block, self.grad_checkpointing, x, c)
         x = self.final_layer(x, c)
         return unpatchify(x, grid, self.patch_size, self.out_channels)
 

@@ -25,6 +25,7 @@ import torch
 from timm.layers import Mlp, PatchEmbed, resample_abs_pos_embed, trunc_normal_
 from torch import nn
 
+from dimbench.models.checkpointing import GradCheckpointing, run_block
 from dimbench.registry import register_model
 
 from .layers import Attention, patch_grid, timestep_embedding, unpatchify
@@ -56,7 +57,7 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-class UViT(nn.Module):
+class UViT(GradCheckpointing, nn.Module):
     """U-ViT over a latent of ``input_size`` (any multiple of the patch works at run time)."""
 
     learn_sigma = False
@@ -150,12 +151,13 @@ class UViT(nn.Module):
         x = x + self.pos_embed_for(grid)
 
         skips = []
+        ckpt = self.grad_checkpointing
         for blk in self.in_blocks:
-            x = blk(x)
+            x = run_block(blk, ckpt, x)
             skips.append(x)
-        x = self.mid_block(x)
+        x = run_block(self.mid_block, ckpt, x)
         for blk in self.out_blocks:
-            x = blk(x, skips.pop())
+            x = run_block(blk, ckpt, x, skips.pop())
 
         x = self.decoder_pred(self.norm(x))[:, self.extras :]
         x = unpatchify(x, grid, self.patch_size, self.in_channels)

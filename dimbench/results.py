@@ -36,6 +36,7 @@ HEAD_COLUMNS: dict[str, str] = {
     "scan_backend": "selective-scan backend used; '-' for a model without a scan",
     "attn_backend": "attention backend used; '-' for a model without attention",
     "conv_backend": "causal-conv1d backend used; '-' for a model without one",
+    "compile": "eager | inductor (torch.compile, compiled in the warm-up)",
 }
 TAIL_COLUMNS: dict[str, str] = {
     "status": "ok | oom | timeout | error",
@@ -80,6 +81,7 @@ KEY_COLUMNS = (
     "scan_backend",
     "attn_backend",
     "conv_backend",
+    "compile",
 )
 STATUSES = ("ok", "oom", "timeout", "error")
 # Rows that a rerun does not repeat; timeouts and errors are retried unless asked not to.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dimbench.suites import register_suite
 from dimbench.suites.spec import (
+    FLOPS_COLUMNS,
     PAPER_MODELS,
     PARAMS_COLUMN,
     Config,
@@ -18,11 +19,7 @@ from dimbench.suites.spec import (
     fmt,
 )
 
-COLUMNS = {
-    "gmacs": "multiply-accumulates per forward (or train step) of the batch, in 1e9",
-    "gflops": "2 x gmacs (torch.utils.flop_counter convention)",
-    **PARAMS_COLUMN,
-}
+COLUMNS = {**FLOPS_COLUMNS, **PARAMS_COLUMN}
 
 
 def measure(cfg: Config) -> dict:

@@ -14,6 +14,7 @@ import functools
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 
+from dimbench.compile import check_compiler
 from dimbench.devices import parse_device
 from dimbench.errors import UsageError
 from dimbench.threads import check_omp_policy
@@ -92,6 +93,10 @@ class Suite:
 
 # Metric columns more than one suite writes (each suite declares the ones it writes)
 PARAMS_COLUMN = {"params_m": "parameters in millions"}
+FLOPS_COLUMNS = {
+    "gmacs": "multiply-accumulates per forward (or train step) of the batch, in 1e9",
+    "gflops": "2 x gmacs (torch.utils.flop_counter convention)",
+}
 MEMORY_COLUMNS = {
     "peak_mem_mb": "GPU: max_memory_allocated; CPU: peak RSS above the process's idle level",
     "peak_mem_reserved_mb": "GPU: max_memory_reserved (caching allocator); empty on CPU",
@@ -120,6 +125,7 @@ class Config:
     scan_backend: str = NO_BACKEND
     attn_backend: str = NO_BACKEND
     conv_backend: str = NO_BACKEND
+    compile: str = "eager"
     warmup: int = 1
     repeats: int = 3
     budget_s: float | None = None
@@ -148,6 +154,7 @@ class Config:
             "scan_backend": self.scan_backend,
             "attn_backend": self.attn_backend,
             "conv_backend": self.conv_backend,
+            "compile": self.compile,
         }
 
     def backend_kwargs(self) -> dict[str, str]:
@@ -157,7 +164,11 @@ class Config:
         return {k: v for k, v in names.items() if v != NO_BACKEND}
 
     def label(self) -> str:
-        return f"{self.model} @ {self.image_size}px  b{self.batch_size} {self.dtype} {self.mode}"
+        compiled = "" if self.compile == "eager" else f" {self.compile}"
+        return (
+            f"{self.model} @ {self.image_size}px  b{self.batch_size} {self.dtype} {self.mode}"
+            + compiled
+        )
 
 
 @functools.cache
@@ -183,6 +194,7 @@ class Sweep:
     scan_backend: str = "auto"
     attn_backend: str = "auto"
     conv_backend: str = "auto"
+    compile: str = "eager"
     warmup: int = 1
     repeats: int = 3
     budget_s: float | None = None
@@ -229,6 +241,7 @@ class Sweep:
                                     dtype=dtype if self.suite.isolated else "fp32",
                                     mode=mode,
                                     **backends,
+                                    compile=self.compile if self.suite.isolated else "eager",
                                     warmup=self.warmup,
                                     repeats=self.repeats,
                                     budget_s=self.budget_s,
@@ -270,6 +283,7 @@ class Sweep:
             for v in values:
                 if v not in allowed:
                     raise UsageError(f"unknown {name} {v!r}; valid: {', '.join(allowed)}")
+        check_compiler(self.compile)
         if self.warmup < 0 or self.repeats < 1:
             raise UsageError("--warmup must be >= 0 and --repeats >= 1")
         if self.timeout_s <= 0:

@@ -12,6 +12,7 @@ from contextlib import nullcontext
 
 from dimbench.suites import register_suite
 from dimbench.suites.spec import (
+    FLOPS_COLUMNS,
     MEMORY_COLUMNS,
     PARAMS_COLUMN,
     Config,
@@ -31,6 +32,8 @@ COLUMNS = {
     "sample_latency_s": "one guided sampling run: sample_steps x 2 (CFG) x latency_ms / 1000",
     **MEMORY_COLUMNS,
     **PARAMS_COLUMN,
+    **FLOPS_COLUMNS,
+    "achieved_gflops_per_s": "gflops / median latency: the FLOP rate the step reached",
     "gpu_power_w": "mean board power over the timed region (NVML)",
     "gpu_power_max_w": "max board power over the timed region (NVML)",
     "gpu_util_pct": "mean GPU utilisation over the timed region (NVML)",
@@ -45,6 +48,7 @@ COLUMNS = {
 def measure(cfg: Config) -> dict:
     import torch
 
+    from dimbench.measure import count_flops
     from dimbench.measure.memory import PeakMemory
     from dimbench.measure.telemetry import CpuTelemetry, GpuTelemetry
     from dimbench.measure.timing import make_clock, time_fn
@@ -69,7 +73,11 @@ def measure(cfg: Config) -> dict:
     timing.warmup_ms = warm
     median_s = timing.median_ms / 1e3
     images = work.images_per_step * len(timing.samples_ms)
+    counted = count_flops(cfg.model, cfg.image_size, cfg.batch_size, mode=cfg.mode)  # on meta
     metrics = {
+        "gmacs": counted["gmacs"],
+        "gflops": counted["gflops"],
+        "achieved_gflops_per_s": counted["gflops"] / median_s,
         "imgs_per_s": work.images_per_step / median_s,
         "latency_ms": timing.median_ms,
         "latency_iqr_ms": timing.iqr_ms,
@@ -103,6 +111,7 @@ def row_line(row: dict) -> str:
     return (
         f"{fmt(row['imgs_per_s'], '.3g')} img/s  {fmt(row['latency_ms'], '.1f')} ms "
         f"(IQR {fmt(row['latency_iqr_ms'], '.1f')}, n={row['repeats']})  "
+        f"{fmt(row['achieved_gflops_per_s'], '.3g')} GFLOP/s  "
         f"peak {fmt(row['peak_mem_mb'], '.0f')} MB"
     )
 
@@ -117,6 +126,7 @@ SUITE = register_suite(
             SummaryColumn("latency_ms", "latency ms", ".1f"),
             SummaryColumn("latency_iqr_ms", "IQR ms", ".1f"),
             SummaryColumn("sample_latency_s", "{sample_steps}-step CFG run s", ".1f"),
+            SummaryColumn("achieved_gflops_per_s", "GFLOP/s", ".3g"),
             SummaryColumn("peak_mem_mb", "peak MB", ".0f"),
         ),
         row_line=row_line,

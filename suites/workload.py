@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dimbench.compile import compiled
 from dimbench.registry import create_model, get_model
 from dimbench.suites.spec import Config
 
@@ -63,6 +64,7 @@ def build_workload(cfg: Config, seed: int = 0) -> Workload:
     model = create_model(
         cfg.model, image_size=cfg.image_size, device=device, **cfg.backend_kwargs()
     )
+    net = compiled(model, cfg.compile)
     latent = get_model(cfg.model).input_size(cfg.image_size)
     b = cfg.batch_size
     x = torch.randn(b, model.in_channels, *latent, device=device)
@@ -76,7 +78,7 @@ def build_workload(cfg: Config, seed: int = 0) -> Workload:
         @torch.inference_mode()
         def step() -> None:
             with amp:
-                model(x, t, y)
+                net(x, t, y)
 
         return Workload(model, step, b)
 
@@ -88,7 +90,7 @@ def build_workload(cfg: Config, seed: int = 0) -> Workload:
 
     def train_step() -> None:
         with amp:
-            out = model(x, t, y)
+            out = net(x, t, y)
         loss = F.mse_loss(out[:, :channels].float(), noise)  # learned-sigma channels ignored
         scaler.scale(loss).backward()
         scaler.step(optimizer)

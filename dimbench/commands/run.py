@@ -57,6 +57,12 @@ def run(
     conv_backend: str = typer.Option(
         "auto", "--conv-backend", help="Causal conv1d for the models that have it (DiM)"
     ),
+    compile: bool = typer.Option(
+        False,
+        "--compile/--eager",
+        help="Every model through torch.compile (inductor; compiled during the warm-up, which "
+        "then takes tens of seconds); recorded in each row's compile column [eager]",
+    ),
     threads: int = typer.Option(None, "--threads", help="torch threads [torch's default]"),
     omp_wait_policy: str = typer.Option(
         None,
@@ -131,6 +137,7 @@ def run(
         scan_backend=scan_backend,
         attn_backend=attn_backend,
         conv_backend=conv_backend,
+        compile="inductor" if compile else "eager",
         warmup=warmup if warmup is not None else (3 if on_gpu else 1),
         repeats=repeats if repeats is not None else (20 if on_gpu else 10),
         budget_s=budget if budget is not None else (10.0 if on_gpu else 20.0),

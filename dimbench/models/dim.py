@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dimbench.models.checkpointing import GradCheckpointing, run_block
 from dimbench.models.dim_layout import (
     PAD_LAYOUTS,
     ScanOrder,
@@ -126,7 +127,7 @@ class DiMBlock(nn.Module):
         return (1 + gate[:, None]) * self.mixer(h)
 
 
-class DiM(nn.Module):
+class DiM(GradCheckpointing, nn.Module):
     """Diffusion Mamba backbone: ``forward(x, t, y) -> epsilon`` (B, out_channels, H, W).
 
     Ablation switches (all on by default, as in the paper): ``pad_tokens`` (row/bottom pads and
@@ -353,7 +354,7 @@ class DiM(nn.Module):
                 stream = block.skip_fusion(stream, skip).to(res_dtype)  # the residual restarts
             stream = self.switch(stream, layout, order, self.schedule[i])
             order = self.schedule[i]
-            branch = block(stream, modulation)
+            branch = run_block(block, self.grad_checkpointing, stream, modulation)
             residual = stream
             if self.push_skip[i]:
                 skips.append((residual + branch, order))
