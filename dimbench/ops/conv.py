@@ -3,8 +3,10 @@
 ``causal_conv1d(x, weight, bias=None, activation=None, backend="auto")``: x (B, D, L),
 weight (D, K), bias (D,); out_t = act(bias + sum_k weight[:, k] * x[:, t - K + 1 + k]) with
 zeros before the sequence start. Backends: ``torch`` (F.conv1d on a left-padded input),
-``causal_conv1d`` (Dao-AILab's CUDA kernel, when importable) and ``triton`` (conv_triton.py: one
-fused kernel, CUDA; CPU tensors too under TRITON_INTERPRET=1, never auto's choice there).
+``cpu`` (conv_cpu.py: one fused C++ pass, float32/bfloat16 CPU tensors, built at first use;
+auto's choice on CPU when a compiler is there, torch for other dtypes), ``causal_conv1d``
+(Dao-AILab's CUDA kernel, when importable) and ``triton`` (conv_triton.py: one fused kernel, CUDA;
+CPU tensors too under TRITON_INTERPRET=1, never auto's choice there).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from dimbench.ops import triton_util
+from dimbench.ops import conv_cpu, triton_util
 
 Tensor = torch.Tensor
 
@@ -32,6 +34,8 @@ def conv_backends(device: str | torch.device | None = None) -> list[str]:
     """Conv backends usable here (for ``device``'s type when given), fastest first."""
     dtype = torch.device(device).type if device is not None else None
     names = []
+    if dtype in (None, "cpu") and conv_cpu.unavailable_reason() is None:
+        names.append("cpu")
     cuda = torch.cuda.is_available() and dtype in (None, "cuda")
     if _causal_conv1d_fn() is not None and cuda:
         names.append("causal_conv1d")
@@ -43,6 +47,17 @@ def conv_backends(device: str | torch.device | None = None) -> list[str]:
     if triton_ok and interpreting:  # the interpreter is the slowest of all
         names.append("triton")
     return names
+
+
+def resolve_auto(x: Tensor, weight: Tensor) -> str:
+    """The backend ``auto`` means for these tensors: the first of :func:`conv_backends` for
+    their device that takes them (torch on the meta device and for dtypes the kernels lack)."""
+    if x.device.type == "meta":
+        return "torch"
+    for name in conv_backends(x.device):
+        if name != "cpu" or conv_cpu.supports(x, weight):
+            return name
+    return "torch"
 
 
 def causal_conv1d_ref(
@@ -70,9 +85,17 @@ def causal_conv1d(
             f"{tuple(weight.shape)}"
         )
     if backend == "auto":
-        backend = conv_backends(x.device)[0] if x.device.type != "meta" else "torch"
+        backend = resolve_auto(x, weight)
     if backend == "torch":
         return causal_conv1d_ref(x, weight, bias, activation)
+    if backend == "cpu":
+        reason = conv_cpu.unavailable_reason()
+        if reason is not None:
+            raise RuntimeError(
+                f"conv backend 'cpu' is unavailable ({reason}); "
+                f"available here: {', '.join(conv_backends())}"
+            )
+        return conv_cpu.causal_conv1d_cpu(x, weight, bias, activation)
     if backend == "causal_conv1d":
         fn = _causal_conv1d_fn()
         if fn is None or not x.is_cuda:
