@@ -3,6 +3,11 @@
 in_proj D -> 2E (x and the gate z), causal depthwise conv1d + SiLU on x, x_proj -> (dt, B, C),
 dt_proj, selective scan with D skip and SiLU(z) gate, out_proj E -> D. Parameter names, shapes and
 initialisation follow ``mamba_ssm.modules.mamba_simple.Mamba``, so checkpoints map one to one.
+
+Everything after in_proj runs as one autograd node (``dimbench.ops.mamba_inner``, the design of
+mamba_ssm's ``mamba_inner_fn``) that saves x, z and the small x_proj output and recomputes the
+rest in backward; its twin ``mamba_inner_ref`` (separate ops, plain autograd) runs where the node
+is not used: on the meta device (FLOP counts) and on CUDA unless ``fused=True``.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import math
 import torch
 from torch import nn
 
-from dimbench.ops import causal_conv1d, selective_scan
+from dimbench.ops.mamba_inner import mamba_inner, mamba_inner_ref
 
 Tensor = torch.Tensor
 
@@ -20,7 +25,9 @@ Tensor = torch.Tensor
 class MambaMixer(nn.Module):
     """Unidirectional Mamba-1 mixer: (B, L, D) -> (B, L, D).
 
-    ``scan_backend`` is read at every call, so it can be switched on a built model.
+    ``scan_backend``, ``conv_backend`` and ``fused`` are read at every call, so they can be
+    switched on a built model. ``fused``: None (auto: the fused node on CPU tensors, the twin
+    elsewhere), True or False.
     """
 
     def __init__(
@@ -36,6 +43,7 @@ class MambaMixer(nn.Module):
         n_layer: int = 1,
         scan_backend: str = "auto",
         conv_backend: str = "auto",
+        fused: bool | None = None,
     ) -> None:
         super().__init__()
         self.d_model = d_model
@@ -45,6 +53,7 @@ class MambaMixer(nn.Module):
         self.dt_rank = dt_rank if dt_rank is not None else math.ceil(d_model / 16)
         self.scan_backend = scan_backend
         self.conv_backend = conv_backend
+        self.fused = fused
 
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=False)
         self.conv1d = nn.Conv1d(
@@ -91,39 +100,37 @@ class MambaMixer(nn.Module):
         w_x, w_z = self.in_proj.weight.chunk(2, dim=0)
         x = _weight_matmul(w_x, hidden.transpose(1, 2))  # (B, E, L)
         z = _weight_matmul(w_z, hidden.transpose(1, 2))
-        x = causal_conv1d(
-            x, self.conv1d.weight[:, 0], self.conv1d.bias, "silu", backend=self.conv_backend
-        )
-        x_dbl = _matmul_weight(x.transpose(1, 2), self.x_proj.weight)  # (B, L, R + 2N)
-        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = _weight_matmul(self.dt_proj.weight, dt.transpose(1, 2))  # (B, E, L); bias in the scan
-        A = -torch.exp(self.A_log.float())
-        y = selective_scan(
+        inner = mamba_inner if self.uses_fused(hidden) else mamba_inner_ref
+        return inner(
             x,
-            dt,
-            A,
-            B.transpose(1, 2).contiguous(),
-            C.transpose(1, 2).contiguous(),
+            z,
+            self.conv1d.weight[:, 0],
+            self.conv1d.bias,
+            self.x_proj.weight,
+            self.dt_proj.weight,
+            self.out_proj.weight,
+            -torch.exp(self.A_log.float()),
             self.D.float(),
-            z=z,
-            delta_bias=self.dt_proj.bias.float(),
+            self.dt_proj.bias.float(),
             delta_softplus=True,
-            backend=self.scan_backend,
-        )
-        return _matmul_weight(y.transpose(1, 2), self.out_proj.weight)  # (B, L, D)
+            scan_backend=self.scan_backend,
+            conv_backend=self.conv_backend,
+        )  # (B, L, D)
+
+    def uses_fused(self, hidden: Tensor) -> bool:
+        """Whether a call on ``hidden`` runs the fused node (else the twin)."""
+        if self.fused is None:
+            return hidden.device.type == "cpu"
+        return self.fused and hidden.device.type != "meta"
 
     def extra_repr(self) -> str:
         return (
             f"d_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, "
-            f"d_conv={self.d_conv}, dt_rank={self.dt_rank}, scan_backend={self.scan_backend!r}"
+            f"d_conv={self.d_conv}, dt_rank={self.dt_rank}, scan_backend={self.scan_backend!r}, "
+            f"fused={self.fused!r}"
         )
 
 
 def _weight_matmul(weight: Tensor, x: Tensor) -> Tensor:
     """(O, I) @ (B, I, L) -> (B, O, L)."""
     return torch.bmm(weight.expand(x.shape[0], -1, -1), x)
-
-
-def _matmul_weight(x: Tensor, weight: Tensor) -> Tensor:
-    """(B, L, I) @ (O, I)^T -> (B, L, O), i.e. F.linear without a bias."""
-    return torch.bmm(x, weight.t().expand(x.shape[0], -1, -1))
