@@ -11,8 +11,6 @@ CPU tensors too under TRITON_INTERPRET=1, never auto's choice there).
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 
@@ -21,13 +19,17 @@ from dimbench.ops import conv_cpu, triton_util
 Tensor = torch.Tensor
 
 
-@functools.cache
+_IMPORTED: dict = {}  # a plain dict, which torch.compile reads as a constant (see conv_cpu)
+
+
 def _causal_conv1d_fn():
-    try:
-        from causal_conv1d import causal_conv1d_fn
-    except Exception:
-        return None
-    return causal_conv1d_fn
+    if "fn" not in _IMPORTED:
+        try:
+            from causal_conv1d import causal_conv1d_fn
+        except Exception:
+            causal_conv1d_fn = None
+        _IMPORTED["fn"] = causal_conv1d_fn
+    return _IMPORTED["fn"]
 
 
 def conv_backends(device: str | torch.device | None = None) -> list[str]:
@@ -37,7 +39,7 @@ def conv_backends(device: str | torch.device | None = None) -> list[str]:
     if dtype in (None, "cpu") and conv_cpu.unavailable_reason() is None:
         names.append("cpu")
     cuda = torch.cuda.is_available() and dtype in (None, "cuda")
-    if _causal_conv1d_fn() is not None and cuda:
+    if cuda and _causal_conv1d_fn() is not None:
         names.append("causal_conv1d")
     interpreting = triton_util.interpreting()
     triton_ok = (cuda or interpreting) and triton_util.unavailable_reason() is None

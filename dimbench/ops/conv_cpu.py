@@ -41,18 +41,26 @@ def _lib() -> ctypes.CDLL:
     return lib
 
 
-@functools.cache
+# Probed once, kept in a plain dict: torch.compile reads it as a constant where it would trace
+# into a functools.cache wrapper (and the compiler check behind it) and break the graph.
+_PROBE: dict[str, str | int | None] = {}
+
+
 def unavailable_reason() -> str | None:
     """None when the kernel is built (or builds now) and loads, else why not."""
-    try:
-        _lib()
-    except (cbuild.KernelUnavailable, OSError) as e:
-        return str(e).splitlines()[0]
-    return None
+    if "reason" not in _PROBE:
+        try:
+            _PROBE["max_width"] = _lib().dimbench_conv_max_width()
+            _PROBE["reason"] = None
+        except (cbuild.KernelUnavailable, OSError) as e:
+            _PROBE["reason"] = str(e).splitlines()[0]
+    return _PROBE["reason"]
 
 
 def max_width() -> int:
-    return _lib().dimbench_conv_max_width()
+    if unavailable_reason() is not None:
+        raise RuntimeError(f"the cpu conv kernel is unavailable ({unavailable_reason()})")
+    return _PROBE["max_width"]
 
 
 def supports(x: Tensor, weight: Tensor) -> bool:
