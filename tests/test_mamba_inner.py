@@ -61,9 +61,10 @@ def test_fused_matches_the_twin_fp32(scan_backend, conv_backend, batch, length, 
     compare(m, x, 2e-5)
 
 
-def test_fused_matches_the_twin_at_dim_widths():
+@pytest.mark.parametrize("recompute_in_proj", [False, True], ids=["x-z-saved", "in_proj-too"])
+def test_fused_matches_the_twin_at_dim_widths(recompute_in_proj):
     """E = 2 * 64, N = 16, R = 4, a few hundred tokens (a DiM-T/2 block at 256 px)."""
-    m = make_mixer(d_model=64, d_state=16)
+    m = make_mixer(d_model=64, d_state=16, recompute_in_proj=recompute_in_proj)
     x = torch.randn(2, 300, 64, generator=torch.Generator().manual_seed(3))
     compare(m, x, 2e-5)
 
@@ -102,8 +103,9 @@ def test_the_options_of_the_node(save_scan, with_out_proj, with_bias):
         assert_close(grads[k], ref_grads[k], 2e-5, k)
 
 
-def test_bf16_autocast_matches_the_twin_loosely():
-    m = make_mixer(d_model=32, d_state=8)
+@pytest.mark.parametrize("recompute_in_proj", [False, True], ids=["x-z-saved", "in_proj-too"])
+def test_bf16_autocast_matches_the_twin_loosely(recompute_in_proj):
+    m = make_mixer(d_model=32, d_state=8, recompute_in_proj=recompute_in_proj)
     x = torch.randn(2, 90, 32, generator=torch.Generator().manual_seed(5))
     grad_out = torch.randn(2, 90, 32, generator=torch.Generator().manual_seed(6))
     results = {}
@@ -156,6 +158,9 @@ def test_the_fused_node_keeps_little_more_than_its_inputs():
     assert saved[True] <= 2 * bel + x_dbl + hidden + small
     assert saved[False] >= 5 * bel  # the twin: padded x, pre-activation, u, dt, z, y, states
     assert saved[True] < 0.5 * saved[False]
+    m.fused = m.recompute_in_proj = True
+    # with in_proj inside: the mixer's input and x_proj's output
+    assert saved_bytes(lambda: m(x), m) <= x_dbl + hidden + small
 
 
 def test_forward_flops_are_the_twins():
@@ -181,7 +186,8 @@ def test_auto_uses_the_node_on_cpu_and_the_twin_on_meta():
     assert meta(torch.empty(2, 9, 24, device="meta")).shape == (2, 9, 24)
 
 
-def test_fused_mixers_inside_a_small_dim_give_todays_model():
+@pytest.mark.parametrize("recompute_in_proj", [False, True], ids=["x-z-saved", "in_proj-too"])
+def test_fused_mixers_inside_a_small_dim_give_todays_model(recompute_in_proj):
     """DiM-T/2 with every mixer fused against the same weights with every mixer the twin:
     outputs within fp32 rounding, and the parameter gradients of a loss."""
     torch.manual_seed(0)
@@ -193,6 +199,7 @@ def test_fused_mixers_inside_a_small_dim_give_todays_model():
     for fused in (True, False):
         for block in model.blocks:
             block.mixer.fused = fused
+            block.mixer.recompute_in_proj = recompute_in_proj
         model.zero_grad(set_to_none=True)
         out = model(x, t, y)
         out.square().mean().backward()
@@ -205,6 +212,16 @@ def test_fused_mixers_inside_a_small_dim_give_todays_model():
 
 def test_bad_shapes_are_a_clear_error():
     x = torch.randn(1, 8, 10)
+    with pytest.raises(ValueError, match="give x and z"):
+        mamba_inner(x, None, *[torch.empty(0)] * 8)
+    with pytest.raises(ValueError, match="does not fit hidden"):
+        mamba_inner(
+            None,
+            None,
+            *[torch.empty(0)] * 8,
+            hidden=torch.randn(1, 10, 4),
+            in_proj_weight=torch.randn(16, 5),
+        )
     with pytest.raises(ValueError, match="do not fit"):
         mamba_inner(
             x,

@@ -27,7 +27,9 @@ class MambaMixer(nn.Module):
 
     ``scan_backend``, ``conv_backend`` and ``fused`` are read at every call, so they can be
     switched on a built model. ``fused``: None (auto: the fused node on CPU tensors, the twin
-    elsewhere), True or False.
+    elsewhere), True or False. ``recompute_in_proj`` (fused only): in_proj joins the node, which
+    then keeps the mixer's input instead of x and z (a quarter of their size) for one more
+    in_proj matmul in backward.
     """
 
     def __init__(
@@ -44,6 +46,7 @@ class MambaMixer(nn.Module):
         scan_backend: str = "auto",
         conv_backend: str = "auto",
         fused: bool | None = None,
+        recompute_in_proj: bool = False,
     ) -> None:
         super().__init__()
         self.d_model = d_model
@@ -54,6 +57,7 @@ class MambaMixer(nn.Module):
         self.scan_backend = scan_backend
         self.conv_backend = conv_backend
         self.fused = fused
+        self.recompute_in_proj = recompute_in_proj
 
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=False)
         self.conv1d = nn.Conv1d(
@@ -93,6 +97,24 @@ class MambaMixer(nn.Module):
         self.out_proj.weight /= math.sqrt(n_layer)
 
     def forward(self, hidden: Tensor) -> Tensor:
+        weights = dict(
+            conv_weight=self.conv1d.weight[:, 0],
+            conv_bias=self.conv1d.bias,
+            x_proj_weight=self.x_proj.weight,
+            dt_proj_weight=self.dt_proj.weight,
+            out_proj_weight=self.out_proj.weight,
+            A=-torch.exp(self.A_log.float()),
+            D=self.D.float(),
+            delta_bias=self.dt_proj.bias.float(),
+            delta_softplus=True,
+            scan_backend=self.scan_backend,
+            conv_backend=self.conv_backend,
+        )
+        fused = self.uses_fused(hidden)
+        if fused and self.recompute_in_proj:
+            return mamba_inner(
+                None, None, hidden=hidden, in_proj_weight=self.in_proj.weight, **weights
+            )
         # Channel-major (B, E, L) is what the conv and the scan want. The projections are batched
         # matmuls on transposed views (BLAS transpose flags), so no activation is ever copied:
         # torch.matmul / F.linear would copy (B, E, L) outputs or (B, L, E) inputs here.
@@ -100,22 +122,7 @@ class MambaMixer(nn.Module):
         w_x, w_z = self.in_proj.weight.chunk(2, dim=0)
         x = _weight_matmul(w_x, hidden.transpose(1, 2))  # (B, E, L)
         z = _weight_matmul(w_z, hidden.transpose(1, 2))
-        inner = mamba_inner if self.uses_fused(hidden) else mamba_inner_ref
-        return inner(
-            x,
-            z,
-            self.conv1d.weight[:, 0],
-            self.conv1d.bias,
-            self.x_proj.weight,
-            self.dt_proj.weight,
-            self.out_proj.weight,
-            -torch.exp(self.A_log.float()),
-            self.D.float(),
-            self.dt_proj.bias.float(),
-            delta_softplus=True,
-            scan_backend=self.scan_backend,
-            conv_backend=self.conv_backend,
-        )  # (B, L, D)
+        return (mamba_inner if fused else mamba_inner_ref)(x, z, **weights)  # (B, L, D)
 
     def uses_fused(self, hidden: Tensor) -> bool:
         """Whether a call on ``hidden`` runs the fused node (else the twin)."""
@@ -127,7 +134,7 @@ class MambaMixer(nn.Module):
         return (
             f"d_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, "
             f"d_conv={self.d_conv}, dt_rank={self.dt_rank}, scan_backend={self.scan_backend!r}, "
-            f"fused={self.fused!r}"
+            f"fused={self.fused!r}, recompute_in_proj={self.recompute_in_proj!r}"
         )
 
 

@@ -130,12 +130,20 @@ def _project(u, x_dbl, dt_proj_weight, dt_rank, d_state):
     return dt, B, C
 
 
+def _in_proj(hidden: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+    """x, z (B, E, L) from hidden (B, L, D): two GEMMs, so both come out contiguous."""
+    w_x, w_z = weight.chunk(2, dim=0)
+    return _weight_matmul(w_x, hidden.transpose(1, 2)), _weight_matmul(w_z, hidden.transpose(1, 2))
+
+
 class MambaInnerFn(torch.autograd.Function):
+    """Inputs (x, z, ...) or, with ``from_hidden``, (hidden, in_proj_weight, ...)."""
+
     @staticmethod
     def forward(
         ctx,
-        x,
-        z,
+        first,
+        second,
         conv_weight,
         conv_bias,
         x_proj_weight,
@@ -148,11 +156,17 @@ class MambaInnerFn(torch.autograd.Function):
         scan_backend,
         conv_backend,
         save_scan,
+        from_hidden,
     ):
-        cdt = _compute_dtype(x)
-        ctx.in_dtypes = (x.dtype, z.dtype)
+        cdt = _compute_dtype(first)
+        ctx.in_dtypes = (first.dtype, second.dtype)
         with torch.autocast("cpu", enabled=False):
-            x, z = x.to(cdt), z.to(cdt)
+            first = first.to(cdt)
+            if from_hidden:  # first = hidden, second = in_proj's weight
+                x, z = _in_proj(first, second.to(cdt))
+            else:
+                x, z = first, second.to(cdt)
+                second = z
             wx, wdt = x_proj_weight.to(cdt), dt_proj_weight.to(cdt)
             wout = out_proj_weight.to(cdt) if out_proj_weight is not None else None
             conv = _Conv(conv_backend, x, conv_weight)
@@ -167,24 +181,31 @@ class MambaInnerFn(torch.autograd.Function):
             )
             out = _matmul_weight(y.transpose(1, 2), wout) if wout is not None else y
 
-        ctx.cfg = (cdt, conv, scan, delta_softplus, dt_rank, d_state, save_scan)
+        ctx.cfg = (cdt, conv, scan, delta_softplus, dt_rank, d_state, save_scan, from_hidden)
         ctx.has = (conv_bias is not None, out_proj_weight is not None)
         ctx.has += (D is not None, delta_bias is not None)
         kept = [y, *states] if save_scan else []
         optional = [t for t in (conv_bias, out_proj_weight, D, delta_bias) if t is not None]
         ctx.save_for_backward(
-            x, z, x_dbl, conv_weight, x_proj_weight, dt_proj_weight, A, *optional, *kept
+            first, second, x_dbl, conv_weight, x_proj_weight, dt_proj_weight, A, *optional, *kept
         )
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        cdt, conv, scan, softplus, dt_rank, d_state, save_scan = ctx.cfg
-        x, z, x_dbl, conv_weight, x_proj_weight, dt_proj_weight, A, *rest = ctx.saved_tensors
+        cdt, conv, scan, softplus, dt_rank, d_state, save_scan, from_hidden = ctx.cfg
+        first, second, x_dbl, conv_weight, x_proj_weight, dt_proj_weight, A, *rest = (
+            ctx.saved_tensors
+        )
         conv_bias, out_proj_weight, D, delta_bias = (
             rest.pop(0) if present else None for present in ctx.has
         )
         with torch.autocast("cpu", enabled=False):
+            if from_hidden:
+                w_in = second.to(cdt)
+                x, z = _in_proj(first, w_in)
+            else:
+                x, z = first, second
             wx, wdt = x_proj_weight.to(cdt), dt_proj_weight.to(cdt)
             wout = out_proj_weight.to(cdt) if out_proj_weight is not None else None
             dout = dout.to(cdt)
@@ -206,7 +227,7 @@ class MambaInnerFn(torch.autograd.Function):
             du, ddt, dA, dB, dC, dD, dz, dbias = torch.ops.dimbench.selective_scan_bwd(
                 dy, u, dt, A, B, C, D, z, delta_bias, softplus, scan, states
             )
-            del dy, dt, states
+            del dy, dt, states, z
             ddt = ddt.to(cdt)
             dt_in = x_dbl[..., :dt_rank]
             d_dt_proj = _batch_mm_sum(ddt, dt_in)  # (E, R)
@@ -219,13 +240,22 @@ class MambaInnerFn(torch.autograd.Function):
             del u
             du = du.to(cdt).baddbmm_(wx.t().expand(du.shape[0], -1, -1), dx_dbl.transpose(1, 2))
             dx, dconv_w, dconv_b = conv.backward(du, x, conv_weight, conv_bias)
+            del du, x
+            if from_hidden:  # through in_proj: d hidden = dx^T W_x + dz^T W_z, and W's gradient
+                w_x, w_z = w_in.chunk(2, dim=0)
+                dz = dz.to(cdt)
+                d_first = _matmul_weight(dx.transpose(1, 2), w_x.t())  # (B, L, D)
+                d_first.baddbmm_(dz.transpose(1, 2), w_z.expand(dz.shape[0], -1, -1))
+                d_second = torch.cat([_batch_mm_sum(dx, first), _batch_mm_sum(dz, first)])
+            else:
+                d_first, d_second = dx, dz
 
         def like(g, t):
             return None if t is None or g is None else g.to(t.dtype)
 
         return (
-            dx.to(ctx.in_dtypes[0]),
-            dz.to(ctx.in_dtypes[1]),
+            d_first.to(ctx.in_dtypes[0]),
+            d_second.to(ctx.in_dtypes[1]),
             like(dconv_w, conv_weight),
             like(dconv_b, conv_bias),
             like(d_x_proj, x_proj_weight),
@@ -238,12 +268,13 @@ class MambaInnerFn(torch.autograd.Function):
             None,
             None,
             None,
+            None,
         )
 
 
 def mamba_inner(
-    x: Tensor,
-    z: Tensor,
+    x: Tensor | None,
+    z: Tensor | None,
     conv_weight: Tensor,
     conv_bias: Tensor | None,
     x_proj_weight: Tensor,
@@ -256,28 +287,46 @@ def mamba_inner(
     scan_backend: str = "auto",
     conv_backend: str = "auto",
     save_scan: bool = False,
+    hidden: Tensor | None = None,
+    in_proj_weight: Tensor | None = None,
 ) -> Tensor:
     """conv + SiLU -> x_proj -> dt_proj -> scan (z gate, D skip, delta bias, softplus) ->
     out_proj as one autograd node that recomputes rather than stores (see the module docstring).
 
     x, z (B, E, L) with L contiguous; conv_weight (E, K); x_proj_weight (R + 2N, E);
     dt_proj_weight (E, R); out_proj_weight (d_model, E) or None; A (E, N); D, delta_bias (E,).
+    Or x = z = None with ``hidden`` (B, L, d_model) and ``in_proj_weight`` (2E, d_model): in_proj
+    joins the node, which then keeps ``hidden`` instead of x and z (a quarter of their size at
+    expand 2) and recomputes in_proj in backward too.
     """
-    batch, dim, length = x.shape
+    from_hidden = hidden is not None
+    if from_hidden:
+        if x is not None or z is not None or in_proj_weight is None:
+            raise ValueError("mamba_inner: give x and z, or hidden and in_proj_weight")
+        batch, length, d_model = hidden.shape
+        dim = in_proj_weight.shape[0] // 2
+        if in_proj_weight.shape != (2 * dim, d_model):
+            raise ValueError(
+                f"mamba_inner: in_proj_weight {tuple(in_proj_weight.shape)} does not fit hidden "
+                f"{tuple(hidden.shape)}"
+            )
+        first, second = hidden, in_proj_weight
+    else:
+        if x is None or z is None:
+            raise ValueError("mamba_inner: give x and z, or hidden and in_proj_weight")
+        batch, dim, length = x.shape
+        if z.shape != x.shape:
+            raise ValueError(f"mamba_inner: z {tuple(z.shape)} must match x {tuple(x.shape)}")
+        first, second = x, z
     rank, n = dt_proj_weight.shape[1], A.shape[1]
-    if (
-        z.shape != x.shape
-        or conv_weight.shape[0] != dim
-        or x_proj_weight.shape != (rank + 2 * n, dim)
-    ):
+    if conv_weight.shape[0] != dim or x_proj_weight.shape != (rank + 2 * n, dim):
         raise ValueError(
-            f"mamba_inner: x {tuple(x.shape)}, z {tuple(z.shape)}, conv_weight "
-            f"{tuple(conv_weight.shape)}, x_proj_weight {tuple(x_proj_weight.shape)} do not fit "
-            f"(E = {dim}, R = {rank}, N = {n})"
+            f"mamba_inner: conv_weight {tuple(conv_weight.shape)}, x_proj_weight "
+            f"{tuple(x_proj_weight.shape)} do not fit (E = {dim}, R = {rank}, N = {n})"
         )
     return MambaInnerFn.apply(
-        x,
-        z,
+        first,
+        second,
         conv_weight,
         conv_bias,
         x_proj_weight,
@@ -290,4 +339,5 @@ def mamba_inner(
         scan_backend,
         conv_backend,
         save_scan,
+        from_hidden,
     )
