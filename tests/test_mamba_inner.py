@@ -61,10 +61,14 @@ def test_fused_matches_the_twin_fp32(scan_backend, conv_backend, batch, length, 
     compare(m, x, 2e-5)
 
 
-@pytest.mark.parametrize("recompute_in_proj", [False, True], ids=["x-z-saved", "in_proj-too"])
-def test_fused_matches_the_twin_at_dim_widths(recompute_in_proj):
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"recompute_in_proj": True}, {"save_scan": True}],
+    ids=["default", "in_proj-too", "save-scan"],
+)
+def test_fused_matches_the_twin_at_dim_widths(options):
     """E = 2 * 64, N = 16, R = 4, a few hundred tokens (a DiM-T/2 block at 256 px)."""
-    m = make_mixer(d_model=64, d_state=16, recompute_in_proj=recompute_in_proj)
+    m = make_mixer(d_model=64, d_state=16, **options)
     x = torch.randn(2, 300, 64, generator=torch.Generator().manual_seed(3))
     compare(m, x, 2e-5)
 

@@ -29,7 +29,8 @@ class MambaMixer(nn.Module):
     switched on a built model. ``fused``: None (auto: the fused node on CPU tensors, the twin
     elsewhere), True or False. ``recompute_in_proj`` (fused only): in_proj joins the node, which
     then keeps the mixer's input instead of x and z (a quarter of their size) for one more
-    in_proj matmul in backward.
+    in_proj matmul in backward. ``save_scan`` (fused only): keep the scan's output and states
+    for backward (one (B, E, L) tensor and a quarter) rather than run the scan forward again.
     """
 
     def __init__(
@@ -47,6 +48,7 @@ class MambaMixer(nn.Module):
         conv_backend: str = "auto",
         fused: bool | None = None,
         recompute_in_proj: bool = False,
+        save_scan: bool = False,
     ) -> None:
         super().__init__()
         self.d_model = d_model
@@ -58,6 +60,7 @@ class MambaMixer(nn.Module):
         self.conv_backend = conv_backend
         self.fused = fused
         self.recompute_in_proj = recompute_in_proj
+        self.save_scan = save_scan
 
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=False)
         self.conv1d = nn.Conv1d(
@@ -134,7 +137,8 @@ class MambaMixer(nn.Module):
         return (
             f"d_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, "
             f"d_conv={self.d_conv}, dt_rank={self.dt_rank}, scan_backend={self.scan_backend!r}, "
-            f"fused={self.fused!r}, recompute_in_proj={self.recompute_in_proj!r}"
+            f"fused={self.fused!r}, recompute_in_proj={self.recompute_in_proj!r}, "
+            f"save_scan={self.save_scan!r}"
         )
 
 
