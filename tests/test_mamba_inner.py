@@ -165,6 +165,9 @@ def test_the_fused_node_keeps_little_more_than_its_inputs():
     m.fused = m.recompute_in_proj = True
     # with in_proj inside: the mixer's input and x_proj's output
     assert saved_bytes(lambda: m(x), m) <= x_dbl + hidden + small
+    m.recompute_in_proj, m.save_scan = False, True
+    # save_scan: also the scan's output y and the states its backward reads (a quarter of y)
+    assert saved_bytes(lambda: m(x), m) >= saved[True] + bel
 
 
 def test_forward_flops_are_the_twins():

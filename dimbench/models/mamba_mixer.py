@@ -114,6 +114,8 @@ class MambaMixer(nn.Module):
             conv_backend=self.conv_backend,
         )
         fused = self.uses_fused(hidden)
+        if fused:
+            weights["save_scan"] = self.save_scan
         if fused and self.recompute_in_proj:
             return mamba_inner(
                 None, None, hidden=hidden, in_proj_weight=self.in_proj.weight, **weights
