@@ -10,24 +10,15 @@ spread over ``torch.get_num_threads()`` Python threads.
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import functools
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
-from dimbench.ops import scan
+from dimbench.ops import cbuild, scan
+from dimbench.ops.cbuild import KernelUnavailable
 
 SOURCE = Path(__file__).parent / "csrc" / "selective_scan.cpp"
-FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=fast"]
-ARCH_FLAGS = (["-march=native"], [])  # tried in order: native first, portable if it fails
 LANES = 16  # channels per vector in the kernel
 CHUNK = 64  # time steps between the states the forward saves for the backward
 MIN_UNITS_PER_THREAD = 2  # below this a second thread costs more than it saves
@@ -35,61 +26,9 @@ MIN_UNITS_PER_THREAD = 2  # below this a second thread costs more than it saves
 Tensor = torch.Tensor
 
 
-class KernelUnavailable(RuntimeError):
-    pass
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("DIMBENCH_CACHE_DIR") or Path.home() / ".cache" / "dimbench"
-    return Path(root) / "kernels"
-
-
-def _cpu_signature() -> str:
-    """What -march=native depends on: the CPU model and its feature flags."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        keep = [ln for ln in lines if ln.startswith(("model name", "flags", "Features"))][:2]
-        return "\n".join(keep)
-    except OSError:
-        return platform.processor()
-
-
-def _compiler() -> str:
-    for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
-        if name and shutil.which(name):
-            return name
-    raise KernelUnavailable("no C++ compiler found (set CXX or install g++)")
-
-
 def build() -> Path:
     """Compile the kernel if it is not cached yet; return the shared library's path."""
-    cxx = _compiler()
-    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
-    src = SOURCE.read_bytes()
-    key = hashlib.sha256(
-        b"\0".join([src, version.encode(), " ".join(FLAGS).encode(), _cpu_signature().encode()])
-    ).hexdigest()[:16]
-    out_dir = cache_dir()
-    lib = out_dir / f"selective_scan_{platform.machine()}_{key}.so"
-    if lib.exists():
-        return lib
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / ".lock", "w") as lock:  # concurrent processes build once
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if lib.exists():
-            return lib
-        errors = []
-        for arch in ARCH_FLAGS:
-            fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".so")
-            os.close(fd)
-            cmd = [cxx, *FLAGS, *arch, str(SOURCE), "-o", tmp]
-            res = subprocess.run(cmd, capture_output=True, text=True)
-            if res.returncode == 0:
-                os.replace(tmp, lib)
-                return lib
-            os.unlink(tmp)
-            errors.append(f"{' '.join(cmd)}: {res.stderr.strip()[-500:]}")
-        raise KernelUnavailable("compiling the CPU scan kernel failed:\n" + "\n".join(errors))
+    return cbuild.build(SOURCE)
 
 
 @functools.cache
@@ -113,26 +52,11 @@ def _probe() -> str | None:
     return None
 
 
-@functools.cache
-def _pool(workers: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dimbench-scan")
-
-
 def _ranges(units: int) -> list[tuple[int, int]]:
-    threads = max(1, min(torch.get_num_threads(), units // MIN_UNITS_PER_THREAD))
-    bounds = [units * i // threads for i in range(threads + 1)]
-    return list(zip(bounds[:-1], bounds[1:], strict=True))
+    return cbuild.ranges(units, MIN_UNITS_PER_THREAD)
 
 
-def _run(fn, ranges: list[tuple[int, int]], args_for) -> None:
-    if len(ranges) == 1:
-        fn(*args_for(0, *ranges[0]))
-        return
-    futures = [
-        _pool(len(ranges)).submit(fn, *args_for(i, lo, hi)) for i, (lo, hi) in enumerate(ranges)
-    ]
-    for f in futures:
-        f.result()
+_run = cbuild.run
 
 
 def _f32(t: Tensor | None) -> Tensor | None:
