@@ -242,3 +242,65 @@ def test_bad_shapes_are_a_clear_error():
             None,
             None,
         )
+
+
+def block_branch(mixer, stream, norm_weight, shift, scale, gate, fused):
+    """A DiM block's branch: the fused node from the stream, or the unfused sequence."""
+    if fused:
+        mixer.fused = True
+        return mixer.block(stream, norm_weight, shift, scale, gate, 1e-5)
+    h = torch.nn.functional.rms_norm(stream, norm_weight.shape, eps=1e-5)
+    h = torch.addcmul(shift[:, None], h, (norm_weight * (1 + scale))[:, None])
+    mixer.fused = False
+    return (1 + gate[:, None]) * mixer(h)
+
+
+@pytest.mark.parametrize("recompute_in_proj", [False, True], ids=["x-z-kept", "in_proj-too"])
+def test_the_block_node_is_the_unfused_block(recompute_in_proj):
+    """Norm, modulation, mixer and gate from the residual stream: outputs and the gradients of
+    the stream, the norm weight, shift, scale, gate and every mixer parameter."""
+    m = make_mixer(d_model=24, recompute_in_proj=recompute_in_proj)
+    g = torch.Generator().manual_seed(5)
+    batch, length = 2, 41
+    stream = torch.randn(batch, length, 24, generator=g)
+    params = {
+        "norm_weight": 1 + 0.1 * torch.randn(24, generator=g),
+        "shift": 0.3 * torch.randn(batch, 24, generator=g),
+        "scale": 0.3 * torch.randn(batch, 24, generator=g),
+        "gate": 0.3 * torch.randn(batch, 24, generator=g),
+    }
+    grad_out = torch.randn(batch, length, 24, generator=g)
+    results = {}
+    for fused in (True, False):
+        m.zero_grad(set_to_none=True)
+        leaves = {k: v.clone().requires_grad_() for k, v in {"stream": stream, **params}.items()}
+        out = block_branch(m, *leaves.values(), fused)
+        out.backward(grad_out)
+        grads = {k: v.grad for k, v in leaves.items()}
+        grads.update({n: p.grad.clone() for n, p in m.named_parameters()})
+        results[fused] = (out.detach(), grads)
+    (out, grads), (ref, ref_grads) = results[True], results[False]
+    assert_close(out, ref, 1e-5, "output")
+    assert grads.keys() == ref_grads.keys()
+    for name in ref_grads:
+        assert_close(grads[name], ref_grads[name], 1e-4, name)
+
+
+def test_the_block_node_keeps_the_stream_and_little_else():
+    m = make_mixer(d_model=64, d_state=16)
+    length = 512
+    stream = torch.randn(1, length, 64, requires_grad=True)
+    mod = [torch.zeros(1, 64, requires_grad=True) for _ in range(3)]
+    weight = torch.ones(64, requires_grad=True)
+
+    def branch():
+        return m.block(stream, weight, *mod, 1e-5)
+
+    bel = m.d_inner * length * 4
+    x_dbl = length * (m.dt_rank + 2 * m.d_state) * 4
+    small = 2 * m.d_inner * m.d_state * 4 + 4 * 64 * 4
+    stream_bytes = length * 64 * 4
+    m.recompute_in_proj = True  # the stream and x_proj's output: no (B, E, L) tensor at all
+    assert saved_bytes(branch, m) <= stream_bytes + x_dbl + small
+    m.recompute_in_proj = False  # and x and z
+    assert saved_bytes(branch, m) <= stream_bytes + 2 * bel + x_dbl + small

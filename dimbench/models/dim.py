@@ -120,6 +120,9 @@ class DiMBlock(nn.Module):
 
     def forward(self, stream: Tensor, modulation: Tensor) -> Tensor:
         shift, scale, gate = (self.scale_shift_table[None] + modulation).unbind(1)
+        fusable = isinstance(self.mixer, MambaMixer) and self.mixer.uses_fused(stream)
+        if fusable:  # norm, modulation, mixer and gate as one node
+            return self.mixer.block(stream, self.norm.weight, shift, scale, gate, self.norm.eps)
         # RMSNorm(x) * (1 + scale) + shift with the norm's weight folded into the scale
         weight = self.norm.weight
         h = F.rms_norm(stream.to(weight.dtype), weight.shape, eps=self.norm.eps)

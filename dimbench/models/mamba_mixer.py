@@ -99,8 +99,35 @@ class MambaMixer(nn.Module):
         nn.init.kaiming_uniform_(self.out_proj.weight, a=math.sqrt(5))
         self.out_proj.weight /= math.sqrt(n_layer)
 
-    def forward(self, hidden: Tensor) -> Tensor:
-        weights = dict(
+    def block(
+        self,
+        stream: Tensor,
+        norm_weight: Tensor,
+        shift: Tensor,
+        scale: Tensor,
+        gate: Tensor,
+        eps: float,
+    ) -> Tensor:
+        """A pre-norm block's branch as one fused node: (1 + gate) * mixer(RMSNorm(stream) *
+        norm_weight * (1 + scale) + shift). It keeps the stream (and, unless
+        ``recompute_in_proj``, x and z) for backward; the norm and the rest are recomputed."""
+        return mamba_inner(
+            None,
+            None,
+            **self._weights(),
+            save_scan=self.save_scan,
+            stream=stream,
+            in_proj_weight=self.in_proj.weight,
+            norm_weight=norm_weight,
+            shift=shift,
+            scale=scale,
+            norm_eps=eps,
+            gate=gate,
+            keep_xz=not self.recompute_in_proj,
+        )
+
+    def _weights(self) -> dict:
+        return dict(
             conv_weight=self.conv1d.weight[:, 0],
             conv_bias=self.conv1d.bias,
             x_proj_weight=self.x_proj.weight,
@@ -113,6 +140,9 @@ class MambaMixer(nn.Module):
             scan_backend=self.scan_backend,
             conv_backend=self.conv_backend,
         )
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        weights = self._weights()
         fused = self.uses_fused(hidden)
         if fused:
             weights["save_scan"] = self.save_scan

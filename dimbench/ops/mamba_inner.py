@@ -136,8 +136,35 @@ def _in_proj(hidden: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
     return _weight_matmul(w_x, hidden.transpose(1, 2)), _weight_matmul(w_z, hidden.transpose(1, 2))
 
 
+def _norm_modulate(stream: Tensor, weight: Tensor, shift: Tensor, scale: Tensor, eps: float):
+    """DiM's pre-norm: RMSNorm(stream) * weight * (1 + scale) + shift, in fp32.
+    Returns (h, n, rstd, a) with n the normalised stream and a = weight * (1 + scale)."""
+    s = stream.float()
+    rstd = torch.rsqrt(s.square().mean(-1, keepdim=True) + eps)
+    n = s * rstd
+    a = weight.float() * (1 + scale.float())  # (B, D)
+    return torch.addcmul(shift.float()[:, None], n, a[:, None]), n, rstd, a
+
+
+def _norm_modulate_bwd(dh: Tensor, n: Tensor, rstd: Tensor, a: Tensor, weight: Tensor, scale):
+    """Gradients of ``_norm_modulate`` w.r.t. stream, weight, shift and scale."""
+    dh = dh.float()
+    d_shift = dh.sum(1)
+    da = (dh * n).sum(1)  # (B, D)
+    d_weight = (da * (1 + scale.float())).sum(0)
+    d_scale = da * weight.float()
+    dn = dh * a[:, None]
+    d_stream = rstd * (dn - n * (dn * n).mean(-1, keepdim=True))
+    return d_stream, d_weight, d_shift, d_scale
+
+
+# What the node's first two inputs are
+FROM_XZ, FROM_HIDDEN, FROM_STREAM = "xz", "hidden", "stream"
+
+
 class MambaInnerFn(torch.autograd.Function):
-    """Inputs (x, z, ...) or, with ``from_hidden``, (hidden, in_proj_weight, ...)."""
+    """Inputs (x, z, ...); (hidden, in_proj_weight, ...); or (stream, in_proj_weight, ...) with
+    DiM's pre-norm parameters (norm weight, shift, scale): see ``mamba_inner``."""
 
     @staticmethod
     def forward(
@@ -152,21 +179,31 @@ class MambaInnerFn(torch.autograd.Function):
         A,
         D,
         delta_bias,
+        norm_weight,
+        shift,
+        scale,
+        gate,
         delta_softplus,
         scan_backend,
         conv_backend,
         save_scan,
-        from_hidden,
+        source,
+        keep_xz,
+        eps,
     ):
-        cdt = _compute_dtype(first)
+        cdt = _compute_dtype(first if source != FROM_STREAM else second)
         ctx.in_dtypes = (first.dtype, second.dtype)
         with torch.autocast("cpu", enabled=False):
-            first = first.to(cdt)
-            if from_hidden:  # first = hidden, second = in_proj's weight
-                x, z = _in_proj(first, second.to(cdt))
-            else:
-                x, z = first, second.to(cdt)
-                second = z
+            if source == FROM_XZ:
+                x, z = first.to(cdt), second.to(cdt)
+                first, second = x, z
+            else:  # second = in_proj's weight
+                if source == FROM_STREAM:
+                    hidden = _norm_modulate(first, norm_weight, shift, scale, eps)[0].to(cdt)
+                else:
+                    first = hidden = first.to(cdt)
+                x, z = _in_proj(hidden, second.to(cdt))
+                del hidden
             wx, wdt = x_proj_weight.to(cdt), dt_proj_weight.to(cdt)
             wout = out_proj_weight.to(cdt) if out_proj_weight is not None else None
             conv = _Conv(conv_backend, x, conv_weight)
@@ -179,33 +216,56 @@ class MambaInnerFn(torch.autograd.Function):
             y, *states = torch.ops.dimbench.selective_scan(
                 u, dt, A, B, C, D, z, delta_bias, delta_softplus, scan, save_scan
             )
-            out = _matmul_weight(y.transpose(1, 2), wout) if wout is not None else y
+            if wout is None:
+                out = y
+            elif gate is None:
+                out = _matmul_weight(y.transpose(1, 2), wout)
+            else:  # (1 + gate) folded into out_proj's weight, one per batch element
+                w_gated = wout[None] * (1 + gate.to(cdt))[:, :, None]  # (B, d_model, E)
+                out = torch.bmm(y.transpose(1, 2), w_gated.transpose(1, 2))
 
-        ctx.cfg = (cdt, conv, scan, delta_softplus, dt_rank, d_state, save_scan, from_hidden)
-        ctx.has = (conv_bias is not None, out_proj_weight is not None)
-        ctx.has += (D is not None, delta_bias is not None)
+        keep = keep_xz and source != FROM_XZ
+        ctx.cfg = (cdt, conv, scan, delta_softplus, dt_rank, d_state, save_scan, source, keep)
+        ctx.eps = eps
+        optional = (conv_bias, out_proj_weight, D, delta_bias, norm_weight, shift, scale, gate)
+        ctx.has = tuple(t is not None for t in optional)
         kept = [y, *states] if save_scan else []
-        optional = [t for t in (conv_bias, out_proj_weight, D, delta_bias) if t is not None]
+        saved_xz = [x, z] if keep else []
         ctx.save_for_backward(
-            first, second, x_dbl, conv_weight, x_proj_weight, dt_proj_weight, A, *optional, *kept
+            first,
+            second,
+            x_dbl,
+            conv_weight,
+            x_proj_weight,
+            dt_proj_weight,
+            A,
+            *[t for t in optional if t is not None],
+            *saved_xz,
+            *kept,
         )
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        cdt, conv, scan, softplus, dt_rank, d_state, save_scan, from_hidden = ctx.cfg
+        cdt, conv, scan, softplus, dt_rank, d_state, save_scan, source, keep = ctx.cfg
         first, second, x_dbl, conv_weight, x_proj_weight, dt_proj_weight, A, *rest = (
             ctx.saved_tensors
         )
-        conv_bias, out_proj_weight, D, delta_bias = (
+        conv_bias, out_proj_weight, D, delta_bias, norm_weight, shift, scale, gate = (
             rest.pop(0) if present else None for present in ctx.has
         )
         with torch.autocast("cpu", enabled=False):
-            if from_hidden:
-                w_in = second.to(cdt)
-                x, z = _in_proj(first, w_in)
-            else:
+            if source == FROM_XZ:
                 x, z = first, second
+            else:
+                w_in = second.to(cdt)
+                if source == FROM_STREAM:
+                    h32, n, rstd, a = _norm_modulate(first, norm_weight, shift, scale, ctx.eps)
+                    hidden = h32.to(cdt)
+                    del h32
+                else:
+                    hidden = first
+                x, z = (rest.pop(0), rest.pop(0)) if keep else _in_proj(hidden, w_in)
             wx, wdt = x_proj_weight.to(cdt), dt_proj_weight.to(cdt)
             wout = out_proj_weight.to(cdt) if out_proj_weight is not None else None
             dout = dout.to(cdt)
@@ -218,11 +278,24 @@ class MambaInnerFn(torch.autograd.Function):
                 y, *states = torch.ops.dimbench.selective_scan(
                     u, dt, A, B, C, D, z, delta_bias, softplus, scan, True
                 )
-            if wout is not None:
+            d_gate = None
+            if wout is None:
+                d_out_proj, dy = None, dout.contiguous()
+            elif gate is None:
                 d_out_proj = _batch_mm_sum(dout.transpose(1, 2), y.transpose(1, 2))
                 dy = _weight_matmul(wout.t(), dout.transpose(1, 2))  # (B, E, L)
             else:
-                d_out_proj, dy = None, dout.contiguous()
+                # M_b = dout_b^T y_b gives both the weight's gradient, sum_b (1 + g_b) M_b,
+                # and the gate's, sum_e W * M_b (= sum over tokens of dout * out_proj(y))
+                g1 = 1 + gate.float()
+                d_out_proj = torch.zeros(wout.shape, dtype=torch.float32, device=y.device)
+                d_gate = torch.empty_like(gate, dtype=torch.float32)
+                for b in range(y.shape[0]):
+                    m = torch.mm(dout[b].t(), y[b].t()).float()  # (d_model, E)
+                    d_out_proj.addcmul_(g1[b, :, None], m)
+                    d_gate[b] = (m * wout.float()).sum(1)
+                w_gated = wout[None] * g1.to(cdt)[:, :, None]
+                dy = torch.bmm(w_gated.transpose(1, 2), dout.transpose(1, 2))  # (B, E, L)
             del y
             du, ddt, dA, dB, dC, dD, dz, dbias = torch.ops.dimbench.selective_scan_bwd(
                 dy, u, dt, A, B, C, D, z, delta_bias, softplus, scan, states
@@ -241,14 +314,20 @@ class MambaInnerFn(torch.autograd.Function):
             du = du.to(cdt).baddbmm_(wx.t().expand(du.shape[0], -1, -1), dx_dbl.transpose(1, 2))
             dx, dconv_w, dconv_b = conv.backward(du, x, conv_weight, conv_bias)
             del du, x
-            if from_hidden:  # through in_proj: d hidden = dx^T W_x + dz^T W_z, and W's gradient
+            d_norm = (None, None, None)
+            if source == FROM_XZ:
+                d_first, d_second = dx, dz
+            else:  # through in_proj: d hidden = dx^T W_x + dz^T W_z, and W's gradient
                 w_x, w_z = w_in.chunk(2, dim=0)
                 dz = dz.to(cdt)
-                d_first = _matmul_weight(dx.transpose(1, 2), w_x.t())  # (B, L, D)
-                d_first.baddbmm_(dz.transpose(1, 2), w_z.expand(dz.shape[0], -1, -1))
-                d_second = torch.cat([_batch_mm_sum(dx, first), _batch_mm_sum(dz, first)])
-            else:
-                d_first, d_second = dx, dz
+                d_hidden = _matmul_weight(dx.transpose(1, 2), w_x.t())  # (B, L, D)
+                d_hidden.baddbmm_(dz.transpose(1, 2), w_z.expand(dz.shape[0], -1, -1))
+                d_second = torch.cat([_batch_mm_sum(dx, hidden), _batch_mm_sum(dz, hidden)])
+                del dx, dz, hidden
+                if source == FROM_STREAM:
+                    d_first, *d_norm = _norm_modulate_bwd(d_hidden, n, rstd, a, norm_weight, scale)
+                else:
+                    d_first = d_hidden
 
         def like(g, t):
             return None if t is None or g is None else g.to(t.dtype)
@@ -264,6 +343,12 @@ class MambaInnerFn(torch.autograd.Function):
             like(dA, A),
             like(dD, D),
             like(dbias, delta_bias),
+            like(d_norm[0], norm_weight),
+            like(d_norm[1], shift),
+            like(d_norm[2], scale),
+            like(d_gate, gate),
+            None,
+            None,
             None,
             None,
             None,
@@ -289,41 +374,67 @@ def mamba_inner(
     save_scan: bool = False,
     hidden: Tensor | None = None,
     in_proj_weight: Tensor | None = None,
+    stream: Tensor | None = None,
+    norm_weight: Tensor | None = None,
+    shift: Tensor | None = None,
+    scale: Tensor | None = None,
+    norm_eps: float = 1e-5,
+    gate: Tensor | None = None,
+    keep_xz: bool = False,
 ) -> Tensor:
     """conv + SiLU -> x_proj -> dt_proj -> scan (z gate, D skip, delta bias, softplus) ->
     out_proj as one autograd node that recomputes rather than stores (see the module docstring).
 
     x, z (B, E, L) with L contiguous; conv_weight (E, K); x_proj_weight (R + 2N, E);
     dt_proj_weight (E, R); out_proj_weight (d_model, E) or None; A (E, N); D, delta_bias (E,).
+
     Or x = z = None with ``hidden`` (B, L, d_model) and ``in_proj_weight`` (2E, d_model): in_proj
     joins the node, which then keeps ``hidden`` instead of x and z (a quarter of their size at
-    expand 2) and recomputes in_proj in backward too.
+    expand 2) and recomputes in_proj in backward too; ``keep_xz=True`` keeps x and z instead
+    (no second in_proj).
+
+    Or, for a DiM block, ``stream`` (B, L, d_model), the residual stream, with the pre-norm
+    ``norm_weight`` (d_model,), ``shift`` and ``scale`` (B, d_model): the node computes
+    hidden = RMSNorm(stream) * norm_weight * (1 + scale) + shift itself and keeps only the stream
+    (the norm is recomputed in backward). ``gate`` (B, d_model) scales the output by
+    (1 + gate), folded into out_proj's weight. The result equals the unfused sequence.
     """
-    from_hidden = hidden is not None
-    if from_hidden:
+    if stream is not None:
+        source, first = FROM_STREAM, stream
+        if hidden is not None or norm_weight is None or shift is None or scale is None:
+            raise ValueError("mamba_inner: stream needs norm_weight, shift and scale, not hidden")
+    elif hidden is not None:
+        source, first = FROM_HIDDEN, hidden
+    else:
+        source, first = FROM_XZ, x
+    if source != FROM_XZ:
         if x is not None or z is not None or in_proj_weight is None:
-            raise ValueError("mamba_inner: give x and z, or hidden and in_proj_weight")
-        batch, length, d_model = hidden.shape
+            raise ValueError(
+                "mamba_inner: give x and z, or hidden (or stream) and in_proj_weight"
+            )
+        batch, length, d_model = first.shape
         dim = in_proj_weight.shape[0] // 2
         if in_proj_weight.shape != (2 * dim, d_model):
             raise ValueError(
-                f"mamba_inner: in_proj_weight {tuple(in_proj_weight.shape)} does not fit hidden "
-                f"{tuple(hidden.shape)}"
+                f"mamba_inner: in_proj_weight {tuple(in_proj_weight.shape)} does not fit "
+                f"{source} {tuple(first.shape)}"
             )
-        first, second = hidden, in_proj_weight
+        second = in_proj_weight
     else:
         if x is None or z is None:
             raise ValueError("mamba_inner: give x and z, or hidden and in_proj_weight")
         batch, dim, length = x.shape
         if z.shape != x.shape:
             raise ValueError(f"mamba_inner: z {tuple(z.shape)} must match x {tuple(x.shape)}")
-        first, second = x, z
+        second = z
     rank, n = dt_proj_weight.shape[1], A.shape[1]
     if conv_weight.shape[0] != dim or x_proj_weight.shape != (rank + 2 * n, dim):
         raise ValueError(
             f"mamba_inner: conv_weight {tuple(conv_weight.shape)}, x_proj_weight "
             f"{tuple(x_proj_weight.shape)} do not fit (E = {dim}, R = {rank}, N = {n})"
         )
+    if gate is not None and out_proj_weight is None:
+        raise ValueError("mamba_inner: gate scales out_proj's output; give out_proj_weight")
     return MambaInnerFn.apply(
         first,
         second,
@@ -335,9 +446,15 @@ def mamba_inner(
         A,
         D,
         delta_bias,
+        norm_weight,
+        shift,
+        scale,
+        gate,
         delta_softplus,
         scan_backend,
         conv_backend,
         save_scan,
-        from_hidden,
+        source,
+        keep_xz,
+        norm_eps,
     )
