@@ -29,8 +29,11 @@ class MambaMixer(nn.Module):
     switched on a built model. ``fused``: None (auto: the fused node on CPU tensors, the twin
     elsewhere), True or False. ``recompute_in_proj`` (fused only): in_proj joins the node, which
     then keeps the mixer's input instead of x and z (a quarter of their size) for one more
-    in_proj matmul in backward. ``save_scan`` (fused only): keep the scan's output and states
-    for backward (one (B, E, L) tensor and a quarter) rather than run the scan forward again.
+    in_proj matmul in backward. ``recompute_z`` (a DiM block's node, see ``block``): keep x but
+    not z, recomputed in backward by half of in_proj (a quarter less memory than keeping both
+    for a sixth more matmul work in backward). ``save_scan`` (fused only): keep the scan's output
+    and states for backward (one (B, E, L) tensor and a quarter) rather than run the scan forward
+    again.
     """
 
     def __init__(
@@ -48,6 +51,7 @@ class MambaMixer(nn.Module):
         conv_backend: str = "auto",
         fused: bool | None = None,
         recompute_in_proj: bool = False,
+        recompute_z: bool = True,
         save_scan: bool = False,
     ) -> None:
         super().__init__()
@@ -60,6 +64,7 @@ class MambaMixer(nn.Module):
         self.conv_backend = conv_backend
         self.fused = fused
         self.recompute_in_proj = recompute_in_proj
+        self.recompute_z = recompute_z
         self.save_scan = save_scan
 
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=False)
@@ -110,7 +115,8 @@ class MambaMixer(nn.Module):
     ) -> Tensor:
         """A pre-norm block's branch as one fused node: (1 + gate) * mixer(RMSNorm(stream) *
         norm_weight * (1 + scale) + shift). It keeps the stream (and, unless
-        ``recompute_in_proj``, x and z) for backward; the norm and the rest are recomputed."""
+        ``recompute_in_proj``, x, and z unless ``recompute_z``) for backward; the norm and the
+        rest are recomputed."""
         return mamba_inner(
             None,
             None,
@@ -123,7 +129,7 @@ class MambaMixer(nn.Module):
             scale=scale,
             norm_eps=eps,
             gate=gate,
-            keep_xz=not self.recompute_in_proj,
+            keep=self.kept(),
         )
 
     def _weights(self) -> dict:
@@ -159,6 +165,12 @@ class MambaMixer(nn.Module):
         z = _weight_matmul(w_z, hidden.transpose(1, 2))
         return (mamba_inner if fused else mamba_inner_ref)(x, z, **weights)  # (B, L, D)
 
+    def kept(self) -> str:
+        """Which in_proj outputs a block node keeps for backward ("xz", "x" or none)."""
+        if self.recompute_in_proj:
+            return ""
+        return "x" if self.recompute_z else "xz"
+
     def uses_fused(self, hidden: Tensor) -> bool:
         """Whether a call on ``hidden`` runs the fused node (else the twin)."""
         if self.fused is None:
@@ -170,6 +182,7 @@ class MambaMixer(nn.Module):
             f"d_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, "
             f"d_conv={self.d_conv}, dt_rank={self.dt_rank}, scan_backend={self.scan_backend!r}, "
             f"fused={self.fused!r}, recompute_in_proj={self.recompute_in_proj!r}, "
+            f"recompute_z={self.recompute_z!r}, "
             f"save_scan={self.save_scan!r}"
         )
 

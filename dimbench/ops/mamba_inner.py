@@ -158,6 +158,15 @@ def _norm_modulate_bwd(dh: Tensor, n: Tensor, rstd: Tensor, a: Tensor, weight: T
     return d_stream, d_weight, d_shift, d_scale
 
 
+def _kept_or_recomputed(keep: str, rest: list, hidden: Tensor, w_in: Tensor):
+    """x and z for backward: the saved ones (popped from ``rest``), the others from in_proj."""
+    if keep == "xz":
+        return rest.pop(0), rest.pop(0)
+    if keep == "x":
+        return rest.pop(0), _weight_matmul(w_in.chunk(2, dim=0)[1], hidden.transpose(1, 2))
+    return _in_proj(hidden, w_in)
+
+
 # What the node's first two inputs are
 FROM_XZ, FROM_HIDDEN, FROM_STREAM = "xz", "hidden", "stream"
 
@@ -188,7 +197,7 @@ class MambaInnerFn(torch.autograd.Function):
         conv_backend,
         save_scan,
         source,
-        keep_xz,
+        keep,
         eps,
     ):
         cdt = _compute_dtype(first if source != FROM_STREAM else second)
@@ -224,13 +233,13 @@ class MambaInnerFn(torch.autograd.Function):
                 w_gated = wout[None] * (1 + gate.to(cdt))[:, :, None]  # (B, d_model, E)
                 out = torch.bmm(y.transpose(1, 2), w_gated.transpose(1, 2))
 
-        keep = keep_xz and source != FROM_XZ
+        keep = keep if source != FROM_XZ else ""  # x and z are the inputs then
         ctx.cfg = (cdt, conv, scan, delta_softplus, dt_rank, d_state, save_scan, source, keep)
         ctx.eps = eps
         optional = (conv_bias, out_proj_weight, D, delta_bias, norm_weight, shift, scale, gate)
         ctx.has = tuple(t is not None for t in optional)
         kept = [y, *states] if save_scan else []
-        saved_xz = [x, z] if keep else []
+        saved_xz = [t for name, t in (("x", x), ("z", z)) if name in keep]
         ctx.save_for_backward(
             first,
             second,
@@ -265,7 +274,7 @@ class MambaInnerFn(torch.autograd.Function):
                     del h32
                 else:
                     hidden = first
-                x, z = (rest.pop(0), rest.pop(0)) if keep else _in_proj(hidden, w_in)
+                x, z = _kept_or_recomputed(keep, rest, hidden, w_in)
             wx, wdt = x_proj_weight.to(cdt), dt_proj_weight.to(cdt)
             wout = out_proj_weight.to(cdt) if out_proj_weight is not None else None
             dout = dout.to(cdt)
@@ -380,7 +389,7 @@ def mamba_inner(
     scale: Tensor | None = None,
     norm_eps: float = 1e-5,
     gate: Tensor | None = None,
-    keep_xz: bool = False,
+    keep: str = "",
 ) -> Tensor:
     """conv + SiLU -> x_proj -> dt_proj -> scan (z gate, D skip, delta bias, softplus) ->
     out_proj as one autograd node that recomputes rather than stores (see the module docstring).
@@ -390,8 +399,8 @@ def mamba_inner(
 
     Or x = z = None with ``hidden`` (B, L, d_model) and ``in_proj_weight`` (2E, d_model): in_proj
     joins the node, which then keeps ``hidden`` instead of x and z (a quarter of their size at
-    expand 2) and recomputes in_proj in backward too; ``keep_xz=True`` keeps x and z instead
-    (no second in_proj).
+    expand 2) and recomputes in_proj in backward too; ``keep`` = "x" keeps x (z, half of
+    in_proj, is recomputed), "xz" both (no second in_proj).
 
     Or, for a DiM block, ``stream`` (B, L, d_model), the residual stream, with the pre-norm
     ``norm_weight`` (d_model,), ``shift`` and ``scale`` (B, d_model): the node computes
@@ -409,9 +418,7 @@ def mamba_inner(
         source, first = FROM_XZ, x
     if source != FROM_XZ:
         if x is not None or z is not None or in_proj_weight is None:
-            raise ValueError(
-                "mamba_inner: give x and z, or hidden (or stream) and in_proj_weight"
-            )
+            raise ValueError("mamba_inner: give x and z, or hidden (or stream) and in_proj_weight")
         batch, length, d_model = first.shape
         dim = in_proj_weight.shape[0] // 2
         if in_proj_weight.shape != (2 * dim, d_model):
@@ -455,6 +462,12 @@ def mamba_inner(
         conv_backend,
         save_scan,
         source,
-        keep_xz,
+        _check_keep(keep),
         norm_eps,
     )
+
+
+def _check_keep(keep: str) -> str:
+    if keep not in ("", "x", "xz"):
+        raise ValueError(f"mamba_inner: keep must be '', 'x' or 'xz', got {keep!r}")
+    return keep
