@@ -52,7 +52,7 @@ from dimbench.train.evaluate import (
     timestep_grid,
     to_uint8,
 )
-from dimbench.train.trainer import check_backends
+from dimbench.train.build import check_backends
 
 FORMAT = "dimbench-train-compare-1"
 CSV_NAME = "train_compare.csv"
