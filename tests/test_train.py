@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ from dimbench.diffusion.losses import training_losses
 from dimbench.diffusion.schedule import NoiseSchedule
 from dimbench.errors import UsageError
 from dimbench.registry import create_model
+from dimbench.train.build import build_model
 from dimbench.train.checkpoint import (
     CheckpointError,
     atomic_save,
@@ -32,7 +35,7 @@ from dimbench.train.data import (
     build_dataset,
     load_latent_arrays,
 )
-from dimbench.train.trainer import Trainer, build_model
+from dimbench.train.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -114,7 +117,7 @@ def test_resume_is_bitwise_identical(tmp_path):
     straight = Trainer(config(tmp_path, "straight"))
     straight.fit()
     # the same run, "killed" after step 5: the last checkpoint is at step 3
-    Trainer(config(tmp_path, "resumed")).fit(stop_at=5)
+    Trainer(config(tmp_path, "resumed")).fit(until=5)
     assert load_checkpoint(tmp_path / "resumed")["step"] == 3
     resumed = Trainer(config(tmp_path, "resumed", resume=True))
     assert resumed.step == 3
@@ -132,6 +135,65 @@ def test_resume_is_bitwise_identical(tmp_path):
     log_a, log_b = read_log(tmp_path / "straight"), read_log(tmp_path / "resumed")
     assert [r["step"] for r in log_b] == [str(s) for s in range(1, 7)]
     assert [r["loss"] for r in log_a] == [r["loss"] for r in log_b]
+
+
+def test_fit_in_slices_follows_one_call_bit_for_bit(tmp_path):
+    """fit(until=k) called again and again (train-compare's evaluation points) trains, logs
+    and checkpoints as one fit() does; a slice that ends early writes no checkpoint."""
+    straight = Trainer(config(tmp_path, "straight", log_every=2))
+    straight.fit()
+    sliced = Trainer(config(tmp_path, "sliced", log_every=2))
+    seen = []
+    for until in (1, 1, 4, 5, None):
+        summary = sliced.fit(until=until, on_step=lambda t: seen.append(float(t.last_loss)))
+        assert summary["steps"] == sliced.step == (until or 6)
+        if until == 4:
+            assert sliced.saved_step == 3  # ckpt_every=3: the trainer's own, not the slice's
+    assert len(seen) == 6
+    for key in ("model", "ema"):
+        a, b = straight.state_dict()[key], sliced.state_dict()[key]
+        assert all(torch.equal(a[n], b[n]) for n in a), key
+    log_a, log_b = read_log(tmp_path / "straight"), read_log(tmp_path / "sliced")
+    assert [(r["step"], r["loss"]) for r in log_a] == [(r["step"], r["loss"]) for r in log_b]
+    assert [r["step"] for r in log_b] == ["2", "4", "6"]
+
+
+def test_fit_stops_when_its_training_seconds_are_spent(tmp_path, monkeypatch):
+    trainer = Trainer(config(tmp_path, "timed", steps=50, ckpt_every=1))
+    # checkpoints are not training time: two slow saves, and the clock barely moves
+    save = Trainer.save
+
+    def slow_save(self):
+        time.sleep(1.0)
+        return save(self)
+
+    monkeypatch.setattr(Trainer, "save", slow_save)
+    trainer.fit(until=2)
+    assert trainer.step == 2 and trainer.saved_step == 2 and trainer.wall_time < 1.5
+    monkeypatch.setattr(Trainer, "save", save)
+    trainer.fit(seconds=trainer.wall_time + 1e-9)  # at most one more step
+    assert trainer.step == 3
+    trainer.fit(seconds=trainer.wall_time)  # spent already: nothing to do
+    assert trainer.step == 3
+
+
+def test_trainer_takes_a_dataset_it_is_given(tmp_path, monkeypatch):
+    """A caller that has the data loaded (train-compare) passes it: no second copy is read."""
+    import dimbench.train.trainer as trainer_module
+
+    dataset, info = build_dataset("photos", 8)
+
+    def no_second_copy(*args, **kwargs):
+        raise AssertionError("the trainer read its data again")
+
+    monkeypatch.setattr(trainer_module, "build_dataset", no_second_copy)
+    trainer = Trainer(
+        config(tmp_path, steps=2), data=(dataset, info), context={"caller": {"why": "test"}}
+    )
+    assert trainer.dataset is dataset and trainer.data_info is info
+    trainer.fit()
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["caller"] == {"why": "test"} and saved["model"] == "DiM-T/2"
 
 
 def test_resume_refuses_another_model_or_setting(tmp_path):
@@ -371,10 +433,10 @@ def test_vae_without_diffusers_is_a_one_line_error(tmp_path):
 def test_default_checkpoints_every_tenth_of_the_run_and_by_time(tmp_path):
     cfg = config(tmp_path, "tenth", steps=20, ckpt_every=None)
     assert cfg.checkpoint_interval() == 2
-    Trainer(cfg).fit(stop_at=5)  # "killed" after step 5
+    Trainer(cfg).fit(until=5)  # "killed" after step 5
     assert load_checkpoint(tmp_path / "tenth")["step"] == 4
     # every few microseconds of training: a checkpoint after every step
-    Trainer(config(tmp_path, "timed", ckpt_every=1000, ckpt_minutes=1e-9)).fit(stop_at=3)
+    Trainer(config(tmp_path, "timed", ckpt_every=1000, ckpt_minutes=1e-9)).fit(until=3)
     assert load_checkpoint(tmp_path / "timed")["step"] == 3
 
 

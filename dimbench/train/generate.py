@@ -26,10 +26,10 @@ from dimbench.metrics.structure import lag1_autocorrelation
 from dimbench.paths import writable_dir
 from dimbench.threads import omp_policy_in_effect
 from dimbench.train import distributed as D
+from dimbench.train.build import build_model, check_backends
 from dimbench.train.checkpoint import load_checkpoint, load_weights
 from dimbench.train.data import mix_seed
 from dimbench.train.ema import EARLY_FRACTION, EARLY_WARN, early_share
-from dimbench.train.trainer import build_model, check_backends
 
 SAMPLE_STREAM = 0x5A3E
 
