@@ -28,7 +28,7 @@ WORKER = "dimbench.suites.worker"
 STDERR_TAIL = 4000  # bytes of a dead worker's stderr kept to explain it
 
 
-def run_isolated(cfg: Config) -> dict:
+def run_isolated(cfg: Config, suite: Suite | None = None) -> dict:
     """Run ``cfg`` in a fresh ``python -m dimbench.suites.worker`` process; always returns a
     result dict (status ok / oom / timeout / error)."""
     t0 = time.perf_counter()
@@ -39,6 +39,8 @@ def run_isolated(cfg: Config) -> dict:
             env = dict(os.environ)
             if cfg.omp_wait_policy:  # read once, when the OpenMP runtime starts
                 env["OMP_WAIT_POLICY"] = cfg.omp_wait_policy.upper()
+            if suite is not None:
+                env.update(suite.worker_env(cfg))
             proc = subprocess.Popen(
                 [sys.executable, "-m", WORKER, str(cfg_path), str(out_path)],
                 env=env,
@@ -197,7 +199,7 @@ def run_sweep(
             for cfg in todo:
                 progress.update(task, description=cfg.label())
                 if sweep.suite.isolated:
-                    result = run_isolated(cfg)
+                    result = run_isolated(cfg, sweep.suite)
                 else:
                     result = run_inline(cfg, sweep.suite)
                 row = result_row(cfg, result)

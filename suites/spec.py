@@ -89,6 +89,8 @@ class Suite:
     default_models: Callable[[str], tuple[str, ...]] = lambda device: (
         GPU_MODELS if device.startswith("cuda") else CPU_MODELS
     )
+    # environment of the measuring process, e.g. a malloc policy (read when the process starts)
+    worker_env: Callable[[Config], dict[str, str]] = lambda cfg: {}
 
 
 # Metric columns more than one suite writes (each suite declares the ones it writes)
@@ -98,8 +100,11 @@ FLOPS_COLUMNS = {
     "gflops": "2 x gmacs (torch.utils.flop_counter convention)",
 }
 MEMORY_COLUMNS = {
-    "peak_mem_mb": "GPU: max_memory_allocated; CPU: peak RSS above the process's idle level",
+    "peak_mem_mb": "GPU: max_memory_allocated; CPU: peak RSS above the process's idle level "
+    "(peak_mem_method says how it was taken)",
     "peak_mem_reserved_mb": "GPU: max_memory_reserved (caching allocator); empty on CPU",
+    "peak_mem_method": "how peak_mem_mb was taken (on CPU: whether malloc returned large "
+    "blocks to the kernel, so that RSS follows the live tensors)",
 }
 
 

@@ -86,6 +86,7 @@ def measure(cfg: Config) -> dict:
         "sample_latency_s": cfg.sample_steps * 2 * median_s,
         "peak_mem_mb": mem.result.peak_mb,
         "peak_mem_reserved_mb": mem.result.reserved_mb,
+        "peak_mem_method": mem.result.method,
         "params_m": work.params_m,
         **cpu.summary(),
     }

@@ -115,6 +115,9 @@ def train_compare(
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     scan_backend: str = typer.Option("auto", "--scan-backend", help="Selective-scan backend."),
     attn_backend: str = typer.Option("auto", "--attn-backend", help="Attention backend."),
+    compile: bool = typer.Option(
+        False, "--compile/--eager", help="Every model through torch.compile (inductor)."
+    ),
     num_workers: int = typer.Option(0, "--num-workers", help="DataLoader worker processes."),
     inception_weights: str | None = typer.Option(
         None, "--inception-weights", help="pytorch-fid Inception weights (default: bundled)."
@@ -158,6 +161,7 @@ def train_compare(
         device=device,
         scan_backend=scan_backend,
         attn_backend=attn_backend,
+        compile="inductor" if compile else "eager",
         num_workers=num_workers,
         inception_weights=inception_weights,
         cache_dir=cache_dir,

@@ -98,6 +98,11 @@ def train(
     attn_backend: str = typer.Option(
         "auto", "--attn-backend", help="Attention backend (DiT, U-ViT)."
     ),
+    compile: bool = typer.Option(
+        False,
+        "--compile/--eager",
+        help="Train the model through torch.compile (inductor; the first step compiles).",
+    ),
     num_workers: int = typer.Option(0, "--num-workers", help="DataLoader worker processes."),
     log_every: int = typer.Option(10, "--log-every", help="Steps per CSV row (loss averaged)."),
     ckpt_every: int | None = typer.Option(
@@ -144,6 +149,7 @@ def train(
         device=device,
         scan_backend=scan_backend,
         attn_backend=attn_backend,
+        compile="inductor" if compile else "eager",
         num_workers=num_workers,
         log_every=log_every,
         ckpt_every=ckpt_every,

@@ -6,6 +6,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+from dimbench.compile import check_compiler
 from dimbench.errors import UsageError
 
 # The DiM paper's ImageNet recipe (REFERENCE.md section 1); ``warmup`` is 5000 steps there and
@@ -84,6 +85,7 @@ class TrainConfig:
     device: str = "auto"
     scan_backend: str = "auto"
     attn_backend: str = "auto"
+    compile: str = "eager"  # or "inductor": the model through torch.compile (dimbench.compile)
     num_workers: int = 0
     log_every: int = 10
     ckpt_every: int | None = None  # None: every 10% of the run's steps
@@ -160,6 +162,7 @@ class TrainConfig:
             raise UsageError(f"--init-weights must be 'ema' or 'model', got {self.init_weights!r}")
         if self.resume and self.init_from:
             raise UsageError("--resume and --init-from exclude each other")
+        check_compiler(self.compile)
 
 
 def _differs(a, b) -> bool:

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from dimbench.compile import compiled
 from dimbench.diffusion.losses import LOSSES, training_losses
 from dimbench.diffusion.schedule import SCHEDULES, NoiseSchedule
 from dimbench.errors import Interrupted, UsageError
@@ -131,12 +132,12 @@ class Trainer:
         self.ema = make_ema(self.model, cfg.ema_decay, cfg.ema_warmup)
         if resume_ckpt is not None:
             self._restore(resume_ckpt, self.out / CHECKPOINT_NAME)
-        self.net = self.model
+        self.net = compiled(self.model, cfg.compile)
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.net = DDP(self.model, device_ids=ids)
+            self.net = DDP(self.net, device_ids=ids)
         self.flops_per_step = self._train_flops() if self.dist.is_main else None
 
     # ---- construction ---------------------------------------------------------------------

@@ -64,6 +64,7 @@ class CompareConfig:
     device: str = "auto"
     scan_backend: str = "auto"
     attn_backend: str = "auto"
+    compile: str = "eager"  # or "inductor" (every model through torch.compile)
     num_workers: int = 0
     inception_weights: str | None = None
     cache_dir: str | None = None

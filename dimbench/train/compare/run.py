@@ -96,6 +96,7 @@ class ModelRun:
             device=cfg.device,
             scan_backend=cfg.scan_backend,
             attn_backend=cfg.attn_backend,
+            compile=cfg.compile,
             num_workers=cfg.num_workers,
             ckpt_every=cfg.ckpt_every,
             progress=False,
