@@ -163,6 +163,10 @@ def _(grad_out, u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend, sa
 
 def _setup_context(ctx, inputs, output):
     u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend, _save = inputs
+    # the saved states are not differentiable: without this autograd would hand the backward a
+    # materialised zero gradient for them (a fresh tensor a quarter of u's size, every call)
+    ctx.mark_non_differentiable(*output[1:])
+    ctx.set_materialize_grads(False)
     ctx.delta_softplus = delta_softplus
     ctx.backend = backend
     ctx.has = (D is not None, z is not None, delta_bias is not None)
@@ -173,6 +177,8 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_outputs):
     grad_out = grad_outputs[0]
+    if grad_out is None:  # only reachable when out itself got no gradient
+        return (None,) * 11
     saved = list(ctx.saved_tensors)
     u, delta, A, B, C = saved[:5]
     rest = saved[5:]

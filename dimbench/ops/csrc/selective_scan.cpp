@@ -364,6 +364,11 @@ inline void prefetch_row(const E* row, int64_t n) {
   for (int64_t b = 0; b < n * (int64_t)sizeof(E); b += 64) __builtin_prefetch(a + b, 0, 2);
 }
 
+// The same for a row about to be read and written.
+inline void prefetch_row_rw(float* row, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) __builtin_prefetch(row + i, 1, 2);
+}
+
 inline vf gather_lanes(const float* p, int64_t stride, int nc) {
   vf v = splat(0.0f);
   for (int c = 0; c < nc; ++c) v[c] = p[c * stride];
@@ -586,9 +591,9 @@ inline void flush_reduction(vf* red, int nb, int nt, float* dst, int64_t L) {
 // pass's as many accumulators is what the 32 registers hold.
 // dB and dC are sums over channels: the V units' terms are added before the lane reduction,
 // which is the expensive part (V = 2 halves it).
-// Memory: each chunk's 16-channel rows of u, delta, dout, z are prefetched into L2 during the
-// chunk after them (spread over the first block's recompute); without that the loads stall
-// the core for a quarter of the backward.
+// Memory: each chunk's 16-channel rows of u, delta, dout, z and its rows of the dB and dC sums
+// are prefetched into L2 during the chunk after them (spread over the first block's
+// recompute); without that the loads stall the core for a quarter of the backward.
 template <int NS, int V, typename E>
 void bwd_unit(const ScanArgs& p, const Unit* ws, const float* const* ckpts, Partial& g,
               Scratch& sc, bool stream) {
@@ -611,7 +616,9 @@ void bwd_unit(const ScanArgs& p, const Unit* ws, const float* const* ckpts, Part
   auto at = [](int tt, int v) { return tt * V + v; };
   auto xd = [&](int tt, int i, int v) -> vf& { return sc.xs[(tt * NBV + i) * V + v]; };
   auto dAs = [&](int tt, int i, int v) -> vf& { return sc.dAs[(tt * NBV + i) * V + v]; };
-  constexpr int NROWS = 4 * W * V;  // rows to prefetch per chunk: 4 inputs x 16 channels x V
+  // rows to prefetch per chunk: 4 inputs x 16 channels x V units, then the N rows of dB and dC
+  constexpr int NIN = 4 * W * V;
+  const int nrows = NIN + 2 * N;
 
   for (int64_t k = nchunks(L) - 1; k >= 0; --k) {
     const int64_t cs = k * CHUNK;
@@ -661,7 +668,12 @@ void bwd_unit(const ScanArgs& p, const Unit* ws, const float* const* ckpts, Part
         const int nt = std::min(T, clen - j0);
         for (int tt = j0; tt < j0 + nt; ++tt) {
           if (n0 == 0 && k > 0) {  // rows tt, tt + clen, ... of chunk k - 1
-            for (int q = tt; q < NROWS; q += clen) {
+            for (int q = tt; q < nrows; q += clen) {
+              if (q >= NIN) {
+                const int n = (q - NIN) % N;
+                prefetch_row_rw((q - NIN < N ? g.dC : g.dB) + bg + n * L + cs - CHUNK, CHUNK);
+                continue;
+              }
               const Rows<E>& rv = r[q / (4 * W)];
               const int c = q % W, which = (q / W) % 4;
               const E* row = which == 0 ? rv.u + c * rv.lu
