@@ -220,8 +220,9 @@ inline vf vlog_ge1(vf x) {
   return m + y + fe * 0.693359375f;
 }
 
-// 1/x for x in [1, 2]: AVX-512's 14-bit estimate and one Newton step (relative error 2^-28).
-inline vf vrecip12(vf x) {
+// 1/x for x >= 1: AVX-512's 14-bit estimate and one Newton step (relative error 2^-28; 0 for
+// x beyond 2^126, where 1/x would be subnormal and is flushed anyway).
+inline vf vrecip(vf x) {
 #if defined(__AVX512F__)
   const vf r = (vf)_mm512_rcp14_ps((__m512)x);
   return r + r * (1.0f - x * r);
@@ -230,28 +231,26 @@ inline vf vrecip12(vf x) {
 #endif
 }
 
-// softplus(x) = log(1 + exp(x)) (x itself for x > 20, torch's threshold) and sigmoid(x), from
-// one exp and one reciprocal of values in safe ranges: with m = exp(-|x|) in (0, 1] and
-// u = 1 + m, softplus = max(x, 0) + log1p(m), log1p(m) = log(u) + (m - (u - 1)) / u (exact
-// where log(u) alone loses m's low bits), and sigmoid = 1 / u for x >= 0, m / u below.
+// With e = exp(x) (clamped, so finite), u = 1 + e and r = 1 / u:
+//   sigmoid(x) = 1 - r for x > 0 (r <= 1/2: no cancellation; r -> 0 as x grows), e r below;
+//   softplus(x) = log1p(e) = log(u) + (e - (u - 1)) r, which restores the low bits of e that
+//   rounding u lost (x itself for x > 20, torch's threshold).
+inline vf vsigmoid_from(vf x, vf e, vf r) { return x > splat(0.0f) ? 1.0f - r : e * r; }
+
 inline void vsoftplus_sigmoid(vf x, vf& sp, vf& sg) {
-  const vf zero = splat(0.0f);
-  const vf m = vexp(x < zero ? x : -x), u = m + 1.0f, r = vrecip12(u);
-  const vf lp = vlog_ge1(u) + (m - (u - 1.0f)) * r;
-  sp = x > splat(20.0f) ? x : (x > zero ? x : zero) + lp;
-  sg = x >= zero ? r : m * r;
+  const vf e = vexp(x), u = e + 1.0f, r = vrecip(u);
+  sp = x > splat(20.0f) ? x : vlog_ge1(u) + (e - (u - 1.0f)) * r;
+  sg = vsigmoid_from(x, e, r);
 }
 
 inline vf vsoftplus(vf x) {
-  vf sp, sg;
-  vsoftplus_sigmoid(x, sp, sg);
-  return sp;
+  const vf e = vexp(x), u = e + 1.0f;
+  return x > splat(20.0f) ? x : vlog_ge1(u) + (e - (u - 1.0f)) * vrecip(u);
 }
 
 inline vf vsigmoid(vf x) {
-  const vf zero = splat(0.0f);
-  const vf m = vexp(x < zero ? x : -x), r = vrecip12(m + 1.0f);
-  return x >= zero ? r : m * r;
+  const vf e = vexp(x);
+  return vsigmoid_from(x, e, vrecip(e + 1.0f));
 }
 
 // ----------------------------------------------------------------------- tiles
