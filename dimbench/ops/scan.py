@@ -4,6 +4,12 @@
 backend="auto")`` has mamba_ssm's ``selective_scan_fn`` shapes and semantics:
 u, delta, z (B, D, L); A (D, N) real; B, C (B, N, L) or (B, G, N, L); D, delta_bias (D,).
 
+Dtypes (every backend): the output is in u's dtype and each gradient in its input's dtype; the
+state and the sums are float32 (float64 for float64 inputs on ``ref``). What a backend reads and
+writes in between is its own affair: the ``cpu`` kernel works on bfloat16 activations directly
+when u, delta and z are all bfloat16 (see ``scan_cpu``), so bf16 autocast pays no conversion
+passes around the scan.
+
 Every backend goes through ``dimbench::selective_scan`` (forward) and
 ``dimbench::selective_scan_bwd`` (backward), two ``torch.library`` custom ops with fake
 implementations and FLOP formulas, so ``FlopCounterMode`` counts the scan on any device,

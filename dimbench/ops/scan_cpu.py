@@ -1,10 +1,29 @@
 """The "cpu" selective-scan backend: a vectorised C++ kernel (csrc/selective_scan.cpp).
 
-The kernel is plain C++ with no torch headers, so it compiles in about two seconds with the
+The kernel is plain C++ with no torch headers, so it compiles in a few seconds with the
 system compiler at first use (``-O3 -march=native``) and is cached under
 ``$DIMBENCH_CACHE_DIR`` (default ``~/.cache/dimbench``), keyed by source, compiler, flags and
 CPU. It is called through ctypes, which releases the GIL, so units of (batch, 16 channels) are
 spread over ``torch.get_num_threads()`` Python threads.
+
+Dtypes: u, delta and z are read, and the output (and in the backward grad_out, du, ddelta,
+dz) written, in bfloat16 when all three are bfloat16, else in float32 (other dtypes are
+converted first); the state and every sum are float32. B and C are read as float32 with the
+state dimension contiguous: in place when they are already (a time-major slice of x_proj's
+output, say), else through one small copy. A, D and delta_bias are float32. The output comes
+back in u's dtype and each gradient in its input's dtype.
+
+Strides: u, delta, z and grad_out may have any batch and channel strides (channel slices of
+one projection need no copy) as long as time is contiguous.
+
+Denormals: every kernel call runs with flush-to-zero and denormals-are-zero set in its own
+thread and restores the caller's mode (decays exp(delta * A) drive states subnormal, which costs
+some CPUs an order of magnitude).
+
+Memory: outputs and gradients are ``torch.empty`` tensors (the kernel writes every element) on
+transparent huge pages where the OS offers them (:mod:`dimbench.ops.hugepages`); the forward
+saves only the state at every 128th step (an eighth of a float32 u at N = 16), which
+the backward recomputes from.
 """
 
 from __future__ import annotations
@@ -29,7 +48,7 @@ SOURCE = Path(__file__).parent / "csrc" / "selective_scan.cpp"
 FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=fast"]
 ARCH_FLAGS = (["-march=native"], [])  # tried in order: native first, portable if it fails
 LANES = 16  # channels per vector in the kernel
-CHUNK = 64  # time steps between the states the forward saves for the backward
+CHUNK = 128  # time steps between the states the forward saves for the backward
 MIN_UNITS_PER_THREAD = 2  # below this a second thread costs more than it saves
 
 Tensor = torch.Tensor

@@ -36,7 +36,7 @@ namespace {
 
 constexpr int W = 16;      // channels per vector
 constexpr int T = 16;      // time tile (16x16 transposes)
-constexpr int CHUNK = 64;  // time steps between saved states; a multiple of T
+constexpr int CHUNK = 128;  // time steps between saved states; a multiple of T
 constexpr int MAXN = 64;   // largest d_state of the generic path
 constexpr int NB = 8;      // vectors per backward block: 8 state dims of 1 unit, 4 of 2
 constexpr int ABI = 2;     // bumped whenever ScanArgs or an entry point changes
