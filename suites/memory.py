@@ -10,16 +10,25 @@ from __future__ import annotations
 
 import dataclasses
 
-from dimbench.suites.spec import Config, Suite
+from dimbench.suites import register_suite
+from dimbench.suites.spec import (
+    MEMORY_COLUMNS,
+    PARAMS_COLUMN,
+    Config,
+    Panel,
+    Suite,
+    SummaryColumn,
+    fmt,
+)
 
 STEPS = {"forward": 1, "train": 2}
 
 
 def measure(cfg: Config) -> dict:
     import torch
-    from dimbench.suites.workload import build_workload, warm_up_runtime
 
     from dimbench.measure.memory import PeakMemory
+    from dimbench.suites.workload import build_workload, warm_up_runtime
 
     warm_up_runtime(cfg.device)
     with PeakMemory(cfg.device, sample_interval_s=0.002) as mem:
@@ -36,11 +45,28 @@ def measure(cfg: Config) -> dict:
     return {"metrics": metrics, "raw": {"memory": dataclasses.asdict(mem.result)}}
 
 
-SUITE = Suite(
-    name="memory",
-    help="peak memory (GPU: allocated and reserved; CPU: peak RSS above idle)",
-    measure=measure,
-    metric="peak_mem_mb",
-    ylabel="peak memory (MB)",
-    higher_is_better=False,
+SUITE = register_suite(
+    Suite(
+        name="memory",
+        measure=measure,
+        columns={**MEMORY_COLUMNS, **PARAMS_COLUMN},
+        summary=(
+            SummaryColumn("peak_mem_mb", "peak MB", ".0f"),
+            SummaryColumn("peak_mem_reserved_mb", "reserved MB", ".0f"),
+        ),
+        row_line=lambda row: f"peak {fmt(row['peak_mem_mb'], '.0f')} MB",
+        panels=(
+            # without memory rows, the throughput runs' own peaks are drawn
+            Panel(
+                "peak_mem_mb",
+                "Peak memory",
+                "peak memory (MB)",
+                fallback=("throughput",),
+                device_ylabels=(
+                    ("cpu", "peak memory (MB, RSS above idle)"),
+                    ("cuda", "peak memory (MB, max allocated)"),
+                ),
+            ),
+        ),
+    )
 )

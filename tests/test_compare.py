@@ -10,7 +10,7 @@ import torch
 
 from dimbench.cli import main
 from dimbench.errors import UsageError
-from dimbench.train.compare import CompareConfig, ModelSpec, parse_budget, resolve
+from dimbench.train.compare import CompareConfig, PlannedModel, parse_budget, resolve
 from dimbench.train.compare_run import Comparison, ModelRun, evaluation_points, run_compare
 
 DETERMINISTIC = (
@@ -139,8 +139,8 @@ def test_budget_parsing():
 
 
 def test_flops_budget_gives_each_model_its_own_steps():
-    def spec(flops: int) -> ModelSpec:
-        return ModelSpec("DiM-T/2", {}, "dim", 64, 7, 1, 1.0, flops)
+    def spec(flops: int) -> PlannedModel:
+        return PlannedModel("DiM-T/2", {}, "dim", 64, 7, 1, 1.0, flops)
 
     budget = parse_budget("1e12")
     cheap = evaluation_points(budget, spec(10**9), evals=4, fid_every=2)

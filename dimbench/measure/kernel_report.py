@@ -1,7 +1,7 @@
 """Summarise a kernel benchmark run (pytest-benchmark JSON of tests/bench/test_bench_kernels.py).
 
     pytest tests/bench/test_bench_kernels.py -m bench --benchmark-enable --benchmark-json=k.json
-    python -m dimbench.measure.kernel_report k.json > kernels.md
+    dimbench kernel-report k.json --out kernels.md
 
 For each length: every scan backend's median forward and forward+backward time, the speed-up
 of each backend over ``ref`` measured in the same run, forward+backward over forward, and the
@@ -11,20 +11,26 @@ achieved GFLOP/s (dimbench's scan FLOP formula) beside the run's fp32 matmul GFL
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
+from dimbench.errors import UsageError
 from dimbench.ops.scan import scan_flops
 
 DIM, DSTATE = 2048, 16  # the benchmark's shapes
 
 
 def load(path: str | Path) -> list[dict]:
-    data = json.loads(Path(path).read_text())
-    return [
-        {**b["extra_info"], "median_s": b["stats"]["median"], "iqr_s": b["stats"]["iqr"]}
-        for b in data["benchmarks"]
-    ]
+    """The benchmarks of a pytest-benchmark JSON file (UsageError for another file)."""
+    try:
+        data = json.loads(Path(path).read_text())
+        return [
+            {**b["extra_info"], "median_s": b["stats"]["median"], "iqr_s": b["stats"]["iqr"]}
+            for b in data["benchmarks"]
+        ]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UsageError(
+            f"{path} is not a pytest-benchmark JSON of tests/bench ({type(e).__name__}: {e})"
+        ) from None
 
 
 def report(rows: list[dict]) -> str:
@@ -106,14 +112,3 @@ def report(rows: list[dict]) -> str:
         lines.append("")
         lines.append(f"fp32 matmul (2048^3) in the same run: {matmul_gflops:.0f} GFLOP/s.")
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        sys.exit("usage: python -m dimbench.measure.kernel_report BENCHMARK.json")
-    print(report(load(args[0])))
-
-
-if __name__ == "__main__":
-    main()

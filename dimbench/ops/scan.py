@@ -35,6 +35,7 @@ import torch
 from torch.utils.flop_counter import register_flop_formula
 
 from dimbench.ops import scan_ref
+from dimbench.ops.backends import Op, register_op
 
 Tensor = torch.Tensor
 
@@ -104,6 +105,15 @@ def resolve_backend(backend: str, device: torch.device) -> str:
             f"for {device.type} use one of: {', '.join(scan_backends(device))}"
         )
     return backend
+
+
+register_op(
+    Op(
+        "scan",
+        scan_backends,
+        lambda name, device_type, dtype: resolve_backend(name, torch.device(device_type)),
+    )
+)
 
 
 # ----------------------------------------------------------------------------- custom ops

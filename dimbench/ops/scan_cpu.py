@@ -1,10 +1,10 @@
 """The "cpu" selective-scan backend: a vectorised C++ kernel (csrc/selective_scan.cpp).
 
-The kernel is plain C++ with no torch headers, so it compiles in a few seconds with the
-system compiler at first use (``-O3 -march=native``) and is cached under
-``$DIMBENCH_CACHE_DIR`` (default ``~/.cache/dimbench``), keyed by source, compiler, flags and
-CPU. It is called through ctypes, which releases the GIL, so units of (batch, 16 channels) are
-spread over ``torch.get_num_threads()`` Python threads.
+The kernel is plain C++ with no torch headers, built and threaded by ``ops/cbuild.py``:
+compiled in a few seconds with the system compiler at first use (``-O3 -march=native``),
+cached under ``$DIMBENCH_CACHE_DIR`` (default ``~/.cache/dimbench``), called through ctypes
+(which releases the GIL) with units of (batch, 16 channels) spread over
+``torch.get_num_threads()`` Python threads.
 
 Dtypes: u, delta and z are read, and the output (and in the backward grad_out, du, ddelta,
 dz) written, in bfloat16 when all three are bfloat16, else in float32 (other dtypes are
@@ -29,24 +29,15 @@ the backward recomputes from.
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import functools
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
-from dimbench.ops import hugepages, scan
+from dimbench.ops import cbuild, hugepages, scan
+from dimbench.ops.cbuild import KernelUnavailable
 
 SOURCE = Path(__file__).parent / "csrc" / "selective_scan.cpp"
-FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=fast"]
-ARCH_FLAGS = (["-march=native"], [])  # tried in order: native first, portable if it fails
 LANES = 16  # channels per vector in the kernel
 CHUNK = 128  # time steps between the states the forward saves for the backward
 MIN_UNITS_PER_THREAD = 2  # below this a second thread costs more than it saves
@@ -54,61 +45,9 @@ MIN_UNITS_PER_THREAD = 2  # below this a second thread costs more than it saves
 Tensor = torch.Tensor
 
 
-class KernelUnavailable(RuntimeError):
-    pass
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("DIMBENCH_CACHE_DIR") or Path.home() / ".cache" / "dimbench"
-    return Path(root) / "kernels"
-
-
-def _cpu_signature() -> str:
-    """What -march=native depends on: the CPU model and its feature flags."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        keep = [ln for ln in lines if ln.startswith(("model name", "flags", "Features"))][:2]
-        return "\n".join(keep)
-    except OSError:
-        return platform.processor()
-
-
-def _compiler() -> str:
-    for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
-        if name and shutil.which(name):
-            return name
-    raise KernelUnavailable("no C++ compiler found (set CXX or install g++)")
-
-
 def build() -> Path:
     """Compile the kernel if it is not cached yet; return the shared library's path."""
-    cxx = _compiler()
-    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
-    src = SOURCE.read_bytes()
-    key = hashlib.sha256(
-        b"\0".join([src, version.encode(), " ".join(FLAGS).encode(), _cpu_signature().encode()])
-    ).hexdigest()[:16]
-    out_dir = cache_dir()
-    lib = out_dir / f"selective_scan_{platform.machine()}_{key}.so"
-    if lib.exists():
-        return lib
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / ".lock", "w") as lock:  # concurrent processes build once
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if lib.exists():
-            return lib
-        errors = []
-        for arch in ARCH_FLAGS:
-            fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".so")
-            os.close(fd)
-            cmd = [cxx, *FLAGS, *arch, str(SOURCE), "-o", tmp]
-            res = subprocess.run(cmd, capture_output=True, text=True)
-            if res.returncode == 0:
-                os.replace(tmp, lib)
-                return lib
-            os.unlink(tmp)
-            errors.append(f"{' '.join(cmd)}: {res.stderr.strip()[-500:]}")
-        raise KernelUnavailable("compiling the CPU scan kernel failed:\n" + "\n".join(errors))
+    return cbuild.build(SOURCE)
 
 
 class ScanArgs(ctypes.Structure):
@@ -173,26 +112,11 @@ def flushes_denormals() -> bool:
     return bool(_lib().dimbench_scan_flushes_denormals())
 
 
-@functools.cache
-def _pool(workers: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dimbench-scan")
-
-
 def _ranges(units: int) -> list[tuple[int, int]]:
-    threads = max(1, min(torch.get_num_threads(), units // MIN_UNITS_PER_THREAD))
-    bounds = [units * i // threads for i in range(threads + 1)]
-    return list(zip(bounds[:-1], bounds[1:], strict=True))
+    return cbuild.ranges(units, MIN_UNITS_PER_THREAD)
 
 
-def _run(fn, ranges: list[tuple[int, int]], args_for) -> None:
-    if len(ranges) == 1:
-        fn(*args_for(0, *ranges[0]))
-        return
-    futures = [
-        _pool(len(ranges)).submit(fn, *args_for(i, lo, hi)) for i, (lo, hi) in enumerate(ranges)
-    ]
-    for f in futures:
-        f.result()
+_run = cbuild.run
 
 
 def _nchunks(length: int) -> int:

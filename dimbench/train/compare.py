@@ -16,18 +16,12 @@ import re
 from dataclasses import dataclass, field
 
 from dimbench.errors import UsageError
+from dimbench.registry import ModelSpec, get_model
 
 MATCH_MODES = ("none", "params", "flops")
 ORDERS = ("sequential", "interleaved")
 SAMPLERS = ("dpm++", "ddim")  # deterministic given the noise: same samples on any rank count
-BUDGET_UNITS = ("steps", "flops", "seconds")
-
-# constructor argument that sets a family's width, and the multiple a width must be
-WIDTH_KEY = {"dim": "hidden_size", "dit": "hidden_size", "uvit": "embed_dim"}
-# widths a family accepts: DiT's sin-cos position embedding needs a multiple of 4; the
-# attention heads are then re-chosen as the divisor of the width nearest the configured count
-# (head count changes neither parameters nor FLOPs)
-WIDTH_MULTIPLE = {"dim": 4, "dit": 4, "uvit": 2}
+QUALITY_METRICS = ("fid", "swd")
 
 
 @dataclass
@@ -68,7 +62,7 @@ class CompareConfig:
     order: str | None = None
     ckpt_every: int | None = None
     eval_batch_size: int | None = None
-    arch: dict = field(default_factory=dict)  # family -> constructor overrides (presets)
+    arch: dict = field(default_factory=dict)  # model name -> constructor overrides (presets)
     device: str = "auto"
     scan_backend: str = "auto"
     attn_backend: str = "auto"
@@ -163,9 +157,9 @@ PRESETS: dict[str, dict] = {
         "order": "interleaved",
         "ckpt_every": 200,
         "arch": {
-            "dim": {"hidden_size": 160, "depth": 9},
-            "dit": {"hidden_size": 168, "depth": 8, "num_heads": 6},
-            "uvit": {"embed_dim": 160, "depth": 8, "num_heads": 8},
+            "DiM-S/2": {"hidden_size": 160, "depth": 9},
+            "DiT-S/2": {"hidden_size": 168, "depth": 8, "num_heads": 6},
+            "U-ViT-S/2": {"embed_dim": 160, "depth": 8, "num_heads": 8},
         },
     },
     # The paper's comparison: DiM-H/2 vs DiT-XL/2 vs U-ViT-H/2 on ImageNet 256 latents with
@@ -238,9 +232,10 @@ def validate(cfg: CompareConfig) -> None:
         raise UsageError(f"--sampler {cfg.sampler!r}: valid: {', '.join(SAMPLERS)}")
     if cfg.schedule is not None and cfg.schedule not in ("linear", "scaled_linear"):
         raise UsageError(f"--schedule {cfg.schedule!r}: valid: linear, scaled_linear")
-    unknown = set(cfg.metrics) - {"fid", "swd"}
+    unknown = set(cfg.metrics) - set(QUALITY_METRICS)
     if unknown:
-        raise UsageError(f"--metrics {','.join(sorted(unknown))}: valid: fid, swd")
+        valid = ", ".join(QUALITY_METRICS)
+        raise UsageError(f"--metrics {','.join(sorted(unknown))}: valid: {valid}")
     positive = {
         "--image-size": cfg.image_size,
         "--batch-size": cfg.batch_size,
@@ -254,6 +249,14 @@ def validate(cfg: CompareConfig) -> None:
     for name, value in positive.items():
         if value < 1:
             raise UsageError(f"{name} must be positive, got {value}")
+    if not cfg.lr > 0 or not cfg.adam_eps > 0:
+        raise UsageError(f"--lr must be positive, got {cfg.lr}")
+    for name, value in (("--weight-decay", cfg.weight_decay), ("--warmup", cfg.warmup)):
+        if value < 0:
+            raise UsageError(f"{name} must be >= 0, got {value}")
+    for name, value in (("--ema-decay", cfg.ema_decay), ("--label-dropout", cfg.label_dropout)):
+        if not 0 <= value < 1:
+            raise UsageError(f"{name} must be in [0, 1), got {value}")
     if cfg.metrics and (cfg.fid_gen < 2 or cfg.fid_ref_count < 2):
         raise UsageError("--fid-gen and --fid-ref-count must be at least 2")
     if cfg.heldout_timesteps > 1000:
@@ -314,7 +317,7 @@ def parse_budget(text: str) -> Budget:
 
 
 @dataclass
-class ModelSpec:
+class PlannedModel:
     """One backbone of the comparison: registry name, constructor overrides, and its size."""
 
     name: str
@@ -339,17 +342,11 @@ class ModelSpec:
         return {**dataclasses.asdict(self), "label": self.label, "slug": self.slug}
 
 
-def model_shape(model) -> tuple[int, int, int]:
-    """(width, depth, attention heads or 0) of a built model, whatever its family."""
-    fam = model.family
-    if fam == "dim":
-        return int(model.hidden_size), int(model.depth), 0
-    if fam == "dit":
-        return int(model.pos_embed.shape[-1]), len(model.blocks), int(model.num_heads)
-    if fam == "uvit":
-        depth = len(model.in_blocks) + len(model.out_blocks)
-        return int(model.embed_dim), depth, int(model.in_blocks[0].attn.num_heads)
-    raise UsageError(f"train-compare does not know how to size a {fam!r} model")
+def model_shape(model, spec: ModelSpec) -> tuple[int, int, int]:
+    """(width, depth, attention heads or 0) of a built model, from what its spec declares."""
+    width = int(getattr(model, spec.width)) if spec.width else 0
+    heads = int(getattr(model, spec.heads)) if spec.heads else 0
+    return width, int(getattr(model, "depth", 0)), heads
 
 
 def nearest_heads(width: int, heads: int) -> int:
@@ -370,9 +367,10 @@ def _measure(name: str, image_size: int, downsample: int, overrides: dict, batch
         model = create_model(name, image_size, device="meta", downsample=downsample, **overrides)
     except ValueError as e:
         raise UsageError(f"{name} with {overrides}: {e}") from None
-    width, depth, heads = model_shape(model)
+    spec = get_model(name)
+    width, depth, heads = model_shape(model, spec)
     return {
-        "family": model.family,
+        "family": spec.family_id,
         "width": width,
         "depth": depth,
         "heads": heads,
@@ -382,18 +380,20 @@ def _measure(name: str, image_size: int, downsample: int, overrides: dict, batch
     }
 
 
-def _with_width(overrides: dict, family: str, width: int, heads: int) -> dict:
-    out = {**overrides, WIDTH_KEY[family]: width}
-    if heads:
-        out["num_heads"] = nearest_heads(width, heads)
+def _with_width(overrides: dict, spec: ModelSpec, width: int, heads: int) -> dict:
+    if spec.width is None:
+        raise UsageError(f"--match: {spec.name} does not declare its width (register_model width=)")
+    out = {**overrides, spec.width: width}
+    if heads and spec.heads:
+        out[spec.heads] = nearest_heads(width, heads)
     return out
 
 
-def _metric_at(name, image_size, downsample, overrides, family, width, heads, by) -> float:
+def _metric_at(name, image_size, downsample, overrides, spec, width, heads, by) -> float:
     from dimbench.measure import count_flops
     from dimbench.registry import create_model
 
-    ov = _with_width(overrides, family, width, heads)
+    ov = _with_width(overrides, spec, width, heads)
     if by == "params":
         model = create_model(name, image_size, device="meta", downsample=downsample, **ov)
         return float(sum(p.numel() for p in model.parameters()))
@@ -405,21 +405,21 @@ def match_width(
     image_size: int,
     downsample: int,
     overrides: dict,
-    family: str,
+    spec: ModelSpec,
     heads: int,
     target: float,
     by: str,
     start_width: int,
 ) -> tuple[int, float]:
-    """The width (a multiple the family accepts) whose params or forward FLOPs per image come
+    """The width (a multiple the model accepts) whose params or forward FLOPs per image come
     closest to ``target``; returns (width, value). Depth stays; heads follow the width."""
-    step = WIDTH_MULTIPLE[family]
+    step = spec.width_multiple
     cache: dict[int, float] = {}
 
     def value(k: int) -> float:
         if k not in cache:
             cache[k] = _metric_at(
-                name, image_size, downsample, overrides, family, k * step, heads, by
+                name, image_size, downsample, overrides, spec, k * step, heads, by
             )
         return cache[k]
 
@@ -445,23 +445,17 @@ def match_width(
 
 def plan_models(
     cfg: CompareConfig, in_channels: int, downsample: int, num_classes: int | None
-) -> list[ModelSpec]:
+) -> list[PlannedModel]:
     """Each model's constructor overrides and size; with ``--match`` the widths of all but the
     first model are set so that their params or FLOPs per image match the first model's."""
-    specs: list[ModelSpec] = []
+    specs: list[PlannedModel] = []
     for i, name in enumerate(cfg.models):
-        from dimbench.registry import UnknownModelError, create_model
-
-        try:
-            family = create_model(name, cfg.image_size, device="meta", downsample=downsample).family
-        except UnknownModelError as e:
-            raise UsageError(str(e)) from None
-        except ValueError as e:
-            raise UsageError(f"{name} at {cfg.image_size} px: {e}") from None
-        overrides = {"in_channels": in_channels, **cfg.arch.get(family, {})}
+        spec = get_model(name)
+        spec.input_size(cfg.image_size, downsample)
+        overrides = {"in_channels": in_channels, **cfg.arch.get(name, {})}
         if num_classes is not None:
             overrides["num_classes"] = num_classes
-        if family == "dit":
+        if spec.learn_sigma:
             overrides["learn_sigma"] = False  # epsilon MSE for every model: no sigma output
         m = _measure(name, cfg.image_size, downsample, overrides, cfg.batch_size)
         match = None
@@ -469,10 +463,10 @@ def plan_models(
             ref = specs[0]
             target = ref.params if cfg.match == "params" else ref.gflops * 1e9
             width, value = match_width(
-                name, cfg.image_size, downsample, overrides, family, m["heads"], target,
+                name, cfg.image_size, downsample, overrides, spec, m["heads"], target,
                 cfg.match, m["width"],
             )  # fmt: skip
-            overrides = _with_width(overrides, family, width, m["heads"])
+            overrides = _with_width(overrides, spec, width, m["heads"])
             before = m["width"]
             m = _measure(name, cfg.image_size, downsample, overrides, cfg.batch_size)
             match = {
@@ -485,10 +479,10 @@ def plan_models(
                 "width_to": width,
             }
         specs.append(
-            ModelSpec(
+            PlannedModel(
                 name=name,
                 overrides=overrides,
-                family=family,
+                family=spec.family_id,
                 width=m["width"],
                 depth=m["depth"],
                 params=m["params"],
@@ -500,7 +494,7 @@ def plan_models(
     return specs
 
 
-def match_summary(specs: list[ModelSpec]) -> list[str]:
+def match_summary(specs: list[PlannedModel]) -> list[str]:
     """One line per model: its size and what matching chose."""
     lines = []
     for s in specs:

@@ -31,12 +31,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from dimbench.errors import UsageError
+from dimbench.paths import writable_dir
 from dimbench.train import distributed as D
 from dimbench.train.checkpoint import CHECKPOINT_NAME
 from dimbench.train.compare import (
     Budget,
     CompareConfig,
-    ModelSpec,
+    PlannedModel,
     match_summary,
     parse_budget,
     plan_models,
@@ -51,6 +52,7 @@ from dimbench.train.evaluate import (
     timestep_grid,
     to_uint8,
 )
+from dimbench.train.trainer import check_backends
 
 FORMAT = "dimbench-train-compare-1"
 CSV_NAME = "train_compare.csv"
@@ -63,7 +65,7 @@ SECONDS_WARMUP = 100  # default warm-up steps under a time budget (the step coun
 COLUMNS: dict[str, str] = {
     "model": "registry name",
     "label": "name with the width and depth trained (w..., d...)",
-    "family": "dim | dit | uvit",
+    "family": "dim | dit | uvit (the model's registered family, lower case)",
     "width": "hidden width trained",
     "depth": "blocks (U-ViT: in + out blocks, the mid-block on top)",
     "params": "parameters",
@@ -115,7 +117,9 @@ class Point:
     quality: bool
 
 
-def evaluation_points(budget: Budget, spec: ModelSpec, evals: int, fid_every: int) -> list[Point]:
+def evaluation_points(
+    budget: Budget, spec: PlannedModel, evals: int, fid_every: int
+) -> list[Point]:
     """Point 0 (before training), then ``evals`` points evenly over the budget in its unit."""
     if budget.unit == "seconds":
         total = None
@@ -185,7 +189,7 @@ def _cell(v) -> str:
     return str(v)
 
 
-def _plan(cfg: CompareConfig, budget: Budget, specs: list[ModelSpec], schedule: str) -> dict:
+def _plan(cfg: CompareConfig, budget: Budget, specs: list[PlannedModel], schedule: str) -> dict:
     """What defines the results: a rerun into the same --out must agree on all of it."""
     return {
         "preset": cfg.preset,
@@ -248,7 +252,7 @@ class ModelRun:
     """One backbone: its trainer (built on first use, resumed from its checkpoint), trained in
     chunks up to each point and evaluated there."""
 
-    def __init__(self, comp: Comparison, spec: ModelSpec):
+    def __init__(self, comp: Comparison, spec: PlannedModel):
         self.comp = comp
         self.spec = spec
         self.dir = comp.out / spec.slug
@@ -702,6 +706,9 @@ def run_compare(cfg: CompareConfig) -> dict:
     if not cfg.command:
         cfg.command = " ".join(["dimbench", *sys.argv[1:]])
     dist = D.setup(cfg.device)
+    check_backends(cfg.scan_backend, cfg.attn_backend, dist.device)
+    if dist.is_main:
+        writable_dir(cfg.out)
     try:
         return Comparison(cfg, dist).run()
     finally:

@@ -16,7 +16,11 @@ from __future__ import annotations
 import csv
 import json
 import math
+import signal
+import sys
+import threading
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -25,8 +29,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from dimbench.diffusion.losses import LOSSES, training_losses
-from dimbench.diffusion.schedule import SCHEDULES, NoiseSchedule, schedule_for_family
-from dimbench.errors import UsageError
+from dimbench.diffusion.schedule import SCHEDULES, NoiseSchedule
+from dimbench.errors import Interrupted, UsageError
+from dimbench.models.dim_official import check_official_fits
+from dimbench.paths import writable_dir
+from dimbench.registry import get_model
+from dimbench.threads import omp_policy_in_effect
 from dimbench.train import distributed as D
 from dimbench.train.checkpoint import (
     CHECKPOINT_NAME,
@@ -35,11 +43,13 @@ from dimbench.train.checkpoint import (
     load_checkpoint,
     load_weights,
     model_meta,
+    remove_stale_temp_files,
     rng_state,
     set_rng_state,
 )
 from dimbench.train.config import TrainConfig
 from dimbench.train.data import SampleStream, StepBatches, build_dataset, mix_seed
+from dimbench.train.ema import make_ema
 from dimbench.train.vae import VAE_CHANNELS, VAE_DOWNSAMPLE
 
 LOG_NAME = "log.csv"
@@ -73,12 +83,24 @@ def build_model(
         raise UsageError(str(e)) from None
     except ValueError as e:
         raise UsageError(f"{name} at {image_size} px: {e}") from None
-    # The trainer drops labels itself (seeded per step, the same for every family); DiT's
+    # The trainer drops labels itself (seeded per step, the same for every model); DiT's
     # official label embedder would drop them a second time inside forward. Its null row stays.
     embedder = getattr(model, "y_embedder", None)
     if hasattr(embedder, "dropout_prob"):
         embedder.dropout_prob = 0.0
     return model
+
+
+def check_backends(scan_backend: str, attn_backend: str, device: torch.device) -> None:
+    """Refuse a kernel backend that does not exist or cannot run on ``device`` (UsageError)."""
+    from dimbench.ops.attention import resolve_attention_backend
+    from dimbench.ops.scan import resolve_backend
+
+    try:
+        resolve_backend(scan_backend, device)
+        resolve_attention_backend(attn_backend, torch.empty(0, device="meta"))
+    except (ValueError, RuntimeError) as e:
+        raise UsageError(str(e)) from None
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -102,14 +124,24 @@ class Trainer:
         cfg.validate()
         self.dist = dist or D.setup(cfg.device)
         self.device = self.dist.device
+        check_backends(cfg.scan_backend, cfg.attn_backend, self.device)
         self.out = Path(cfg.out)
+        if self.dist.is_main:
+            writable_dir(self.out)
+            remove_stale_temp_files(self.out)
         ckpt_path = self.out / CHECKPOINT_NAME
         resume_ckpt = None
         if cfg.resume:
             resume_ckpt = load_checkpoint(ckpt_path)
+            if "config" not in resume_ckpt["meta"]:  # released weights have no run to continue
+                raise UsageError(
+                    f"{ckpt_path} holds released weights, not a training run: start from them "
+                    "with --init-from in a new --out"
+                )
             cfg = cfg.merged_with_checkpoint(resume_ckpt["meta"]["config"])
         else:
             if ckpt_path.exists():
+                load_checkpoint(ckpt_path, mmap=True)  # an unreadable one: say so, not "resume"
                 raise UsageError(
                     f"{self.out} already holds a checkpoint: pass --resume to continue it, "
                     "or choose another --out"
@@ -154,9 +186,8 @@ class Trainer:
             device=self.device,
         )
         self.meta = model_meta(self.model, downsample)
-        family = self.meta["family"]
         if cfg.schedule is None:
-            cfg.schedule = schedule_for_family(family)
+            cfg.schedule = get_model(cfg.model).schedule
         if cfg.loss is None:
             cfg.loss = "hybrid" if self.meta["learn_sigma"] else "mse"
         if cfg.schedule not in SCHEDULES:
@@ -170,8 +201,6 @@ class Trainer:
         self.schedule = NoiseSchedule(cfg.schedule)
 
         # optimisation
-        from timm.utils import ModelEmaV3
-
         self.optimizer = torch.optim.AdamW(
             param_groups(self.model, cfg.weight_decay),
             lr=cfg.lr,
@@ -188,9 +217,12 @@ class Trainer:
         self.step = 0
         self.samples_seen = 0
         self.wall_time = 0.0
+        # losses since the last log row (sum, count): checkpointed, so a run resumed between
+        # two log rows writes the same rows as an uninterrupted one
+        self._loss_window: list = [torch.zeros((), device=self.device), 0]
         if cfg.init_from and resume_ckpt is None:
             self._init_from(cfg.init_from, cfg.init_weights)
-        self.ema = ModelEmaV3(self.model, decay=cfg.ema_decay, use_warmup=cfg.ema_warmup)
+        self.ema = make_ema(self.model, cfg.ema_decay, cfg.ema_warmup)
         if resume_ckpt is not None:
             self._restore(resume_ckpt, ckpt_path)
         self.net = self.model
@@ -235,8 +267,11 @@ class Trainer:
     def save(self) -> Path | None:
         """Rank 0 writes ``out/checkpoint.pt`` atomically; every rank waits for it."""
         path = self.out / CHECKPOINT_NAME
+        # the ranks' mean of their loss-window sums: every rank resumes from it (see fit)
+        total, count = self._loss_window
+        window = [float(D.all_reduce_mean(torch.as_tensor(total), self.dist)), count]
         if self.dist.is_main:
-            atomic_save(self.state_dict(), path)
+            atomic_save({**self.state_dict(), "loss_window": window}, path)
         D.barrier(self.dist)
         return path
 
@@ -250,13 +285,18 @@ class Trainer:
         self.step = int(ckpt["step"])
         self.samples_seen = int(ckpt["samples_seen"])
         self.wall_time = float(ckpt["wall_time"])
+        total, count = ckpt.get("loss_window", (0.0, 0))
+        self._loss_window = [torch.tensor(float(total), device=self.device), int(count)]
         set_rng_state(ckpt["rng"])
 
     def _init_from(self, path: str, which: str) -> None:
         """Weak-to-strong: this model's weights from a checkpoint of the same architecture at
         another resolution (the model resizes its position embedding while loading)."""
         src = load_checkpoint(path)
-        check_compatible(src["meta"], self.meta, path, allow_resize=True)
+        if "official" in src["meta"]:  # a released DiM file: its shapes decide, not its name
+            check_official_fits(src["meta"], self.model, path)
+        else:
+            check_compatible(src["meta"], self.meta, path, allow_resize=True)
         load_weights(self.model, src[which], f"--init-from {path}")
 
     # ---- the loop -------------------------------------------------------------------------
@@ -357,38 +397,68 @@ class Trainer:
         self.ema.update(self.model, step=self.step)
         return loss.detach(), grad_norm.detach()
 
-    def fit(self, stop_at: int | None = None) -> dict:
+    def fit(
+        self,
+        stop_at: int | None = None,
+        on_step: Callable[[Trainer], None] | None = None,
+    ) -> dict:
         """Train to ``cfg.steps`` (or stop early after step ``stop_at``, without a final
-        checkpoint: a simulated interruption). Returns a summary."""
+        checkpoint: a simulated interruption) and return a summary. ``on_step(trainer)`` runs
+        after every step.
+
+        Checkpoints: every ``cfg.checkpoint_interval()`` steps, after ``cfg.ckpt_minutes`` of
+        training since the last one, at the end, and on SIGINT/SIGTERM, after which ``fit``
+        raises ``Interrupted`` (exit 130/143). A second Ctrl-C stops without saving.
+        """
         cfg = self.cfg
         end = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
+        every = cfg.checkpoint_interval()
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(
-                json.dumps(self.checkpoint_meta(), indent=2, default=str) + "\n"
+                json.dumps(
+                    {**self.checkpoint_meta(), "omp_wait_policy": omp_policy_in_effect()},
+                    indent=2,
+                    default=str,
+                )
+                + "\n"
             )
         log = CsvLog(self.out / LOG_NAME, self.step) if self.dist.is_main else None
         progress = _Progress(cfg.steps, self.step, enabled=cfg.progress and self.dist.is_main)
         start_step, start = self.step, time.perf_counter()
         base_wall = self.wall_time
-        loss_sum = torch.zeros((), device=self.device)
-        count, last_loss, grad_norm = 0, math.nan, torch.zeros(())
-        with progress:
+        last_loss, grad_norm = math.nan, torch.zeros(())
+        last_save = time.monotonic()
+        stop = _StopRequest()
+        with progress, stop:
             for x, y in self._loader(max(0, end - self.step)):
                 loss, grad_norm = self.train_step(x, y)
-                loss_sum += loss
-                count += 1
+                self._loss_window[0] += loss
+                self._loss_window[1] += 1
                 self.wall_time = base_wall + time.perf_counter() - start
                 rate = (self.step - start_step) / max(1e-9, time.perf_counter() - start)
                 if self.step % cfg.log_every == 0 or self.step == end:
-                    last_loss = float(D.all_reduce_mean(loss_sum / count, self.dist))
-                    loss_sum.zero_()
-                    count = 0
+                    total, count = self._loss_window
+                    last_loss = float(D.all_reduce_mean(total / count, self.dist))
+                    self._loss_window = [torch.zeros((), device=self.device), 0]
                     if log is not None:
                         log.write(self._log_row(last_loss, float(grad_norm)))
                 progress.update(self.step, last_loss, rate)
-                if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
+                if on_step is not None:
+                    on_step(self)
+                overdue = time.monotonic() - last_save >= cfg.ckpt_minutes * 60
+                signum, overdue = D.agree_max(self.dist, stop.signum, int(overdue))
+                if signum or overdue or self.step % every == 0 or self.step == cfg.steps:
                     self.save()
+                    last_save = time.monotonic()
+                if signum:
+                    if log is not None:
+                        log.close()
+                    raise Interrupted(
+                        f"{signal.Signals(signum).name} at step {self.step} of {cfg.steps}: "
+                        f"checkpoint saved in {self.out}; continue with --resume",
+                        signum,
+                    )
         elapsed = time.perf_counter() - start
         if log is not None:
             log.close()
@@ -413,6 +483,36 @@ class Trainer:
             "flops": flops,
             "grad_norm": f"{grad_norm:.4f}",
         }
+
+
+class _StopRequest:
+    """SIGINT/SIGTERM while training: remember the signal so the loop saves a checkpoint after
+    the current step and stops; a second signal stops at once, without saving."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum:
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(
+            f"\n{signal.Signals(signum).name}: saving a checkpoint after this step "
+            "(again to stop without saving)",
+            file=sys.stderr,
+        )
+
+    def __enter__(self) -> _StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
 
 
 class CsvLog:

@@ -14,7 +14,14 @@ import time
 import pytest
 import torch
 
-from dimbench.ops import attention, causal_conv1d, scan_backends, scan_cpu, selective_scan
+from dimbench.ops import (
+    attention,
+    causal_conv1d,
+    conv_backends,
+    scan_backends,
+    scan_cpu,
+    selective_scan,
+)
 
 LENGTHS = [256, 1024, 4096, 9216]
 DIM, DSTATE, HEADS, HEAD_DIM = 2048, 16, 16, 64
@@ -209,3 +216,83 @@ def test_matmul_fp32(benchmark):
     benchmark.group = "fp32 matmul 2048^3"
     benchmark.extra_info.update(kernel="matmul", flops=2 * 2048**3)
     run(benchmark, torch.mm, a, b)
+
+
+# ----------------------------------------------------------------- conv kernel and fused mixer
+# The conv at DiM's inner widths (E = 1024 for DiM-S/2, 2048 for DiM-L/2) and token counts
+# (1230, 4494, 9806: 512, 1024 and 1536 px), every CPU conv backend, fp32 and bf16 activations;
+# the mixer at DiM-S/2's widths (D = 512, E = 1024, N = 16) as the fused node and as its twin.
+# Compare rows of one run; for A/B ratios on a shared machine prefer interleaved CPU time.
+
+CONV_LENGTHS = [1230, 4494, 9806]
+CONV_DIMS = [1024, 2048]
+
+
+def conv_inputs(dim, length, dtype, requires_grad=False):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, dim, length, generator=g).to(dtype)
+    w, b = torch.randn(dim, 3, generator=g), torch.randn(dim, generator=g)
+    return [t.requires_grad_(requires_grad) for t in (x, w, b)]
+
+
+def autocast_bf16(dtype):
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("length", CONV_LENGTHS)
+@pytest.mark.parametrize("dim", CONV_DIMS)
+@pytest.mark.parametrize("backend", conv_backends("cpu"))
+@pytest.mark.parametrize("mode", ["forward", "train"])
+def test_conv_backends(benchmark, mode, backend, dim, length, dtype):
+    x, w, b = conv_inputs(dim, length, dtype, requires_grad=mode == "train")
+    grad = torch.ones_like(x)
+    benchmark.group = f"causal conv + SiLU {mode} E={dim} L={length} {str(dtype)[6:]}"
+    benchmark.extra_info.update(kernel="conv", backend=backend, length=length, dim=dim, mode=mode)
+
+    def fwd():
+        with torch.no_grad(), autocast_bf16(dtype):
+            return causal_conv1d(x, w, b, activation="silu", backend=backend)
+
+    def train():
+        with autocast_bf16(dtype):
+            out = causal_conv1d(x, w, b, activation="silu", backend=backend)
+        out.backward(grad)
+        for t in (x, w, b):
+            t.grad = None
+
+    run(benchmark, fwd if mode == "forward" else train)
+
+
+MIXER_VARIANTS = {
+    "twin": dict(fused=False, recompute_in_proj=False),
+    "fused": dict(fused=True, recompute_in_proj=False),
+    "fused+in_proj": dict(fused=True, recompute_in_proj=True),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("length", [1230, 4494])
+@pytest.mark.parametrize("variant", list(MIXER_VARIANTS))
+@pytest.mark.parametrize("mode", ["forward", "train"])
+def test_mamba_mixer(benchmark, mode, variant, length, dtype):
+    from dimbench.models.mamba_mixer import MambaMixer
+
+    torch.manual_seed(0)
+    mixer = MambaMixer(512, d_state=DSTATE, d_conv=3, n_layer=25, **MIXER_VARIANTS[variant])
+    x = torch.randn(1, length, 512, requires_grad=mode == "train")
+    benchmark.group = f"DiM-S/2 mixer {mode} L={length} {str(dtype)[6:]}"
+    benchmark.extra_info.update(kernel="mixer", backend=variant, length=length, mode=mode)
+
+    def fwd():
+        with torch.no_grad(), autocast_bf16(dtype):
+            return mixer(x)
+
+    def train():
+        with autocast_bf16(dtype):
+            out = mixer(x)
+        out.backward(torch.ones_like(out))
+        x.grad = None
+        mixer.zero_grad(set_to_none=True)
+
+    run(benchmark, fwd if mode == "forward" else train)
