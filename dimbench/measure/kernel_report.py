@@ -34,6 +34,9 @@ def load(path: str | Path) -> list[dict]:
 
 
 def report(rows: list[dict]) -> str:
+    bf16 = [r for r in rows if r.get("dtype") == "bf16"]
+    deltas = [r for r in rows if r.get("kernel") == "scan-deltas"]
+    rows = [r for r in rows if r.get("dtype", "fp32") == "fp32"]  # the tables below: float32
     matmul = [r for r in rows if r.get("kernel") == "matmul"]
     matmul_gflops = matmul[0]["flops"] / matmul[0]["median_s"] / 1e9 if matmul else None
     scans = {(r["backend"], r["length"], r["mode"]): r for r in rows if r.get("kernel") == "scan"}
@@ -85,6 +88,26 @@ def report(rows: list[dict]) -> str:
                 f"| {length} | {f * 1e3:.1f} | {b * 1e3:.1f} | {(f + b) / f:.2f} "
                 f"| {flops / f / 1e9:.1f} |"
             )
+    if bf16:
+        lines += ["", "bfloat16 activations (cpu):", "", "| L | mode | op ms | kernel-only ms |"]
+        lines.append("|---|---|---|---|")
+        ops = {(r["length"], r["mode"]): r["median_s"] for r in bf16 if r["kernel"] == "scan"}
+        kern = {
+            (r["length"], r["mode"]): r["median_s"]
+            for r in bf16
+            if r["kernel"] == "scan-kernel-only"
+        }
+        for length, mode in sorted(set(ops) | set(kern)):
+            cells = [ops.get((length, mode)), kern.get((length, mode))]
+            text = [f"{c * 1e3:.1f}" if c is not None else "-" for c in cells]
+            lines.append(f"| {length} | {mode} | {text[0]} | {text[1]} |")
+    if deltas:
+        base = next((r["median_s"] for r in deltas if r.get("deltas") == "U(0,1)"), None)
+        lines += ["", "cpu forward by delta distribution (no input-dependent cliff: ~1x):", ""]
+        lines += ["| L | deltas | forward ms | vs U(0,1) |", "|---|---|---|---|"]
+        for r in deltas:
+            ratio = f"{r['median_s'] / base:.2f}x" if base else "-"
+            lines.append(f"| {r['length']} | {r['deltas']} | {r['median_s'] * 1e3:.1f} | {ratio} |")
     if matmul_gflops is not None:
         lines.append("")
         lines.append(f"fp32 matmul (2048^3) in the same run: {matmul_gflops:.0f} GFLOP/s.")
