@@ -243,3 +243,19 @@ def test_an_interrupted_sweep_says_what_it_kept(tmp_path, capsys, monkeypatch):
     from dimbench.results import ResultStore
 
     assert [r["image_size"] for r in ResultStore(tmp_path, "flops").rows()] == ["32"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--lr", "0"], "--lr must be positive"),
+        (["--ema-decay", "1.5"], "--ema-decay must be in [0, 1)"),
+        (["--warmup", "-1"], "--warmup must be >= 0"),
+        (["--weight-decay", "-0.1"], "--weight-decay must be >= 0"),
+    ],
+)
+def test_train_compare_checks_the_same_recipe_ranges(args, message, tmp_path, capsys):
+    out = tmp_path / "compare"
+    assert cli(["train-compare", "--preset", "smoke", "--out", str(out), *args]) == 2
+    assert message in one_line_error(capsys)
+    assert not out.exists()

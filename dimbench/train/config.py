@@ -130,39 +130,59 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Every value that is set, against its range (before anything is loaded or built)."""
-        positive = {
-            "--steps": self.steps,
-            "--batch-size": self.batch_size,
-            "--image-size": self.image_size,
-            "--log-every": self.log_every,
-            "--ckpt-every": self.ckpt_every,
-            "--ckpt-minutes": self.ckpt_minutes,
-            "--lr": self.lr,
-            "--adam-eps": self.adam_eps,
-        }
-        for flag, value in positive.items():
-            if value is not None and not value > 0:
-                raise UsageError(f"{flag} must be positive, got {value}")
-        non_negative = {
-            "--weight-decay": self.weight_decay,
-            "--warmup": self.warmup,
-            "--grad-clip": self.grad_clip,
-            "--num-workers": self.num_workers,
-        }
-        for flag, value in non_negative.items():
-            if value is not None and value < 0:
-                raise UsageError(f"{flag} must be >= 0, got {value}")
-        unit = {"--ema-decay": self.ema_decay, "--label-dropout": self.label_dropout}
-        if self.betas is not None:
-            unit.update({"--beta1": self.betas[0], "--beta2": self.betas[1]})
-        for flag, value in unit.items():
-            if value is not None and not 0 <= value < 1:
-                raise UsageError(f"{flag} must be in [0, 1), got {value}")
+        check_ranges(
+            positive={
+                "--steps": self.steps,
+                "--batch-size": self.batch_size,
+                "--image-size": self.image_size,
+                "--log-every": self.log_every,
+                "--ckpt-every": self.ckpt_every,
+                "--ckpt-minutes": self.ckpt_minutes,
+            },
+            non_negative={"--num-workers": self.num_workers},
+        )
+        check_recipe(self)
         if self.init_weights not in ("ema", "model"):
             raise UsageError(f"--init-weights must be 'ema' or 'model', got {self.init_weights!r}")
         if self.resume and self.init_from:
             raise UsageError("--resume and --init-from exclude each other")
         check_compiler(self.compile)
+
+
+def check_ranges(
+    positive: dict | None = None, non_negative: dict | None = None, unit: dict | None = None
+) -> None:
+    """UsageError for the first value (flag -> value; None: not set) outside its range:
+    positive, >= 0, or in [0, 1)."""
+    for flag, value in (positive or {}).items():
+        if value is not None and not value > 0:
+            raise UsageError(f"{flag} must be positive, got {value}")
+    for flag, value in (non_negative or {}).items():
+        if value is not None and value < 0:
+            raise UsageError(f"{flag} must be >= 0, got {value}")
+    for flag, value in (unit or {}).items():
+        if value is not None and not 0 <= value < 1:
+            raise UsageError(f"{flag} must be in [0, 1), got {value}")
+
+
+def check_recipe(cfg) -> None:
+    """The optimisation recipe's ranges, for a training run or a comparison (any object with
+    lr, adam_eps, weight_decay, warmup, grad_clip, ema_decay, label_dropout and betas)."""
+    betas = cfg.betas if cfg.betas is not None else (None, None)
+    check_ranges(
+        positive={"--lr": cfg.lr, "--adam-eps": cfg.adam_eps},
+        non_negative={
+            "--weight-decay": cfg.weight_decay,
+            "--warmup": cfg.warmup,
+            "--grad-clip": cfg.grad_clip,
+        },
+        unit={
+            "--ema-decay": cfg.ema_decay,
+            "--label-dropout": cfg.label_dropout,
+            "--beta1": betas[0],
+            "--beta2": betas[1],
+        },
+    )
 
 
 def _differs(a, b) -> bool:

@@ -13,8 +13,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from dimbench.diffusion.schedule import SCHEDULES
 from dimbench.errors import UsageError
 from dimbench.train.compare.budget import parse_budget
+from dimbench.train.config import check_ranges, check_recipe
 
 MATCH_MODES = ("none", "params", "flops")
 ORDERS = ("sequential", "interleaved")
@@ -229,8 +231,8 @@ def validate(cfg: CompareConfig) -> None:
         raise UsageError(f"--order {cfg.order!r}: valid: {', '.join(ORDERS)}")
     if cfg.sampler not in SAMPLERS:
         raise UsageError(f"--sampler {cfg.sampler!r}: valid: {', '.join(SAMPLERS)}")
-    if cfg.schedule is not None and cfg.schedule not in ("linear", "scaled_linear"):
-        raise UsageError(f"--schedule {cfg.schedule!r}: valid: linear, scaled_linear")
+    if cfg.schedule is not None and cfg.schedule not in SCHEDULES:
+        raise UsageError(f"--schedule {cfg.schedule!r}: valid: {', '.join(SCHEDULES)}")
     unknown = set(cfg.metrics) - set(QUALITY_METRICS)
     if unknown:
         valid = ", ".join(QUALITY_METRICS)
@@ -245,17 +247,8 @@ def validate(cfg: CompareConfig) -> None:
         "--sample-steps": cfg.sample_steps,
         "--ckpt-every": cfg.ckpt_every,
     }
-    for name, value in positive.items():
-        if value < 1:
-            raise UsageError(f"{name} must be positive, got {value}")
-    if not cfg.lr > 0 or not cfg.adam_eps > 0:
-        raise UsageError(f"--lr must be positive, got {cfg.lr}")
-    for name, value in (("--weight-decay", cfg.weight_decay), ("--warmup", cfg.warmup)):
-        if value < 0:
-            raise UsageError(f"{name} must be >= 0, got {value}")
-    for name, value in (("--ema-decay", cfg.ema_decay), ("--label-dropout", cfg.label_dropout)):
-        if not 0 <= value < 1:
-            raise UsageError(f"{name} must be in [0, 1), got {value}")
+    check_ranges(positive=positive)
+    check_recipe(cfg)
     if cfg.metrics and (cfg.fid_gen < 2 or cfg.fid_ref_count < 2):
         raise UsageError("--fid-gen and --fid-ref-count must be at least 2")
     if cfg.heldout_timesteps > 1000:
