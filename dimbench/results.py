@@ -37,6 +37,7 @@ HEAD_COLUMNS: dict[str, str] = {
     "attn_backend": "attention backend used; '-' for a model without attention",
     "conv_backend": "causal-conv1d backend used; '-' for a model without one",
     "compile": "eager | inductor (torch.compile, compiled in the warm-up)",
+    "weights": "the checkpoint the model's weights came from ('' = random initialisation)",
 }
 TAIL_COLUMNS: dict[str, str] = {
     "status": "ok | oom | timeout | error",
@@ -82,6 +83,7 @@ KEY_COLUMNS = (
     "attn_backend",
     "conv_backend",
     "compile",
+    "weights",
 )
 STATUSES = ("ok", "oom", "timeout", "error")
 # Rows that a rerun does not repeat; timeouts and errors are retried unless asked not to.

@@ -131,6 +131,7 @@ class Config:
     attn_backend: str = NO_BACKEND
     conv_backend: str = NO_BACKEND
     compile: str = "eager"
+    weights: str = ""  # a checkpoint (dimbench's or a released DiM file) to load; "": random init
     warmup: int = 1
     repeats: int = 3
     budget_s: float | None = None
@@ -160,6 +161,7 @@ class Config:
             "attn_backend": self.attn_backend,
             "conv_backend": self.conv_backend,
             "compile": self.compile,
+            "weights": self.weights,
         }
 
     def backend_kwargs(self) -> dict[str, str]:
@@ -200,6 +202,7 @@ class Sweep:
     attn_backend: str = "auto"
     conv_backend: str = "auto"
     compile: str = "eager"
+    weights: str = ""
     warmup: int = 1
     repeats: int = 3
     budget_s: float | None = None
@@ -247,6 +250,7 @@ class Sweep:
                                     mode=mode,
                                     **backends,
                                     compile=self.compile if self.suite.isolated else "eager",
+                                    weights=self.weights if self.suite.isolated else "",
                                     warmup=self.warmup,
                                     repeats=self.repeats,
                                     budget_s=self.budget_s,
@@ -289,6 +293,8 @@ class Sweep:
                 if v not in allowed:
                     raise UsageError(f"unknown {name} {v!r}; valid: {', '.join(allowed)}")
         check_compiler(self.compile)
+        if self.weights:
+            self.weights = check_weights(self.weights, self.models, self.resolutions[0])
         if self.warmup < 0 or self.repeats < 1:
             raise UsageError("--warmup must be >= 0 and --repeats >= 1")
         if self.timeout_s <= 0:
@@ -305,3 +311,18 @@ class Sweep:
                 if kernel in used or self.requested(kernel) != "auto":
                     for dtype in self.dtypes:
                         resolve(kernel, self.requested(kernel), self.device, dtype)
+
+
+def check_weights(path: str, models: list[str], image_size: int) -> str:
+    """The absolute path of a weights file that fits every model (one-line errors otherwise),
+    checked on meta-device builds without reading the tensors."""
+    from pathlib import Path
+
+    from dimbench.registry import create_model
+    from dimbench.train.checkpoint import load_checkpoint, load_model_weights, model_meta
+
+    ckpt = load_checkpoint(path, map_location="meta", mmap=False)
+    for name in models:
+        model = create_model(name, image_size, device="meta")
+        load_model_weights(model, ckpt, model_meta(model, 8), f"--weights {path}")
+    return str(Path(path).resolve())

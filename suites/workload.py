@@ -64,6 +64,11 @@ def build_workload(cfg: Config, seed: int = 0) -> Workload:
     model = create_model(
         cfg.model, image_size=cfg.image_size, device=device, **cfg.backend_kwargs()
     )
+    if cfg.weights:
+        from dimbench.train.checkpoint import load_checkpoint, load_model_weights, model_meta
+
+        ckpt = load_checkpoint(cfg.weights, map_location=device)
+        load_model_weights(model, ckpt, model_meta(model, 8), f"--weights {cfg.weights}")
     net = compiled(model, cfg.compile)
     latent = get_model(cfg.model).input_size(cfg.image_size)
     b = cfg.batch_size

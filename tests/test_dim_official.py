@@ -484,3 +484,26 @@ def test_the_cifar_config_converts_but_is_not_sampled():
     assert (model.in_channels, model.num_classes) == (3, 10)
     with pytest.raises(UsageError, match="pixel-space checkpoint.*is_align_exchange_q_kv"):
         as_dimbench_checkpoint(sd, "cifar.pth")
+
+
+def test_run_with_official_weights(tmp_path, capsys):
+    """`dimbench run ... --weights nnet_ema.pth`: the released weights in the measured model,
+    and a model they do not fit is refused before anything runs."""
+    from dimbench.cli import main
+    from dimbench.results import ResultStore
+
+    torch.save(official_state_dict(grid=(2, 2)), tmp_path / "nnet_ema.pth")
+    args = ["run", "memory", "--models", "DiM-T/2", "--res", "32", "64"]
+    args += ["--weights", str(tmp_path / "nnet_ema.pth"), "--out", str(tmp_path / "res")]
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 0
+    rows = ResultStore(tmp_path / "res", "memory").rows()
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    assert {r["weights"] for r in rows} == {str((tmp_path / "nnet_ema.pth").resolve())}
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main([*args[:3], "DiT-T/2", *args[4:]])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "official DiM-T/2" in err and "not a DiM" in err and "\n" not in err

@@ -63,6 +63,13 @@ def run(
         help="Every model through torch.compile (inductor; compiled during the warm-up, which "
         "then takes tens of seconds); recorded in each row's compile column [eager]",
     ),
+    weights: Path = typer.Option(
+        None,
+        "--weights",
+        help="Load these weights (a dimbench checkpoint, or a released DiM nnet_ema.pth for "
+        "the DiM-*-imagenet* models) into every model [random initialisation]",
+        show_default=False,
+    ),
     threads: int = typer.Option(None, "--threads", help="torch threads [torch's default]"),
     omp_wait_policy: str = typer.Option(
         None,
@@ -138,6 +145,7 @@ def run(
         attn_backend=attn_backend,
         conv_backend=conv_backend,
         compile="inductor" if compile else "eager",
+        weights=str(weights) if weights else "",
         warmup=warmup if warmup is not None else (3 if on_gpu else 1),
         repeats=repeats if repeats is not None else (20 if on_gpu else 10),
         budget_s=budget if budget is not None else (10.0 if on_gpu else 20.0),

@@ -133,6 +133,22 @@ def load_weights(model: torch.nn.Module, state: dict, what: str) -> None:
         raise CheckpointError(f"{what}: the weights do not fit the model: {detail}") from None
 
 
+def load_model_weights(
+    model: torch.nn.Module, ckpt: dict, expected: dict, what: str, which: str = "ema"
+) -> None:
+    """A checkpoint's weights (``which``: ema or model) into ``model``, which may be built for
+    another resolution: a dimbench checkpoint of the same architecture (``expected`` is the
+    model's ``model_meta``) or a released DiM file (its shapes decide, not its name). One-line
+    ``CheckpointError`` when they do not fit."""
+    if "official" in ckpt["meta"]:
+        from dimbench.models.dim_official import check_official_fits
+
+        check_official_fits(ckpt["meta"], model, what)
+    else:
+        check_compatible(ckpt["meta"], expected, what, allow_resize=True)
+    load_weights(model, ckpt[which], what)
+
+
 def _norm(v):
     return list(v) if isinstance(v, tuple) else v
 

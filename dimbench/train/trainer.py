@@ -29,7 +29,6 @@ from dimbench.compile import compiled
 from dimbench.diffusion.losses import LOSSES, training_losses
 from dimbench.diffusion.schedule import SCHEDULES, NoiseSchedule
 from dimbench.errors import Interrupted, UsageError
-from dimbench.models.dim_official import check_official_fits
 from dimbench.paths import writable_dir
 from dimbench.registry import get_model
 from dimbench.threads import omp_policy_in_effect
@@ -40,6 +39,7 @@ from dimbench.train.checkpoint import (
     atomic_save,
     check_compatible,
     load_checkpoint,
+    load_model_weights,
     load_weights,
     model_meta,
     remove_stale_temp_files,
@@ -280,12 +280,9 @@ class Trainer:
     def _init_from(self, path: str, which: str) -> None:
         """Weak-to-strong: this model's weights from a checkpoint of the same architecture at
         another resolution (the model resizes its position embedding while loading)."""
-        src = load_checkpoint(path)
-        if "official" in src["meta"]:  # a released DiM file: its shapes decide, not its name
-            check_official_fits(src["meta"], self.model, path)
-        else:
-            check_compatible(src["meta"], self.meta, path, allow_resize=True)
-        load_weights(self.model, src[which], f"--init-from {path}")
+        load_model_weights(
+            self.model, load_checkpoint(path), self.meta, f"--init-from {path}", which
+        )
 
     # ---- the loop -------------------------------------------------------------------------
 
