@@ -744,4 +744,4 @@ def test_cli_help_shows_the_defaults(capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert "merge base with the upstream" in out and "HEAD~1" in out
     assert "results/baselines/<machine-class>.json" in out
-    assert "[default: 0.1]" in out
+    assert "[default: 0.08]" in out

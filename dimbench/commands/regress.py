@@ -75,7 +75,7 @@ def regress(
         "results/baselines/<machine-class>.json in the source tree, or --baseline]",
     ),
     threshold: float = typer.Option(
-        0.10, "--threshold", help="Slowdown that fails the gate: 0.10 = more than 10% slower"
+        0.08, "--threshold", help="Slowdown that fails the gate: 0.08 = more than 8% slower"
     ),
     alpha: float = typer.Option(
         0.01, "--alpha", help="Significance level of the one-sided Mann-Whitney U test"

@@ -21,7 +21,9 @@ from dataclasses import dataclass
 
 from scipy.stats import mannwhitneyu
 
-DEFAULT_THRESHOLD = 0.10  # A/B in one run: base and head differ by under 5% run to run
+# A/B in one run (issue 13, a shared 2-core machine): an unchanged tree read within 0.94..1.09 in
+# 30 runs, busy neighbours included; the cpu scan made 15% slower read 1.08..1.17.
+DEFAULT_THRESHOLD = 0.08
 DEFAULT_ALPHA = 0.01
 
 OK, FASTER, NOISY, REGRESSION = "ok", "faster", "noisy", "regression"
