@@ -493,6 +493,10 @@ def test_single_commit_needs_a_base(tmp_path):
     with pytest.raises(UsageError, match="no parent commit"):
         resolve_base(repo, None)
     assert resolve_base(repo, "HEAD").sha == _git(repo, "rev-parse", "HEAD")
+    shallow = tmp_path / "shallow"
+    _git(tmp_path, "clone", "-q", "--depth", "1", f"file://{_repo(tmp_path / 'two')}", str(shallow))
+    with pytest.raises(UsageError, match="shallow clone"):
+        resolve_base(shallow, None)
 
 
 def test_base_without_dimbench_is_a_usage_error(tmp_path):
@@ -637,6 +641,21 @@ def test_ab_flow_on_synthetic_cases(tmp_path):
     assert rows["spin/fixed"].verdict in (OK, NOISY, FASTER)
     assert slow.head["dirty"] and slow.base["sha"] == base.sha
     assert len(slow.base["workers"]) == 2  # first run and confirmation: fresh processes
+    assert len(_worktrees(repo)) == 1
+
+
+def test_interrupt_mid_run_ends_the_workers_and_removes_the_worktree(tmp_path, monkeypatch):
+    repo = _repo(tmp_path / "repo")
+    workers = []
+
+    def interrupted(sides, rounds, seed, on_round=None):
+        workers.extend(side.proc for side in sides)
+        raise KeyboardInterrupt  # Ctrl-C (or SIGTERM, which the CLI turns into one)
+
+    monkeypatch.setattr(gate, "interleave", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_ab(head_revision(repo), resolve_base(repo, None), Config(rounds=5))
+    assert len(workers) == 2 and all(proc.poll() is not None for proc in workers)
     assert len(_worktrees(repo)) == 1
 
 

@@ -101,8 +101,10 @@ def default_base(root: Path) -> tuple[str, str]:
             return merge_base, f"merge base with {upstream}"
     parent = _commit(root, "HEAD~1")
     if parent is None:
+        shallow = _out(root, "rev-parse", "--is-shallow-repository") == "true"
+        hint = " (a shallow clone: `git fetch --deepen=1` fetches it)" if shallow else ""
         raise UsageError(
-            "HEAD has no parent commit to compare with: name a base revision with --base REV"
+            f"HEAD has no parent commit to compare with{hint}: name a base with --base REV"
         )
     return parent, "HEAD~1"
 
