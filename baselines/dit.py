@@ -22,6 +22,9 @@ import torch
 from timm.layers import Mlp, PatchEmbed
 from torch import nn
 
+from dimbench.models.checkpointing import GradCheckpointing, run_block
+from dimbench.registry import register_model
+
 from .layers import Attention, patch_grid, timestep_embedding, unpatchify
 
 
@@ -126,10 +129,8 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm_final(x), shift, scale))
 
 
-class DiT(nn.Module):
+class DiT(GradCheckpointing, nn.Module):
     """Diffusion transformer over a latent of ``input_size`` (any multiple of the patch works)."""
-
-    family = "dit"
 
     def __init__(
         self,
@@ -153,6 +154,8 @@ class DiT(nn.Module):
         self.in_channels = in_channels
         self.out_channels = in_channels * 2 if learn_sigma else in_channels
         self.patch_size = patch_size
+        self.hidden_size = hidden_size
+        self.depth = depth
         self.num_heads = num_heads
         self.num_classes = num_classes
         self.grid_size = (hw[0] // patch_size, hw[1] // patch_size)
@@ -215,7 +218,7 @@ class DiT(nn.Module):
         x = self.x_embedder(x) + self.pos_embed_for(grid, x.device)
         c = self.t_embedder(t) + self.y_embedder(y, self.training)
         for block in self.blocks:
-            x = block(x, c)
+            x = run_block(block, self.grad_checkpointing, x, c)
         x = self.final_layer(x, c)
         return unpatchify(x, grid, self.patch_size, self.out_channels)
 
@@ -250,19 +253,23 @@ CONFIGS: dict[str, dict] = {
 
 
 def _constructor(config: dict):
-    def build(
-        input_size: tuple[int, int] = (32, 32),
-        scan_backend: str = "auto",  # no scan in DiT; accepted for the common interface
-        attn_backend: str = "auto",
-        **overrides,
-    ) -> DiT:
-        return DiT(input_size=input_size, attn_backend=attn_backend, **{**config, **overrides})
+    def build(input_size: tuple[int, int] = (32, 32), **overrides) -> DiT:
+        return DiT(input_size=input_size, **{**config, **overrides})
 
     return build
 
 
-MODELS = {
-    f"DiT-{size}/{patch}": _constructor({**cfg, "patch_size": patch})
-    for size, cfg in CONFIGS.items()
-    for patch in ((2,) if size == "T" else (2, 4, 8))
-}
+for _size, _config in CONFIGS.items():
+    for _patch in (2,) if _size == "T" else (2, 4, 8):
+        register_model(
+            f"DiT-{_size}/{_patch}",
+            kernels=("attention",),
+            patch_size=_patch,
+            width="hidden_size",
+            width_multiple=4,  # the sin-cos position embedding needs a multiple of 4
+            heads="num_heads",
+            parameterisation="eps+sigma",
+            schedule="linear",
+            family="DiT",
+            baseline=True,
+        )(_constructor({**_config, "patch_size": _patch}))

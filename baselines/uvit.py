@@ -25,6 +25,9 @@ import torch
 from timm.layers import Mlp, PatchEmbed, resample_abs_pos_embed, trunc_normal_
 from torch import nn
 
+from dimbench.models.checkpointing import GradCheckpointing, run_block
+from dimbench.registry import register_model
+
 from .layers import Attention, patch_grid, timestep_embedding, unpatchify
 
 
@@ -54,10 +57,9 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-class UViT(nn.Module):
+class UViT(GradCheckpointing, nn.Module):
     """U-ViT over a latent of ``input_size`` (any multiple of the patch works at run time)."""
 
-    family = "uvit"
     learn_sigma = False
     extras = 2  # label and time tokens
 
@@ -84,6 +86,8 @@ class UViT(nn.Module):
         if num_classes <= 0:
             raise ValueError("U-ViT here is class-conditional: num_classes must be positive")
         self.embed_dim = embed_dim
+        self.depth = depth
+        self.num_heads = num_heads
         self.in_channels = self.out_channels = in_channels
         self.patch_size = patch_size
         self.num_classes = num_classes
@@ -147,12 +151,13 @@ class UViT(nn.Module):
         x = x + self.pos_embed_for(grid)
 
         skips = []
+        ckpt = self.grad_checkpointing
         for blk in self.in_blocks:
-            x = blk(x)
+            x = run_block(blk, ckpt, x)
             skips.append(x)
-        x = self.mid_block(x)
+        x = run_block(self.mid_block, ckpt, x)
         for blk in self.out_blocks:
-            x = blk(x, skips.pop())
+            x = run_block(blk, ckpt, x, skips.pop())
 
         x = self.decoder_pred(self.norm(x))[:, self.extras :]
         x = unpatchify(x, grid, self.patch_size, self.in_channels)
@@ -205,19 +210,21 @@ CONFIGS: dict[str, dict] = {
 
 
 def _constructor(config: dict):
-    def build(
-        input_size: tuple[int, int] = (32, 32),
-        scan_backend: str = "auto",  # no scan in U-ViT; accepted for the common interface
-        attn_backend: str = "auto",
-        **overrides,
-    ) -> UViT:
-        return UViT(input_size=input_size, attn_backend=attn_backend, **{**config, **overrides})
+    def build(input_size: tuple[int, int] = (32, 32), **overrides) -> UViT:
+        return UViT(input_size=input_size, **{**config, **overrides})
 
     return build
 
 
-MODELS = {
-    f"U-ViT-{size}/{patch}": _constructor({**cfg, "patch_size": patch})
-    for size, cfg in CONFIGS.items()
-    for patch in ((2,) if size == "T" else (2, 4))
-}
+for _size, _config in CONFIGS.items():
+    for _patch in (2,) if _size == "T" else (2, 4):
+        register_model(
+            f"U-ViT-{_size}/{_patch}",
+            kernels=("attention",),
+            patch_size=_patch,
+            width="embed_dim",
+            width_multiple=2,
+            heads="num_heads",
+            family="U-ViT",
+            baseline=True,
+        )(_constructor({**_config, "patch_size": _patch}))

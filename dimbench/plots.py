@@ -1,6 +1,8 @@
-"""Scaling figures from result CSVs: throughput, peak memory and GFLOPs against resolution (log
-axes, one line per model, OOM/timeout marked) and DiM's throughput over each baseline's, with
-the resolution where DiM overtakes it.
+"""Scaling figures from result CSVs: every registered suite's panels against resolution (log
+axes, one line per model, OOM/timeout marked: throughput, peak memory and GFLOPs for the
+built-in suites), and each model's standing against the attention baselines, with the
+resolution where it overtakes them. What is drawn comes from the suites' and models'
+declarations (``dimbench.suites.spec.Panel`` / ``Ratio``, ``register_model``).
 """
 
 from __future__ import annotations
@@ -10,91 +12,99 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from dimbench.registry import UnknownModelError, get_model
+from dimbench.suites import all_suites
+from dimbench.suites.spec import Panel, Ratio, Suite
+
 FAMILY_COLOURS = {  # one hue per family, darker for bigger models
-    "dim": ["#9ecae1", "#4292c6", "#08519c", "#08306b"],
-    "dit": ["#fdae6b", "#f16913", "#d94801", "#8c2d04"],
-    "uvit": ["#a1d99b", "#41ab5d", "#238b45", "#00441b"],
+    "DiM": ["#9ecae1", "#4292c6", "#08519c", "#08306b"],
+    "DiT": ["#fdae6b", "#f16913", "#d94801", "#8c2d04"],
+    "U-ViT": ["#a1d99b", "#41ab5d", "#238b45", "#00441b"],
 }
+OTHER_COLOURS = [  # families that bring no colours of their own, in order of appearance
+    ["#bcbddc", "#807dba", "#6a51a3", "#3f007d"],
+    ["#fa9fb5", "#dd3497", "#ae017e", "#7a0177"],
+    ["#d9d9d9", "#969696", "#636363", "#252525"],
+]
+FAMILY_MARKERS = {"DiM": "o", "DiT": "s", "U-ViT": "^"}
 SIZE_ORDER = ["T", "S", "B", "M", "L", "XL", "H"]
 # Sizes of comparable parameter count: DiM-H/2 (860M) is compared with DiT-XL/2 and U-ViT-H/2.
 SIZE_CLASS = {"T": "T", "S": "S", "B": "B", "M": "B", "L": "L", "XL": "H", "H": "H"}
 FAILED_MARK = {"oom": "OOM", "timeout": "timeout", "error": "error"}
+UNREGISTERED = "other"  # rows of a model no module registers any more
 
 
 def model_family(name: str) -> str:
-    if name.startswith("DiM"):
-        return "dim"
-    if name.startswith("U-ViT"):
-        return "uvit"
-    if name.startswith("DiT"):
-        return "dit"
-    return "other"
+    """The family a model registered with (its plot label and colour)."""
+    try:
+        return get_model(name).family
+    except UnknownModelError:
+        return UNREGISTERED
+
+
+def is_baseline(name: str) -> bool:
+    try:
+        return get_model(name).baseline
+    except UnknownModelError:
+        return False
 
 
 def model_size(name: str) -> str:
-    m = re.search(r"-([A-Z]+)/\d+$", name)
+    m = re.search(r"-([A-Z]+)/\d+", name)
     return m.group(1) if m else ""
+
+
+def _palette(family: str, all_families: list[str]) -> list[str]:
+    if family in FAMILY_COLOURS:
+        return FAMILY_COLOURS[family]
+    others = [f for f in all_families if f not in FAMILY_COLOURS]
+    return OTHER_COLOURS[others.index(family) % len(OTHER_COLOURS)]
 
 
 def model_style(name: str, all_names: list[str]) -> dict:
     """Colour by family (shade by size), marker by family."""
     fam = model_family(name)
+    families = sorted({model_family(n) for n in all_names})
     same = sorted(
         {n for n in all_names if model_family(n) == fam},
         key=lambda n: (SIZE_ORDER.index(model_size(n)) if model_size(n) in SIZE_ORDER else 99, n),
     )
-    palette = FAMILY_COLOURS.get(fam, ["#636363", "#252525", "#969696", "#000000"])
+    palette = _palette(fam, families)
     shade = palette[min(len(palette) - 1, same.index(name) + max(0, 3 - len(same)))]
-    marker = {"dim": "o", "dit": "s", "uvit": "^"}.get(fam, "D")
-    return {"color": shade, "marker": marker}
-
-
-# kind -> (metric column, ratio label, wording: crossing, always ahead, never ahead)
-RATIO_KINDS = {
-    "throughput": (
-        "imgs_per_s",
-        "DiM/baseline throughput",
-        ("overtakes {b} at about {x:.0f} px", "is faster than {b} at every resolution ({lo}-{hi}"
-         " px)", "is slower than {b} up to {hi} px (no crossover)"),
-    ),
-    "flops": (
-        "gflops",
-        "baseline/DiM GFLOPs",
-        ("needs fewer GFLOPs than {b} from about {x:.0f} px", "needs fewer GFLOPs than {b} at "
-         "every resolution ({lo}-{hi} px)", "needs more GFLOPs than {b} up to {hi} px"),
-    ),
-}  # fmt: skip
+    return {"color": shade, "marker": FAMILY_MARKERS.get(fam, "D")}
 
 
 @dataclass
 class Crossover:
-    """How DiM compares with one baseline across resolution. ``ratios`` > 1 means DiM is
-    ahead: its throughput over the baseline's, or the baseline's GFLOPs over DiM's."""
+    """How a model compares with one attention baseline across resolution on a suite's metric.
+    ``ratios`` > 1 means the model is ahead (``Ratio.higher_is_better`` says which way)."""
 
-    dim: str
+    model: str
     baseline: str
     resolutions: list[int]
     ratios: list[float]  # where both ran
     crossover_px: float | None  # interpolated resolution where the ratio reaches 1
-    note: str = ""  # e.g. the baseline ran out of memory where DiM did not
-    kind: str = "throughput"
+    note: str = ""  # e.g. the baseline ran out of memory where the model did not
+    kind: str = "throughput"  # the suite whose rows gave it
+    ratio: Ratio | None = None
 
     def sentence(self) -> str:
         if not self.ratios:
-            return f"{self.dim} vs {self.baseline}: no resolution where both ran. {self.note}"
-        _, label, (cross, ahead, behind) = RATIO_KINDS[self.kind]
+            return f"{self.model} vs {self.baseline}: no resolution where both ran. {self.note}"
+        r = self.ratio
+        label = r.label.format(model=model_family(self.model))
         measured = zip(self.resolutions, self.ratios, strict=True)
-        pairs = ", ".join(f"{r}: {q:.2f}x" for r, q in measured)
+        pairs = ", ".join(f"{res}: {q:.2f}x" for res, q in measured)
         lo, hi = self.resolutions[0], self.resolutions[-1]
         fields = dict(b=self.baseline, x=self.crossover_px, lo=lo, hi=hi)
         if self.crossover_px is not None:
-            head = f"{self.dim} " + cross.format(**fields)
+            head = f"{self.model} " + r.crossing.format(**fields)
         elif all(q >= 1 for q in self.ratios):
-            head = f"{self.dim} " + ahead.format(**fields)
+            head = f"{self.model} " + r.ahead.format(**fields)
         elif all(q < 1 for q in self.ratios):
-            head = f"{self.dim} " + behind.format(**fields)
+            head = f"{self.model} " + r.behind.format(**fields)
         else:
-            head = f"{self.dim} vs {self.baseline}: the ratio crosses 1 more than once"
+            head = f"{self.model} vs {self.baseline}: the ratio crosses 1 more than once"
         return f"{head} ({label}: {pairs}).{' ' + self.note if self.note else ''}"
 
 
@@ -113,40 +123,43 @@ def _crossing(res: list[int], ratios: list[float]) -> float | None:
 
 
 def comparison_pairs(models: list[str]) -> list[tuple[str, str]]:
-    """(DiM, baseline) pairs: every baseline when there is one DiM, else same size class."""
-    dims = [m for m in models if model_family(m) == "dim"]
-    bases = [m for m in models if model_family(m) in ("dit", "uvit")]
-    if len(dims) == 1:
-        return [(dims[0], b) for b in bases]
+    """(model, baseline) pairs: every baseline when there is one model that is not a baseline,
+    else the baselines of the same size class."""
+    candidates = [m for m in models if not is_baseline(m)]
+    bases = [m for m in models if is_baseline(m)]
+    if len(candidates) == 1:
+        return [(candidates[0], b) for b in bases]
     pairs = []
-    for d in dims:
+    for d in candidates:
         matched = [b for b in bases if SIZE_CLASS.get(model_size(b)) == model_size(d)]
         pairs += [(d, b) for b in (matched or bases)]
     return pairs
 
 
-def crossovers(df, kind: str = "throughput") -> list[Crossover]:
-    """DiM-over-baseline ratios and crossover resolutions from one group of throughput rows
-    (same device, dtype, mode, batch) or of flops rows."""
-    metric = RATIO_KINDS[kind][0]
+def crossovers(df, suite: Suite) -> list[Crossover]:
+    """Model-over-baseline ratios and crossover resolutions from one group of ``suite``'s rows
+    (same device, dtype, mode, batch)."""
+    ratio = suite.ratio
     out = []
     models = sorted(df["model"].unique())
-    for dim, base in comparison_pairs(models):
-        a = df[df["model"] == dim].set_index("image_size")
+    for model, base in comparison_pairs(models):
+        a = df[df["model"] == model].set_index("image_size")
         b = df[df["model"] == base].set_index("image_size")
         res, ratios, notes = [], [], []
         for r in sorted(set(a.index) & set(b.index)):
             sa, sb = a.loc[r, "status"], b.loc[r, "status"]
             if sa == "ok" and sb == "ok":
-                qa, qb = float(a.loc[r, metric]), float(b.loc[r, metric])
+                qa, qb = float(a.loc[r, ratio.metric]), float(b.loc[r, ratio.metric])
                 res.append(int(r))
-                ratios.append(qa / qb if kind == "throughput" else qb / qa)
+                ratios.append(qa / qb if ratio.higher_is_better else qb / qa)
             elif sa == "ok" and sb != "ok":
-                notes.append(f"At {r} px {base} gave {sb} and {dim} ran.")
+                notes.append(f"At {r} px {base} gave {sb} and {model} ran.")
             elif sb == "ok" and sa != "ok":
-                notes.append(f"At {r} px {dim} gave {sa} and {base} ran.")
+                notes.append(f"At {r} px {model} gave {sa} and {base} ran.")
         crossing = _crossing(res, ratios)
-        out.append(Crossover(dim, base, res, ratios, crossing, " ".join(notes), kind))
+        out.append(
+            Crossover(model, base, res, ratios, crossing, " ".join(notes), suite.name, ratio)
+        )
     return out
 
 
@@ -227,16 +240,17 @@ def _empty(ax, text: str) -> None:
 
 
 def _plot_ratio(ax, cross: list[Crossover]) -> None:
-    names = sorted({c.dim for c in cross} | {c.baseline for c in cross})
+    names = sorted({c.model for c in cross} | {c.baseline for c in cross})
     sizes = []
     for c in cross:
         if not c.ratios:
             continue
         style = model_style(c.baseline, names)
-        label = f"{c.dim} / {c.baseline}" if c.kind == "throughput" else f"{c.baseline} / {c.dim}"
+        higher = c.ratio.higher_is_better
+        label = f"{c.model} / {c.baseline}" if higher else f"{c.baseline} / {c.model}"
         ax.plot(
             c.resolutions, c.ratios, label=label, linewidth=1.8, markersize=5,
-            linestyle="-" if c.kind == "throughput" else "--", **style,
+            linestyle="-" if higher else "--", **style,
         )  # fmt: skip
         sizes += c.resolutions
         if c.crossover_px is not None:
@@ -251,29 +265,59 @@ def _plot_ratio(ax, cross: list[Crossover]) -> None:
                 color=style["color"],
             )
     if not sizes:
-        _empty(ax, "no DiM / baseline pair measured")
+        _empty(ax, "no model / baseline pair measured")
         return
     ax.axhline(1.0, color="0.3", linewidth=1)
     _log_axes(ax, sizes)
     _plain_y_labels(ax)
-    throughput = any(c.kind == "throughput" for c in cross)
-    ax.set_ylabel("DiM throughput / baseline" if throughput else "baseline GFLOPs / DiM GFLOPs")
+    first = next(c for c in cross if c.ratios)
+    ax.set_ylabel(first.ratio.label.format(model=_families(c.model for c in cross)))
     ax.legend(fontsize=8, frameon=False)
 
 
+def _families(names) -> str:
+    return "/".join(sorted({model_family(n) for n in names}))
+
+
+GROUP_KEYS = ["device", "dtype", "mode", "batch_size"]
+
+
 def _groups(df) -> dict[tuple, object]:
-    """Throughput/memory rows split by (device, dtype, mode, batch)."""
+    """Rows split by (device, dtype, mode, batch)."""
     if df.empty:
         return {}
-    keys = ["device", "dtype", "mode", "batch_size"]
-    return {tuple(k): g for k, g in df.groupby(keys, sort=True)}
+    return {tuple(k): g for k, g in df.groupby(GROUP_KEYS, sort=True)}
+
+
+def _ungrouped_rows(rows):
+    """An ungrouped suite's rows (FLOPs: the same on every device), one mode: forward if
+    there is one."""
+    if rows.empty:
+        return rows
+    modes = set(rows["mode"])
+    return rows[rows["mode"] == ("forward" if "forward" in modes else sorted(modes)[0])]
+
+
+def _panel_rows(panel: Panel, suite: Suite, rows_of, key) -> tuple[object, str]:
+    """The rows a panel draws in the figure of group ``key`` and a note on where they came
+    from ("" when from its own suite)."""
+    own = rows_of(suite, key)
+    if not own.empty:
+        return own, ""
+    for other in panel.fallback:
+        rows = rows_of(other, key)
+        if not rows.empty and panel.metric in rows and rows[panel.metric].notna().any():
+            return rows, f", from the {other} runs"
+    return own, ""
 
 
 def plot_scaling(results_dir: str | Path, formats: tuple[str, ...] = ("png", "svg")) -> dict:
     """Draw ``scaling*.png/svg`` and ``summary.md`` beside the CSVs in ``results_dir``.
 
-    Returns {"figures": [paths], "crossovers": {group label: [Crossover]}} (throughput groups,
-    plus a "GFLOPs, forward" entry when there are flops rows).
+    One figure per (device, dtype, mode, batch) group of the grouped suites' rows: a panel per
+    declared suite panel and the model-over-baseline ratio. Returns {"figures": [paths],
+    "crossovers": {label: [Crossover]}} (the groups, plus one entry per ungrouped suite with a
+    ratio, e.g. "GFLOPs, forward").
     """
     import matplotlib
 
@@ -288,46 +332,55 @@ def plot_scaling(results_dir: str | Path, formats: tuple[str, ...] = ("png", "sv
         raise FileNotFoundError(f"no result CSVs in {results_dir}")
     df["image_size"] = df["image_size"].astype(int)
     df["batch_size"] = df["batch_size"].astype(int)
-    tp_all, mem_all = df[df["suite"] == "throughput"], df[df["suite"] == "memory"]
-    fl = df[df["suite"] == "flops"]
-    if not fl.empty:
-        modes = set(fl["mode"])
-        fl = fl[fl["mode"] == ("forward" if "forward" in modes else sorted(modes)[0])]
-    tp_groups, mem_groups = _groups(tp_all), _groups(mem_all)
-    group_keys = sorted(set(tp_groups) | set(mem_groups)) or [None]
-    flops_cross = crossovers(fl, kind="flops") if not fl.empty else []
+    suites = {s.name: s for s in all_suites() if not df[df["suite"] == s.name].empty}
+    by_suite = {name: df[df["suite"] == name] for name in suites}
+    ungrouped = {n: _ungrouped_rows(rows) for n, rows in by_suite.items() if not suites[n].grouped}
+    grouped = {n: _groups(rows) for n, rows in by_suite.items() if suites[n].grouped}
+    group_keys = sorted({k for groups in grouped.values() for k in groups}) or [None]
+
+    def rows_of(suite: Suite | str, key):
+        name = suite if isinstance(suite, str) else suite.name
+        if name in ungrouped:
+            return ungrouped[name]
+        return grouped.get(name, {}).get(key, df.iloc[0:0])
+
+    panels = [(suite, panel) for suite in suites.values() for panel in suite.panels]
+    side_cross = {
+        n: crossovers(rows, suites[n]) for n, rows in ungrouped.items() if suites[n].ratio
+    }
     figures, all_cross = [], {}
     for key in group_keys:
-        tp = tp_groups.get(key, tp_all.iloc[0:0])
-        mem = mem_groups.get(key, mem_all.iloc[0:0])
-        cross = crossovers(tp) if not tp.empty else []
-        fig, axes = plt.subplots(2, 2, figsize=(12, 9), constrained_layout=True)
-        ax_tp, ax_mem, ax_fl, ax_ratio = axes.ravel()
-        if tp.empty:
-            _empty(ax_tp, "no throughput rows")
-        else:
-            _plot_metric(ax_tp, tp, "imgs_per_s", "throughput (images / s)")
-        if mem.empty and not tp.empty and tp["peak_mem_mb"].notna().any():
-            mem, mem_title = tp, "peak memory (MB), from the throughput runs"
-        elif key is not None and str(key[0]).startswith("cuda"):
-            mem_title = "peak memory (MB, max allocated)"
-        else:
-            mem_title = "peak memory (MB, RSS above idle)"
-        if mem.empty:
-            _empty(ax_mem, "no memory rows")
-        else:
-            _plot_metric(ax_mem, mem, "peak_mem_mb", mem_title)
-        if fl.empty:
-            _empty(ax_fl, "no flops rows")
-        else:
-            _plot_metric(ax_fl, fl, "gflops", "GFLOPs per image (2 per MAC)", per_image=True)
-        _plot_ratio(ax_ratio, cross or flops_cross)
-        ax_tp.set_title("Throughput")
-        ax_mem.set_title("Peak memory")
-        ax_fl.set_title(f"Compute ({fl['mode'].iloc[0] if not fl.empty else 'forward'})")
-        ax_ratio.set_title("DiM over baselines (>1: DiM ahead)")
-        label = _group_label(key) if key else "flops only"
-        device_name = _first(tp, mem, column="device_name")
+        cross = []
+        for name, groups in grouped.items():
+            if suites[name].ratio and key in groups and not cross:
+                cross = crossovers(groups[key], suites[name])
+        n = len(panels) + 1
+        cols = 2 if n > 1 else 1
+        fig, axes = plt.subplots(
+            math.ceil(n / cols), cols, figsize=(12, 4.5 * math.ceil(n / cols)),
+            constrained_layout=True, squeeze=False,
+        )  # fmt: skip
+        axes = list(axes.ravel())
+        for ax, (suite, panel) in zip(axes, panels, strict=False):
+            rows, source = _panel_rows(panel, suite, rows_of, key)
+            title = panel.title
+            if not suite.grouped and not rows.empty:
+                title += f" ({rows['mode'].iloc[0]})"
+            ax.set_title(title)
+            if rows.empty:
+                _empty(ax, f"no {suite.name} rows")
+            else:
+                ylabel = panel.ylabel_for(key[0] if key else None) + source
+                _plot_metric(ax, rows, panel.metric, ylabel, panel.per_image)
+        ax_ratio = axes[len(panels)]
+        ratio_cross = cross or next(iter(side_cross.values()), [])
+        _plot_ratio(ax_ratio, ratio_cross)
+        models = _families(c.model for c in ratio_cross) or "models"
+        ax_ratio.set_title(f"{models} over baselines (>1: {models} ahead)")
+        for ax in axes[len(panels) + 1 :]:
+            ax.set_visible(False)
+        label = _group_label(key) if key else "ungrouped rows only"
+        device_name = _first(*(rows_of(s, key) for s in suites.values() if s.grouped))
         fig.suptitle(f"dimbench scaling: {label}" + (f" on {device_name}" if device_name else ""))
         stem = "scaling" if len(group_keys) == 1 else "scaling_" + _slug(key)
         for fmt in formats:
@@ -336,13 +389,14 @@ def plot_scaling(results_dir: str | Path, formats: tuple[str, ...] = ("png", "sv
             figures.append(path)
         plt.close(fig)
         all_cross[label] = cross
-    if flops_cross:
-        all_cross[f"GFLOPs, {fl['mode'].iloc[0]}"] = flops_cross
-    (results_dir / "summary.md").write_text(summary_markdown(df, all_cross, figures))
+    for name, items in side_cross.items():
+        if items:
+            all_cross[f"{suites[name].ratio.name}, {ungrouped[name]['mode'].iloc[0]}"] = items
+    (results_dir / "summary.md").write_text(summary_markdown(df, all_cross, figures, suites))
     return {"figures": figures, "crossovers": all_cross}
 
 
-def _first(*frames, column: str) -> str:
+def _first(*frames, column: str = "device_name") -> str:
     for f in frames:
         if not f.empty and column in f and f[column].notna().any():
             return str(f[column].dropna().iloc[0])
@@ -354,7 +408,9 @@ def _slug(key: tuple) -> str:
     return re.sub(r"[^a-z0-9_]+", "-", f"{device}_{dtype}_{mode}_b{batch}".lower())
 
 
-def summary_markdown(df, cross: dict[str, list[Crossover]], figures: list[Path]) -> str:
+def summary_markdown(
+    df, cross: dict[str, list[Crossover]], figures: list[Path], suites: dict[str, Suite]
+) -> str:
     """A short human summary of a results folder: what ran where, and the crossovers."""
 
     def values(frame, column: str) -> str:
@@ -364,17 +420,15 @@ def summary_markdown(df, cross: dict[str, list[Crossover]], figures: list[Path])
 
     lines = ["# dimbench results", ""]
     measured = df[df["device"] != "meta"]
-    for suite in ("throughput", "memory", "flops"):
-        rows = df[df["suite"] == suite]
-        if rows.empty:
-            continue
-        where = "counted on the meta device" if suite == "flops" else (
+    for name, suite in suites.items():
+        rows = df[df["suite"] == name]
+        where = "counted on the meta device" if not suite.isolated else (
             f"measured on {values(rows, 'device_name')} ({values(rows, 'device')}, "
             f"{values(rows, 'threads')} threads, OMP_WAIT_POLICY "
             f"{values(rows, 'omp_wait_policy') or 'unset'})"
         )  # fmt: skip
         lines.append(
-            f"- `{suite}.csv`: {len(rows)} rows, {where}; torch {values(rows, 'torch_version')}, "
+            f"- `{name}.csv`: {len(rows)} rows, {where}; torch {values(rows, 'torch_version')}, "
             f"dimbench {values(rows, 'git_sha')}, "
             f"{', '.join(sorted({str(t)[:10] for t in rows['timestamp'].dropna()}))}."
         )
@@ -391,9 +445,10 @@ def summary_markdown(df, cross: dict[str, list[Crossover]], figures: list[Path])
     for label, items in cross.items():
         if not items:
             continue
-        kind = items[0].kind
-        title = "overtakes the baselines" if kind == "throughput" else "needs fewer FLOPs"
-        lines += [f"## Where DiM {title} ({label})", ""]
+        lines += [
+            f"## Where {_families(c.model for c in items)} {items[0].ratio.heading} ({label})"
+        ]
+        lines.append("")
         lines += [f"- {c.sentence()}" for c in items]
         lines.append("")
     return "\n".join(lines)

@@ -11,17 +11,21 @@ the row.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
-# name -> meaning. The order is the CSV's column order.
-COLUMNS: dict[str, str] = {
-    "suite": "throughput | memory | flops",
+from dimbench.errors import UsageError
+
+# name -> meaning. A CSV's columns: these, the metric columns the suites register, then TAIL.
+HEAD_COLUMNS: dict[str, str] = {
+    "suite": "the suite that measured the row (throughput, memory, flops, ...)",
     "model": "registry name, e.g. DiM-H/2",
-    "family": "dim | dit | uvit",
+    "family": "the model's registered family, lower case: dim | dit | uvit | ...",
     "image_size": "image side in pixels (latents are image_size/8)",
     "tokens": "image patch tokens: (image_size / 8 / patch_size)^2",
     "batch_size": "images per forward pass",
@@ -29,29 +33,15 @@ COLUMNS: dict[str, str] = {
     "device_name": "CPU or GPU model",
     "dtype": "fp32 | bf16 | fp16 (bf16/fp16: torch.autocast, fp32 weights)",
     "mode": "forward (inference) | train (forward + MSE loss + backward + AdamW step)",
-    "scan_backend": "selective-scan backend used (DiM); '-' for a model without a scan",
-    "attn_backend": "attention backend used (DiT/U-ViT); '-' for a model without attention",
-    "imgs_per_s": "batch_size / median latency",
-    "latency_ms": "median latency of one forward (or train step) over the timed repeats",
-    "latency_iqr_ms": "interquartile range of those latencies (0 with a single repeat)",
-    "repeats": "timed repeats behind the median (after warm-up)",
-    "sample_steps": "sampler steps assumed for sample_latency_s",
-    "sample_latency_s": "one guided sampling run: sample_steps x 2 (CFG) x latency_ms / 1000",
-    "peak_mem_mb": "GPU: max_memory_allocated; CPU: peak RSS above the process's idle level",
-    "peak_mem_reserved_mb": "GPU: max_memory_reserved (caching allocator); empty on CPU",
-    "gmacs": "multiply-accumulates per forward (or train step) of the batch, in 1e9",
-    "gflops": "2 x gmacs (torch.utils.flop_counter convention)",
-    "params_m": "parameters in millions",
+    "scan_backend": "selective-scan backend used; '-' for a model without a scan",
+    "attn_backend": "attention backend used; '-' for a model without attention",
+    "conv_backend": "causal-conv1d backend used; '-' for a model without one",
+    "compile": "eager | inductor (torch.compile, compiled in the warm-up)",
+    "weights": "the checkpoint the model's weights came from ('' = random initialisation)",
+}
+TAIL_COLUMNS: dict[str, str] = {
     "status": "ok | oom | timeout | error",
     "error": "one line: why a row is not ok",
-    "gpu_power_w": "mean board power over the timed region (NVML)",
-    "gpu_power_max_w": "max board power over the timed region (NVML)",
-    "gpu_util_pct": "mean GPU utilisation over the timed region (NVML)",
-    "gpu_sm_clock_mhz": "mean SM clock over the timed region (NVML)",
-    "gpu_temp_c": "max GPU temperature over the timed region (NVML)",
-    "energy_j_per_img": "energy of the timed region / images processed (NVML energy counter)",
-    "cpu_util_pct": "this process's CPU use over the timed region, % of one core",
-    "system_cpu_pct": "the whole machine's CPU use over the timed region, % of all cores",
     "load_avg_1m": "1-minute load average when the measurement started",
     "threads": "torch.get_num_threads() in the measuring process",
     "omp_wait_policy": "OMP_WAIT_POLICY of the measuring process (PASSIVE: idle threads sleep)",
@@ -63,17 +53,23 @@ COLUMNS: dict[str, str] = {
     "wall_s": "seconds the whole measurement took (process start to result)",
     "timestamp": "UTC time the row was written (ISO 8601)",
 }
-METRIC_COLUMNS = (
-    "imgs_per_s",
-    "latency_ms",
-    "latency_iqr_ms",
-    "sample_latency_s",
-    "peak_mem_mb",
-    "peak_mem_reserved_mb",
-    "gmacs",
-    "gflops",
-    "params_m",
-)
+METRIC_COLUMNS: dict[str, str] = {}  # registered by the suites (dimbench.suites.register_suite)
+COLUMNS: dict[str, str] = {**HEAD_COLUMNS, **TAIL_COLUMNS}  # kept in CSV order, updated in place
+
+
+def register_columns(columns: dict[str, str]) -> None:
+    """Add a suite's metric columns to the one schema every result CSV has. A name another
+    suite registered with another meaning is an error; the same meaning is shared."""
+    for name, meaning in columns.items():
+        known = {**HEAD_COLUMNS, **TAIL_COLUMNS, **METRIC_COLUMNS}.get(name)
+        if known is not None and known != meaning:
+            raise ValueError(f"result column {name!r} means {known!r} already, not {meaning!r}")
+        METRIC_COLUMNS.setdefault(name, meaning)
+    ordered = {**HEAD_COLUMNS, **METRIC_COLUMNS, **TAIL_COLUMNS}
+    COLUMNS.clear()
+    COLUMNS.update(ordered)
+
+
 # What identifies a measurement: a rerun with the same key is the same measurement.
 KEY_COLUMNS = (
     "suite",
@@ -85,6 +81,9 @@ KEY_COLUMNS = (
     "mode",
     "scan_backend",
     "attn_backend",
+    "conv_backend",
+    "compile",
+    "weights",
 )
 STATUSES = ("ok", "oom", "timeout", "error")
 # Rows that a rerun does not repeat; timeouts and errors are retried unless asked not to.
@@ -107,7 +106,7 @@ def make_row(**fields) -> dict:
     return row
 
 
-def _key_part(value) -> str:
+def key_part(value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     if isinstance(value, float) and value.is_integer():
@@ -117,7 +116,7 @@ def _key_part(value) -> str:
 
 def row_key(row: dict) -> tuple[str, ...]:
     """The identity of a row, as strings so CSV-read and fresh rows compare equal."""
-    return tuple(_key_part(row.get(c)) for c in KEY_COLUMNS)
+    return tuple(key_part(row.get(c)) for c in KEY_COLUMNS)
 
 
 def _cell(value) -> str:
@@ -130,6 +129,64 @@ def _cell(value) -> str:
     return str(value).replace("\n", " ")
 
 
+# The columns every dimbench result CSV has had: a file without them is not one of ours.
+IDENTITY_COLUMNS = ("suite", "model", "image_size", "status")
+
+
+class ResultFileError(UsageError):
+    """A result CSV that is not dimbench's, or is corrupt: refused, never rewritten."""
+
+
+@dataclass
+class CsvContents:
+    header: list[str]
+    rows: list[dict]
+    partial_tail: bool  # the last line was cut off (its writer killed mid-row): not a row
+    clean_end: bool  # the file ends with a newline: a row can be appended as it is
+
+
+def read_result_csv(path: Path) -> CsvContents | None:
+    """The rows of a dimbench result CSV (None for a missing or empty file).
+
+    Raises ``ResultFileError`` for a file with another header (a foreign CSV, or one from a
+    newer dimbench) or a malformed row anywhere but at the end. A last line without its
+    newline and with too few fields is a row whose writer was killed mid-write: it is reported
+    as ``partial_tail`` and left out; every intact row is kept.
+    """
+    if not path.exists() or path.stat().st_size == 0:
+        return None
+    try:
+        with path.open(newline="") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ResultFileError(f"cannot read {path}: {e}") from None
+    try:
+        lines = list(csv.reader(io.StringIO(text)))
+    except csv.Error as e:
+        raise ResultFileError(f"{path} is not a readable CSV ({e}); move it away") from None
+    header, body = lines[0], lines[1:]
+    unknown = [c for c in header if c not in COLUMNS]
+    missing = [c for c in IDENTITY_COLUMNS if c not in header]
+    if unknown or missing:
+        what = f"unknown columns {', '.join(unknown[:3])}" if unknown else "no " + missing[0]
+        raise ResultFileError(
+            f"{path} is not a dimbench result file ({what}); move it away or choose another "
+            "--out (it is left as it is)"
+        )
+    clean_end = text.endswith(("\n", "\r"))
+    partial = False
+    if body and not clean_end and len(body[-1]) != len(header):
+        body, partial = body[:-1], True
+    for i, fields in enumerate(body):
+        if len(fields) != len(header):
+            raise ResultFileError(
+                f"{path} is corrupt: row {i + 1} has {len(fields)} fields, the header "
+                f"{len(header)}; fix or remove that line (the file is left as it is)"
+            )
+    rows = [dict(zip(header, fields, strict=True)) for fields in body]
+    return CsvContents(header=header, rows=rows, partial_tail=partial, clean_end=clean_end)
+
+
 class ResultStore:
     """The CSV (and raw-sample JSONL) of one suite in one results folder."""
 
@@ -139,12 +196,14 @@ class ResultStore:
         self.csv_path = self.out_dir / f"{suite}.csv"
         self.samples_path = self.out_dir / f"{suite}.samples.jsonl"
 
+    def check(self) -> None:
+        """Refuse a foreign or corrupt CSV before any measurement (``ResultFileError``)."""
+        read_result_csv(self.csv_path)
+
     def rows(self) -> list[dict]:
-        """Every row in the CSV, in file order, as strings ("" for empty)."""
-        if not self.csv_path.exists():
-            return []
-        with self.csv_path.open(newline="") as f:
-            return list(csv.DictReader(f))
+        """Every intact row in the CSV, in file order, as strings ("" for empty)."""
+        contents = read_result_csv(self.csv_path)
+        return [] if contents is None else contents.rows
 
     def done_keys(self, retry_failed: bool = True) -> set[tuple[str, ...]]:
         """Keys a rerun should skip: rows with a final status (ok, oom), plus timeouts and
@@ -156,15 +215,17 @@ class ResultStore:
         return {k for k, status in latest.items() if status in final}
 
     def append(self, row: dict, raw: dict | None = None) -> None:
-        """Append one row (and its raw samples); the file is created with a header if new."""
+        """Append one row (and its raw samples); the file is created with a header if new.
+
+        A CSV in an older dimbench layout is first rewritten in today's (every value kept); a
+        cut-off last line is dropped so the new row lands on a line of its own."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        header = self._header()
-        new_file = header is None
-        if not new_file and header != list(COLUMNS):
-            self._rewrite_with_current_columns()
+        contents = read_result_csv(self.csv_path)
+        if contents is not None and (contents.header != list(COLUMNS) or not contents.clean_end):
+            self._rewrite(contents.rows)
         with self.csv_path.open("a", newline="") as f:
             writer = csv.writer(f)
-            if new_file:
+            if contents is None:
                 writer.writerow(COLUMNS)
             writer.writerow([_cell(row.get(c)) for c in COLUMNS])
         if raw is not None:
@@ -173,20 +234,13 @@ class ResultStore:
             with self.samples_path.open("a") as f:
                 f.write(json.dumps(record, default=_json_default) + "\n")
 
-    def _header(self) -> list[str] | None:
-        if not self.csv_path.exists() or self.csv_path.stat().st_size == 0:
-            return None
-        with self.csv_path.open(newline="") as f:
-            return next(csv.reader(f), None)
-
-    def _rewrite_with_current_columns(self) -> None:
-        """An older CSV with other columns: rewrite it in today's layout, keeping its values."""
-        old = self.rows()
+    def _rewrite(self, rows: list[dict]) -> None:
+        """Today's layout, the intact rows only; atomically (a temp file, then rename)."""
         tmp = self.csv_path.with_suffix(".csv.tmp")
         with tmp.open("w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(COLUMNS)
-            for r in old:
+            for r in rows:
                 writer.writerow([r.get(c, "") or "" for c in COLUMNS])
         tmp.replace(self.csv_path)
 
@@ -199,15 +253,31 @@ def _json_default(obj):
 
 def load_results(paths: Iterable[str | Path] | str | Path):
     """All result rows from CSV files or folders of them as one DataFrame, the latest row per
-    key (a rerun's row replaces the earlier one). Numeric columns come back as numbers."""
+    key (a rerun's row replaces the earlier one). Numeric columns come back as numbers.
+
+    In a folder, only dimbench result CSVs are read (other CSVs beside them are skipped); a
+    dimbench CSV that is corrupt raises ``ResultFileError``."""
     import pandas as pd
 
     if isinstance(paths, (str, Path)):
         paths = [paths]
-    files: list[Path] = []
+    contents: list[CsvContents] = []
     for p in map(Path, paths):
-        files += sorted(p.glob("*.csv")) if p.is_dir() else [p]
-    frames = [pd.read_csv(f, dtype={"git_sha": str}) for f in files if f.stat().st_size]
+        for f in sorted(p.glob("*.csv")) if p.is_dir() else [p]:
+            if p.is_dir() and not _looks_like_results(f):
+                continue
+            c = read_result_csv(f)
+            if c is not None:
+                contents.append(c)
+    frames = []
+    for c in contents:
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(c.header)
+        writer.writerows([r[h] for h in c.header] for r in c.rows)
+        buf.seek(0)
+        frames.append(pd.read_csv(buf, dtype={"git_sha": str}))
+    frames = [f for f in frames if len(f)]
     if not frames:
         return pd.DataFrame(columns=list(COLUMNS))
     df = pd.concat(frames, ignore_index=True)
@@ -217,3 +287,13 @@ def load_results(paths: Iterable[str | Path] | str | Path):
     keys = df[list(KEY_COLUMNS)].astype(str)
     df = df.loc[~keys.duplicated(keep="last")].reset_index(drop=True)
     return df
+
+
+def _looks_like_results(path: Path) -> bool:
+    """A CSV whose header begins like dimbench's (``suite,model,...``)."""
+    try:
+        with path.open(newline="") as f:
+            header = next(csv.reader(f), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+    return header[:2] == list(COLUMNS)[:2]

@@ -1,7 +1,9 @@
 """Benchmark suites: what to sweep and which measurement to take (installed as dimbench.suites).
 
-Each suite module (``throughput``, ``memory``, ``flops``) defines ``SUITE``, a
-``dimbench.suites.spec.Suite``: its measurement of one configuration and how it is drawn.
+A suite is a ``dimbench.suites.spec.Suite`` that a module registers with ``register_suite``:
+its measurement of one configuration, the result columns it writes, its summary and row line,
+and its plot panels. The built-in ones (``throughput``, ``memory``, ``flops``) live in this
+package; others register the same way from a module named by ``--import`` / ``DIMBENCH_IMPORT``.
 ``runner.run_sweep`` runs a ``Sweep`` of configurations, each in its own process.
 """
 
@@ -9,13 +11,46 @@ from __future__ import annotations
 
 import importlib
 
-SUITE_NAMES = ("throughput", "memory", "flops")
+BUILTIN_SUITES = ("throughput", "memory", "flops")
+_SUITES: dict = {}
+
+
+def register_suite(suite):
+    """Register ``suite`` (its columns join the result schema) and return it."""
+    from dimbench.results import register_columns
+
+    register_columns(suite.columns)
+    _SUITES[suite.name] = suite
+    return suite
+
+
+def _load() -> dict:
+    """Every suite: the built-in ones (registered on import of this package) and those the
+    --import / DIMBENCH_IMPORT modules and entry points register."""
+    from dimbench.registry import import_plugins
+
+    import_plugins()
+    return _SUITES
+
+
+def suite_names() -> list[str]:
+    return list(_load())
 
 
 def get_suite(name: str):
     """The ``Suite`` called ``name``; an unknown name is a UsageError listing the valid ones."""
     from dimbench.errors import UsageError
 
-    if name not in SUITE_NAMES:
-        raise UsageError(f"unknown suite {name!r}; valid: {', '.join(SUITE_NAMES)}")
-    return importlib.import_module(f"dimbench.suites.{name}").SUITE
+    suites = _load()
+    if name not in suites:
+        raise UsageError(f"unknown suite {name!r}; valid: {', '.join(suites)}")
+    return suites[name]
+
+
+def all_suites() -> list:
+    return list(_load().values())
+
+
+# The built-in suites register themselves (and their result columns) when this package loads.
+for _name in BUILTIN_SUITES:
+    importlib.import_module(f"dimbench.suites.{_name}")

@@ -6,7 +6,20 @@ at 2048 px take well under a second each.
 
 from __future__ import annotations
 
-from dimbench.suites.spec import PAPER_MODELS, Config, Suite
+from dimbench.suites import register_suite
+from dimbench.suites.spec import (
+    FLOPS_COLUMNS,
+    PAPER_MODELS,
+    PARAMS_COLUMN,
+    Config,
+    Panel,
+    Ratio,
+    Suite,
+    SummaryColumn,
+    fmt,
+)
+
+COLUMNS = {**FLOPS_COLUMNS, **PARAMS_COLUMN}
 
 
 def measure(cfg: Config) -> dict:
@@ -23,13 +36,32 @@ def measure(cfg: Config) -> dict:
     return {"metrics": metrics, "raw": raw}
 
 
-SUITE = Suite(
-    name="flops",
-    help="GMACs / GFLOPs and parameters, counted on the meta device (instant, no compute)",
-    measure=measure,
-    isolated=False,
-    default_models=lambda device: PAPER_MODELS,
-    metric="gflops",
-    ylabel="GFLOPs per image",
-    higher_is_better=False,
+SUITE = register_suite(
+    Suite(
+        name="flops",
+        measure=measure,
+        columns=COLUMNS,
+        summary=(
+            SummaryColumn("gmacs", "GMACs", ".4g"),
+            SummaryColumn("gflops", "GFLOPs", ".4g"),
+            SummaryColumn("params_m", "params M", ".1f"),
+        ),
+        row_line=lambda row: (
+            f"{fmt(row['gflops'], '.4g')} GFLOPs  {fmt(row['params_m'], '.1f')} M params"
+        ),
+        panels=(Panel("gflops", "Compute", "GFLOPs per image (2 per MAC)", per_image=True),),
+        ratio=Ratio(
+            name="GFLOPs",
+            metric="gflops",
+            higher_is_better=False,
+            label="baseline/{model} GFLOPs",
+            heading="needs fewer FLOPs",
+            crossing="needs fewer GFLOPs than {b} from about {x:.0f} px",
+            ahead="needs fewer GFLOPs than {b} at every resolution ({lo}-{hi} px)",
+            behind="needs more GFLOPs than {b} up to {hi} px",
+        ),
+        isolated=False,
+        grouped=False,
+        default_models=lambda device: PAPER_MODELS,
+    )
 )

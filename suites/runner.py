@@ -19,15 +19,16 @@ import threading
 import time
 from pathlib import Path
 
-from dimbench.suites.spec import Config, Suite, Sweep, model_info
-
-from dimbench.results import ResultStore, load_results, make_row, row_key
+from dimbench.errors import Interrupted
+from dimbench.registry import KERNELS, get_model
+from dimbench.results import ResultStore, key_part, load_results, make_row, row_key
+from dimbench.suites.spec import Config, Suite, Sweep, fmt, params_m
 
 WORKER = "dimbench.suites.worker"
 STDERR_TAIL = 4000  # bytes of a dead worker's stderr kept to explain it
 
 
-def run_isolated(cfg: Config) -> dict:
+def run_isolated(cfg: Config, suite: Suite | None = None) -> dict:
     """Run ``cfg`` in a fresh ``python -m dimbench.suites.worker`` process; always returns a
     result dict (status ok / oom / timeout / error)."""
     t0 = time.perf_counter()
@@ -38,9 +39,14 @@ def run_isolated(cfg: Config) -> dict:
             env = dict(os.environ)
             if cfg.omp_wait_policy:  # read once, when the OpenMP runtime starts
                 env["OMP_WAIT_POLICY"] = cfg.omp_wait_policy.upper()
+            if suite is not None:
+                env.update(suite.worker_env(cfg))
             proc = subprocess.Popen(
                 [sys.executable, "-m", WORKER, str(cfg_path), str(out_path)],
                 env=env,
+                # never the caller's folder: a source checkout's dimbench/ there would shadow
+                # the installed package (python -m puts the working directory first on the path)
+                cwd=tmp,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=err,
@@ -60,8 +66,10 @@ def run_isolated(cfg: Config) -> dict:
         elif timed_out:
             result = {"status": "timeout", "error": f"no result after {cfg.timeout_s:g} s"}
         else:
-            status, error = _classify_death(proc.returncode, _tail(err_path))
+            status, error = _classify_death(proc.returncode, _last_line(err_path))
             result = {"status": status, "error": error}
+        if result.get("status") == "error":
+            result["stderr"] = err_path.read_bytes()[-STDERR_TAIL:].decode(errors="replace")
     result["wall_s"] = wall
     return result
 
@@ -74,7 +82,7 @@ def _kill_group(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-def _tail(path: Path) -> str:
+def _last_line(path: Path) -> str:
     data = path.read_bytes()[-STDERR_TAIL:].decode(errors="replace")
     lines = [ln.strip() for ln in data.splitlines() if ln.strip()]
     return lines[-1] if lines else ""
@@ -95,9 +103,8 @@ def _classify_death(returncode: int, last_line: str) -> tuple[str, str]:
 
 def run_inline(cfg: Config, suite: Suite) -> dict:
     """Run an instant, allocation-free measurement (FLOP counting) in this process."""
-    from dimbench.suites.worker import one_line
-
     from dimbench.measure.metadata import run_metadata
+    from dimbench.suites.worker import one_line
 
     t0 = time.perf_counter()
     result: dict = {"status": "ok", "error": None, "metrics": {}, "raw": None}
@@ -120,12 +127,12 @@ def result_row(cfg: Config, result: dict) -> dict:
         meta["threads"] = cfg.threads or meta["threads"]
         meta["omp_wait_policy"] = (cfg.omp_wait_policy or meta["omp_wait_policy"]).upper()
     try:
-        info = model_info(cfg.model)
-        family, tokens, params_m = info.family, info.tokens(cfg.image_size), info.params_m
+        spec = get_model(cfg.model)
+        family, tokens, params = spec.family_id, spec.tokens(cfg.image_size), params_m(cfg.model)
     except Exception:
-        family, tokens, params_m = None, None, None
+        family, tokens, params = None, None, None
     metrics = dict(result.get("metrics") or {})
-    metrics.setdefault("params_m", params_m)
+    metrics.setdefault("params_m", params)
     return make_row(
         **cfg.key_fields(),
         family=family,
@@ -184,19 +191,30 @@ def run_sweep(
             f"{sweep.suite.name}: {len(todo)} configuration{'s' * (len(todo) > 1)} -> "
             f"{store.csv_path}"
         )
-    with progress, _terminate_as_interrupt():
-        first = todo[0].label() if todo else ""
-        task = progress.add_task(first, total=len(todo), suite=sweep.suite.name)
-        for cfg in todo:
-            progress.update(task, description=cfg.label())
-            if sweep.suite.isolated:
-                result = run_isolated(cfg)
-            else:
-                result = run_inline(cfg, sweep.suite)
-            row = result_row(cfg, result)
-            store.append(row, raw=result.get("raw"))
-            console.print(_row_line(sweep.suite, row))
-            progress.advance(task)
+    kept = 0
+    try:
+        with progress, _terminate_as_interrupt() as received:
+            first = todo[0].label() if todo else ""
+            task = progress.add_task(first, total=len(todo), suite=sweep.suite.name)
+            for cfg in todo:
+                progress.update(task, description=cfg.label())
+                if sweep.suite.isolated:
+                    result = run_isolated(cfg, sweep.suite)
+                else:
+                    result = run_inline(cfg, sweep.suite)
+                row = result_row(cfg, result)
+                store.append(row, raw=result.get("raw"))
+                kept += 1
+                if result.get("stderr"):
+                    _log_error(store, cfg, result["stderr"])
+                console.print(_row_line(sweep.suite, row))
+                progress.advance(task)
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"{kept} of {len(todo)} configuration{'s' * (len(todo) != 1)} measured and kept in "
+            f"{store.csv_path}; the same command measures the rest",
+            received.signum,
+        ) from None
     keys = {row_key(c.key_fields()) for c in configs}
     df = load_results(store.csv_path)
     if df.empty:
@@ -205,28 +223,40 @@ def run_sweep(
     return df.loc[mask].reset_index(drop=True)
 
 
+def errors_log(store: ResultStore) -> Path:
+    """Where the stderr of workers that ended in error goes: ``OUT/<suite>.errors.log``."""
+    return store.out_dir / f"{store.suite}.errors.log"
+
+
+def _log_error(store: ResultStore, cfg: Config, stderr: str) -> None:
+    from dimbench.results import utc_timestamp
+
+    with errors_log(store).open("a") as f:
+        f.write(f"=== {utc_timestamp()} {cfg.label()}\n{stderr.rstrip()}\n")
+
+
+class _Received:
+    signum: int = signal.SIGINT
+
+
 @contextlib.contextmanager
 def _terminate_as_interrupt():
-    """SIGTERM raises KeyboardInterrupt while a sweep runs, so the running worker is killed."""
+    """SIGTERM raises KeyboardInterrupt while a sweep runs, so the running worker is killed;
+    the yielded object says which signal it was."""
+    received = _Received()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield received
         return
 
     def handler(signum, frame):
+        received.signum = signum
         raise KeyboardInterrupt(f"signal {signum}")
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:
-        yield
+        yield received
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def _fmt(value, spec: str) -> str:
-    if value is None or value == "" or (isinstance(value, float) and value != value):
-        return "-"
-    v = float(value)
-    return f"{v:,.0f}" if abs(v) >= 10_000 else format(v, spec)
 
 
 def _row_line(suite: Suite, row: dict) -> str:
@@ -235,32 +265,17 @@ def _row_line(suite: Suite, row: dict) -> str:
     if status != "ok":
         colour = "yellow" if status in ("oom", "timeout") else "red"
         return f"{head}  [{colour}]{status}[/{colour}] {row.get('error') or ''}"
-    if suite.name == "throughput":
-        return (
-            f"{head}  {_fmt(row['imgs_per_s'], '.3g')} img/s  "
-            f"{_fmt(row['latency_ms'], '.1f')} ms (IQR {_fmt(row['latency_iqr_ms'], '.1f')}, "
-            f"n={row['repeats']})  peak {_fmt(row['peak_mem_mb'], '.0f')} MB"
-        )
-    if suite.name == "memory":
-        return f"{head}  peak {_fmt(row['peak_mem_mb'], '.0f')} MB"
-    return f"{head}  {_fmt(row['gflops'], '.4g')} GFLOPs  {_fmt(row['params_m'], '.1f')} M params"
+    return f"{head}  {suite.row_line(row)}"
 
 
-SUMMARY_COLUMNS = {
-    "throughput": [
-        ("imgs_per_s", "img/s", ".3g"),
-        ("latency_ms", "latency ms", ".1f"),
-        ("latency_iqr_ms", "IQR ms", ".1f"),
-        ("sample_latency_s", "50-step CFG run s", ".1f"),
-        ("peak_mem_mb", "peak MB", ".0f"),
-    ],
-    "memory": [("peak_mem_mb", "peak MB", ".0f"), ("peak_mem_reserved_mb", "reserved MB", ".0f")],
-    "flops": [
-        ("gmacs", "GMACs", ".4g"),
-        ("gflops", "GFLOPs", ".4g"),
-        ("params_m", "params M", ".1f"),
-    ],
-}
+def _backends(row: dict) -> str:
+    """The backends a row ran, e.g. "scan cpu, conv torch" ("-" for none)."""
+    used = [
+        f"{kernel} {row[column]}"
+        for kernel, column in KERNELS.items()
+        if str(row.get(column)) not in ("-", "", "None", "nan")
+    ]
+    return ", ".join(used) or "-"
 
 
 def summary_table(suite: Suite, df):
@@ -270,8 +285,7 @@ def summary_table(suite: Suite, df):
 
     records = df.to_dict("records")
     for r in records:
-        backends = [str(b) for b in (r["scan_backend"], r["attn_backend"])]
-        r["backend"] = next((b for b in backends if b not in ("-", "", "None", "nan")), "-")
+        r["backend"] = _backends(r)
     keys = [("model", "model"), ("image_size", "res"), ("batch_size", "batch"), ("dtype", "dtype")]
     keys += [("mode", "mode"), ("backend", "backend")]
     varying = [(k, label) for k, label in keys if len({str(r[k]) for r in records}) > 1]
@@ -283,11 +297,13 @@ def summary_table(suite: Suite, df):
     table = Table(title=f"dimbench {suite.name}", title_justify="left", caption=caption)
     for k, label in varying:
         table.add_column(label, justify="right" if k in ("image_size", "batch_size") else "left")
-    for _, label, _ in SUMMARY_COLUMNS[suite.name]:
-        table.add_column(label, justify="right")
+    steps = {key_part(r.get("sample_steps")) for r in records} - {""}
+    sample_steps = steps.pop() if len(steps) == 1 else "N"
+    for col in suite.summary:
+        table.add_column(col.title.format(sample_steps=sample_steps), justify="right")
     table.add_column("status")
     for r in records:
-        cells = [_fmt(r.get(col), spec) for col, _, spec in SUMMARY_COLUMNS[suite.name]]
+        cells = [fmt(r.get(col.column), col.fmt) for col in suite.summary]
         status = r["status"]
         style = {"ok": "green", "oom": "yellow", "timeout": "yellow"}.get(status, "red")
         table.add_row(*(str(r[k]) for k, _ in varying), *cells, f"[{style}]{status}[/{style}]")

@@ -14,12 +14,13 @@ import functools
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 
+from dimbench.compile import check_compiler
+from dimbench.devices import parse_device
 from dimbench.errors import UsageError
+from dimbench.threads import check_omp_policy
 
 DTYPES = ("fp32", "bf16", "fp16")
 MODES = ("forward", "train")
-DEVICES = ("cpu", "cuda")
-PATCH_MULTIPLE = 16  # VAE /8 x patch 2: an R-px image must give a whole patch grid
 SAMPLE_STEPS = 50  # DPM-Solver++ steps of a DiM/DiT sampling run
 
 # Default model sets. CPU: the small configs (a 1536-px forward of a paper-sized model takes
@@ -28,24 +29,91 @@ CPU_MODELS = ("DiM-S/2", "DiT-S/2", "U-ViT-S/2")
 GPU_MODELS = ("DiM-H/2", "DiT-XL/2", "U-ViT-H/2")
 PAPER_MODELS = ("DiM-L/2", "DiM-H/2", "DiT-XL/2", "U-ViT-H/2")
 DEFAULT_RESOLUTIONS = (256, 512, 1024, 1536)
-NO_BACKEND = "-"
-OMP_POLICIES = ("passive", "active")  # in the scan column of a model without a scan, and vice versa
+NO_BACKEND = "-"  # in the scan column of a model without a scan, and vice versa
+
+
+@dataclass(frozen=True)
+class SummaryColumn:
+    """A column of the summary table a sweep prints at its end."""
+
+    column: str
+    title: str  # may name {sample_steps}
+    fmt: str = ".3g"
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One panel of the scaling figure: a metric against ``x``, one line per model."""
+
+    metric: str
+    title: str
+    ylabel: str
+    per_image: bool = False  # divide by the batch size
+    fallback: tuple[str, ...] = ()  # suites whose rows it draws when this suite has none
+    device_ylabels: tuple[tuple[str, str], ...] = ()  # (device type, ylabel): what was measured
+    x: str = "image_size"
+
+    def ylabel_for(self, device: str | None) -> str:
+        return dict(self.device_ylabels).get(str(device or "").split(":")[0], self.ylabel)
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """How a model compares with an attention baseline on a suite's metric, and the words for
+    where the ratio crosses 1 ({b}: the baseline, {x}: the crossing, {lo}-{hi}: the range)."""
+
+    name: str  # what is compared, e.g. "throughput", "GFLOPs"
+    metric: str
+    higher_is_better: bool
+    label: str  # the ratio's axis label ({model}: the models' family)
+    heading: str  # "Where DiM {heading}"
+    crossing: str
+    ahead: str
+    behind: str
 
 
 @dataclass(frozen=True)
 class Suite:
-    """One kind of measurement and how it is drawn."""
+    """One kind of measurement, declared in one place (triton's ``perf_report``): what it
+    measures, the result columns it writes, how its rows are printed, and how they are drawn."""
 
     name: str
-    help: str
     measure: Callable[[Config], dict]  # runs one configuration (in its own process if isolated)
+    columns: dict[str, str]  # its metric columns: name -> meaning (added to the result schema)
+    summary: tuple[SummaryColumn, ...]  # the summary table's columns
+    row_line: Callable[[dict], str]  # what is printed after a finished row's key fields
+    panels: tuple[Panel, ...] = ()
+    ratio: Ratio | None = None  # the model-over-baseline comparison its rows give
     isolated: bool = True  # one process per configuration (False: instant, allocates nothing)
+    grouped: bool = True  # its rows differ by device, dtype, mode and batch (False: drawn in all)
     default_models: Callable[[str], tuple[str, ...]] = lambda device: (
         GPU_MODELS if device.startswith("cuda") else CPU_MODELS
     )
-    metric: str = "imgs_per_s"  # the column its plot shows
-    ylabel: str = ""
-    higher_is_better: bool = True
+    # environment of the measuring process, e.g. a malloc policy (read when the process starts)
+    worker_env: Callable[[Config], dict[str, str]] = lambda cfg: {}
+
+
+# Metric columns more than one suite writes (each suite declares the ones it writes)
+PARAMS_COLUMN = {"params_m": "parameters in millions"}
+FLOPS_COLUMNS = {
+    "gmacs": "multiply-accumulates per forward (or train step) of the batch, in 1e9",
+    "gflops": "2 x gmacs (torch.utils.flop_counter convention)",
+}
+MEMORY_COLUMNS = {
+    "peak_mem_mb": "GPU: max_memory_allocated; CPU: peak RSS above the process's idle level "
+    "(peak_mem_method says how it was taken)",
+    "peak_mem_reserved_mb": "GPU: max_memory_reserved (caching allocator); empty on CPU",
+    "peak_mem_method": "how peak_mem_mb was taken (on CPU: whether malloc returned large "
+    "blocks to the kernel, so that RSS follows the live tensors)",
+}
+
+
+def fmt(value, spec: str) -> str:
+    """A number for a table or a row line: "-" when missing, thousands separated when large."""
+    if value is None or value == "" or (isinstance(value, float) and value != value):
+        return "-"
+    v = float(value)
+    return f"{v:,.0f}" if abs(v) >= 10_000 else format(v, spec)
 
 
 @dataclass(frozen=True)
@@ -61,6 +129,9 @@ class Config:
     mode: str = "forward"
     scan_backend: str = NO_BACKEND
     attn_backend: str = NO_BACKEND
+    conv_backend: str = NO_BACKEND
+    compile: str = "eager"
+    weights: str = ""  # a checkpoint (dimbench's or a released DiM file) to load; "": random init
     warmup: int = 1
     repeats: int = 3
     budget_s: float | None = None
@@ -88,34 +159,32 @@ class Config:
             "mode": self.mode,
             "scan_backend": self.scan_backend,
             "attn_backend": self.attn_backend,
+            "conv_backend": self.conv_backend,
+            "compile": self.compile,
+            "weights": self.weights,
         }
 
+    def backend_kwargs(self) -> dict[str, str]:
+        """The backends to build the model with (``create_model`` keywords)."""
+        names = {"scan_backend": self.scan_backend, "attn_backend": self.attn_backend}
+        names["conv_backend"] = self.conv_backend
+        return {k: v for k, v in names.items() if v != NO_BACKEND}
+
     def label(self) -> str:
-        return f"{self.model} @ {self.image_size}px  b{self.batch_size} {self.dtype} {self.mode}"
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    family: str
-    patch_size: int
-    params_m: float
-
-    def tokens(self, image_size: int, downsample: int = 8) -> int:
-        return (image_size // downsample // self.patch_size) ** 2
+        compiled = "" if self.compile == "eager" else f" {self.compile}"
+        return (
+            f"{self.model} @ {self.image_size}px  b{self.batch_size} {self.dtype} {self.mode}"
+            + compiled
+        )
 
 
 @functools.cache
-def model_info(name: str) -> ModelInfo:
-    """Family, patch size and size of a registered model, from a meta-device build (free)."""
+def params_m(name: str) -> float:
+    """Parameters of a registered model in millions, from a meta-device build (free)."""
     from dimbench.registry import create_model
 
     model = create_model(name, image_size=256, device="meta")
-    params = sum(p.numel() for p in model.parameters())
-    return ModelInfo(
-        family=str(getattr(model, "family", "")),
-        patch_size=int(getattr(model, "patch_size", 2)),
-        params_m=params / 1e6,
-    )
+    return sum(p.numel() for p in model.parameters()) / 1e6
 
 
 @dataclass
@@ -131,6 +200,9 @@ class Sweep:
     device: str = "cpu"
     scan_backend: str = "auto"
     attn_backend: str = "auto"
+    conv_backend: str = "auto"
+    compile: str = "eager"
+    weights: str = ""
     warmup: int = 1
     repeats: int = 3
     budget_s: float | None = None
@@ -139,19 +211,31 @@ class Sweep:
     threads: int | None = None
     omp_wait_policy: str | None = None
 
+    def requested(self, kernel: str) -> str:
+        """The backend asked for ``kernel`` (scan, attention, conv)."""
+        return {"scan": self.scan_backend, "attention": self.attn_backend}.get(
+            kernel, self.conv_backend
+        )
+
+    def backends(self, model: str, dtype: str) -> dict[str, str]:
+        """Config fields of the backends ``model`` runs, resolved for this device and dtype;
+        the kernels it does not declare read NO_BACKEND. Call ``validate()`` first."""
+        from dimbench.ops.backends import resolve
+        from dimbench.registry import KERNELS, get_model
+
+        out = dict.fromkeys(KERNELS.values(), NO_BACKEND)
+        if self.suite.isolated:
+            for kernel in get_model(model).kernels:
+                out[KERNELS[kernel]] = resolve(kernel, self.requested(kernel), self.device, dtype)
+        return out
+
     def configs(self) -> list[Config]:
         """Every configuration, smallest resolution first within each model, backends resolved.
         Call ``validate()`` first."""
         out = []
         for model in self.models:
-            family = model_info(model).family if self.suite.isolated else ""
             for dtype in self.dtypes:
-                scan, attn = NO_BACKEND, NO_BACKEND
-                if self.suite.isolated:
-                    if family == "dim":
-                        scan = resolve_scan_backend(self.scan_backend, self.device)
-                    else:
-                        attn = resolve_attn_backend(self.attn_backend, self.device, dtype)
+                backends = self.backends(model, dtype)
                 for mode in self.modes:
                     for batch in self.batch_sizes:
                         for res in self.resolutions:
@@ -164,8 +248,9 @@ class Sweep:
                                     device=self.device if self.suite.isolated else "meta",
                                     dtype=dtype if self.suite.isolated else "fp32",
                                     mode=mode,
-                                    scan_backend=scan,
-                                    attn_backend=attn,
+                                    **backends,
+                                    compile=self.compile if self.suite.isolated else "eager",
+                                    weights=self.weights if self.suite.isolated else "",
                                     warmup=self.warmup,
                                     repeats=self.repeats,
                                     budget_s=self.budget_s,
@@ -180,7 +265,8 @@ class Sweep:
 
     def validate(self) -> None:
         """Refuse bad input with a one-line UsageError before anything runs."""
-        from dimbench.registry import list_models
+        from dimbench.ops.backends import resolve
+        from dimbench.registry import KERNELS, get_model, list_models
 
         valid = list_models()
         unknown = [m for m in self.models if m not in valid]
@@ -193,17 +279,9 @@ class Sweep:
             raise UsageError("no models to run")
         if not self.resolutions:
             raise UsageError("no resolutions to run")
-        for res in self.resolutions:
-            if res <= 0 or res % PATCH_MULTIPLE:
-                raise UsageError(
-                    f"resolution {res} is not a positive multiple of {PATCH_MULTIPLE} "
-                    "(8x VAE downsampling x patch 2)"
-                )
         for model in self.models:
-            step = 8 * model_info(model).patch_size
-            bad = [r for r in self.resolutions if r % step]
-            if bad:
-                raise UsageError(f"{model} needs resolutions divisible by {step}; got {bad[0]}")
+            for res in self.resolutions:
+                get_model(model).input_size(res)
         for b in self.batch_sizes:
             if b < 1:
                 raise UsageError(f"batch size must be >= 1, got {b}")
@@ -214,70 +292,37 @@ class Sweep:
             for v in values:
                 if v not in allowed:
                     raise UsageError(f"unknown {name} {v!r}; valid: {', '.join(allowed)}")
+        check_compiler(self.compile)
+        if self.weights:
+            self.weights = check_weights(self.weights, self.models, self.resolutions[0])
         if self.warmup < 0 or self.repeats < 1:
             raise UsageError("--warmup must be >= 0 and --repeats >= 1")
         if self.timeout_s <= 0:
             raise UsageError("--timeout must be positive")
-        if self.omp_wait_policy is not None and self.omp_wait_policy.lower() not in OMP_POLICIES:
-            valid = ", ".join(OMP_POLICIES)
-            raise UsageError(f"unknown OMP wait policy {self.omp_wait_policy!r}; valid: {valid}")
+        if self.omp_wait_policy is not None:
+            check_omp_policy(self.omp_wait_policy)
         if self.threads is not None and self.threads < 1:
             raise UsageError("--threads must be >= 1")
-        check_device(self.device)
+        self.device = parse_device(self.device)
         if self.suite.isolated:
-            families = {model_info(m).family for m in self.models}
-            # A backend named explicitly must exist even if no model in the sweep uses it.
-            if "dim" in families or self.scan_backend != "auto":
-                resolve_scan_backend(self.scan_backend, self.device)
-            if families - {"dim"} or self.attn_backend != "auto":
-                for dtype in self.dtypes:
-                    resolve_attn_backend(self.attn_backend, self.device, dtype)
+            # a backend named explicitly must exist even if no model in the sweep uses it
+            used = {k for m in self.models for k in get_model(m).kernels}
+            for kernel in KERNELS:
+                if kernel in used or self.requested(kernel) != "auto":
+                    for dtype in self.dtypes:
+                        resolve(kernel, self.requested(kernel), self.device, dtype)
 
 
-def check_device(device: str) -> None:
-    import torch
+def check_weights(path: str, models: list[str], image_size: int) -> str:
+    """The absolute path of a weights file that fits every model (one-line errors otherwise),
+    checked on meta-device builds without reading the tensors."""
+    from pathlib import Path
 
-    kind, _, index = device.partition(":")
-    if kind not in DEVICES:
-        raise UsageError(f"unknown device {device!r}; valid: cpu, cuda, cuda:N")
-    if kind == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError("--device cuda given but CUDA is not available on this machine")
-        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
-            raise UsageError(
-                f"no CUDA device {device!r}; this machine has {torch.cuda.device_count()}"
-            )
+    from dimbench.registry import create_model
+    from dimbench.train.checkpoint import load_checkpoint, load_model_weights, model_meta
 
-
-def resolve_scan_backend(name: str, device: str) -> str:
-    """``auto`` -> the fastest scan usable on ``device``; a named one must be usable there."""
-    import torch
-
-    from dimbench.ops.scan import resolve_backend
-
-    try:
-        return resolve_backend(name, torch.device(device))
-    except (ValueError, RuntimeError) as e:
-        raise UsageError(str(e)) from None
-
-
-def resolve_attn_backend(name: str, device: str, dtype: str) -> str:
-    """The attention backend ``dimbench.ops.attention`` will pick for ``device``/``dtype``
-    (the same rule as ``resolve_attention_backend``, without needing a tensor)."""
-    from dimbench.ops.attention import _IMPLS, attention_backends
-
-    usable = attention_backends(device)
-    half = dtype in ("bf16", "fp16")
-    if name == "auto":
-        flash = device.startswith("cuda") and half and "flash_attn" in usable
-        return "flash_attn" if flash else "sdpa"
-    if name not in _IMPLS:
-        raise UsageError(f"unknown attention backend {name!r}; available here: {', '.join(usable)}")
-    if name not in usable:
-        raise UsageError(
-            f"attention backend {name!r} is unavailable on {device}; "
-            f"available here: {', '.join(usable)}"
-        )
-    if name == "flash_attn" and not half:
-        raise UsageError("attention backend 'flash_attn' needs --dtype bf16 or fp16")
-    return name
+    ckpt = load_checkpoint(path, map_location="meta", mmap=False)
+    for name in models:
+        model = create_model(name, image_size, device="meta")
+        load_model_weights(model, ckpt, model_meta(model, 8), f"--weights {path}")
+    return str(Path(path).resolve())

@@ -22,11 +22,11 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
 
 def run(config: dict) -> dict:
     import torch
+
+    from dimbench.measure.metadata import run_metadata
     from dimbench.suites import get_suite
     from dimbench.suites.spec import Config
     from dimbench.suites.workload import is_oom
-
-    from dimbench.measure.metadata import run_metadata
 
     cfg = Config.from_dict(config)
     if cfg.threads:

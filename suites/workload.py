@@ -13,10 +13,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from dimbench.suites.spec import NO_BACKEND, Config
 from torch import nn
 
-from dimbench.registry import LATENT_DOWNSAMPLE, create_model
+from dimbench.compile import compiled
+from dimbench.registry import create_model, get_model
+from dimbench.suites.spec import Config
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -61,15 +62,17 @@ def build_workload(cfg: Config, seed: int = 0) -> Workload:
     torch.manual_seed(seed)
     device = torch.device(cfg.device)
     model = create_model(
-        cfg.model,
-        image_size=cfg.image_size,
-        device=device,
-        scan_backend="auto" if cfg.scan_backend == NO_BACKEND else cfg.scan_backend,
-        attn_backend="auto" if cfg.attn_backend == NO_BACKEND else cfg.attn_backend,
+        cfg.model, image_size=cfg.image_size, device=device, **cfg.backend_kwargs()
     )
-    latent = cfg.image_size // LATENT_DOWNSAMPLE
+    if cfg.weights:
+        from dimbench.train.checkpoint import load_checkpoint, load_model_weights, model_meta
+
+        ckpt = load_checkpoint(cfg.weights, map_location=device)
+        load_model_weights(model, ckpt, model_meta(model, 8), f"--weights {cfg.weights}")
+    net = compiled(model, cfg.compile)
+    latent = get_model(cfg.model).input_size(cfg.image_size)
     b = cfg.batch_size
-    x = torch.randn(b, model.in_channels, latent, latent, device=device)
+    x = torch.randn(b, model.in_channels, *latent, device=device)
     t = torch.randint(0, 1000, (b,), device=device).float()
     y = torch.randint(0, model.num_classes, (b,), device=device)
     amp = autocast_for(cfg)
@@ -80,7 +83,7 @@ def build_workload(cfg: Config, seed: int = 0) -> Workload:
         @torch.inference_mode()
         def step() -> None:
             with amp:
-                model(x, t, y)
+                net(x, t, y)
 
         return Workload(model, step, b)
 
@@ -92,7 +95,7 @@ def build_workload(cfg: Config, seed: int = 0) -> Workload:
 
     def train_step() -> None:
         with amp:
-            out = model(x, t, y)
+            out = net(x, t, y)
         loss = F.mse_loss(out[:, :channels].float(), noise)  # learned-sigma channels ignored
         scaler.scale(loss).backward()
         scaler.step(optimizer)

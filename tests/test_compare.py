@@ -10,8 +10,16 @@ import torch
 
 from dimbench.cli import main
 from dimbench.errors import UsageError
-from dimbench.train.compare import CompareConfig, ModelSpec, parse_budget, resolve
-from dimbench.train.compare_run import Comparison, ModelRun, evaluation_points, run_compare
+from dimbench.train.compare import (
+    CompareConfig,
+    CompareRun,
+    ModelRun,
+    PlannedModel,
+    evaluation_points,
+    parse_budget,
+    resolve,
+    run_compare,
+)
 
 DETERMINISTIC = (
     "step", "images_seen", "train_flops", "train_loss", "heldout_loss", "heldout_loss_raw",
@@ -118,9 +126,9 @@ def test_dit_trains_with_the_trainers_label_dropout_only(tmp_path):
     cfg = resolve(CompareConfig(preset="smoke", models=["DiT-T/2"], metrics=(), out=str(tmp_path)))
     from dimbench.train import distributed as D
 
-    comp = Comparison(cfg, D.setup("cpu"))
+    comp = CompareRun(cfg, D.setup("cpu"))
     run = ModelRun(comp, comp.specs[0])
-    trainer = run._build()
+    trainer = run.start()
     assert trainer.model.y_embedder.dropout_prob == 0.0
     assert trainer.model.learn_sigma is False and trainer.cfg.loss == "mse"
     assert trainer.cfg.label_dropout == 0.1 and trainer.cfg.schedule == "linear"
@@ -139,8 +147,8 @@ def test_budget_parsing():
 
 
 def test_flops_budget_gives_each_model_its_own_steps():
-    def spec(flops: int) -> ModelSpec:
-        return ModelSpec("DiM-T/2", {}, "dim", 64, 7, 1, 1.0, flops)
+    def spec(flops: int) -> PlannedModel:
+        return PlannedModel("DiM-T/2", {}, "dim", 64, 7, 1, 1.0, flops)
 
     budget = parse_budget("1e12")
     cheap = evaluation_points(budget, spec(10**9), evals=4, fid_every=2)
@@ -211,3 +219,23 @@ def test_match_params_scales_widths_to_the_first_models_parameters():
     none = plan_models(resolve(CompareConfig(preset="smoke", match="none")), 3, 1, 10)
     assert [s.match for s in none] == [None, None, None]
     assert [s.width for s in none] == [64, 64, 64]
+
+
+def test_training_code_draws_no_figures():
+    """Data flows one way: the command draws the figures; nothing under dimbench/train imports
+    the plotting modules."""
+    import ast
+    from pathlib import Path
+
+    import dimbench.train
+
+    offenders = []
+    for path in Path(dimbench.train.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            offenders += [f"{path.name}: {n}" for n in names if n.startswith("dimbench.plots")]
+    assert offenders == []

@@ -11,8 +11,9 @@ import torch.nn.functional as F
 
 from dimbench.diffusion.guidance import make_model_fn
 from dimbench.diffusion.losses import diffusion_loss, normal_kl, training_losses, vb_term
-from dimbench.diffusion.schedule import NoiseSchedule, make_betas, schedule_for_family
+from dimbench.diffusion.schedule import NoiseSchedule, make_betas
 from dimbench.diffusion.upsample import UpsampleGuidance
+from dimbench.registry import get_model
 
 
 def test_scaled_linear_is_stable_diffusions():
@@ -28,8 +29,9 @@ def test_scaled_linear_is_stable_diffusions():
 def test_linear_is_dits():
     betas = make_betas("linear")
     assert (betas[0], betas[-1]) == (pytest.approx(1e-4), pytest.approx(0.02))
-    assert schedule_for_family("dit") == "linear"
-    assert schedule_for_family("dim") == schedule_for_family("uvit") == "scaled_linear"
+    # the schedule each model's paper trains with, as the model declares it
+    assert get_model("DiT-XL/2").schedule == "linear"
+    assert get_model("DiM-H/2").schedule == get_model("U-ViT-H/2").schedule == "scaled_linear"
     with pytest.raises(ValueError):
         make_betas("cosine-ish")
 

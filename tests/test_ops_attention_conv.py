@@ -69,20 +69,26 @@ def conv_by_definition(x, w, b):
     return out + b[:, None]
 
 
+CONV_BACKENDS = ["auto", *conv_backends("cpu")]
+
+
+@pytest.mark.parametrize("backend", CONV_BACKENDS)
 @pytest.mark.parametrize("activation", [None, "silu"])
-def test_causal_conv_matches_definition(activation):
+def test_causal_conv_matches_definition(activation, backend):
     g = torch.Generator().manual_seed(0)
     x, w, b = torch.randn(2, 6, 11, generator=g), torch.randn(6, 3, generator=g), torch.randn(6)
     expected = conv_by_definition(x, w, b)
     if activation == "silu":
         expected = F.silu(expected)
-    torch.testing.assert_close(causal_conv1d(x, w, b, activation=activation), expected)
+    out = causal_conv1d(x, w, b, activation=activation, backend=backend)
+    torch.testing.assert_close(out, expected)
 
 
-def test_causal_conv_never_sees_the_future():
+@pytest.mark.parametrize("backend", CONV_BACKENDS)
+def test_causal_conv_never_sees_the_future(backend):
     x = torch.randn(1, 4, 20, requires_grad=True)
     w = torch.randn(4, 3)
-    out = causal_conv1d(x, w)
+    out = causal_conv1d(x, w, backend=backend)
     out[..., 9].sum().backward()
     assert x.grad[..., 10:].abs().sum() == 0 and x.grad[..., 7:10].abs().sum() > 0
 

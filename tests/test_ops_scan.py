@@ -6,10 +6,12 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from dimbench.ops import scan_backends, scan_flops, selective_scan, selective_scan_ref
+from dimbench.ops import scan_backends, scan_cpu, scan_flops, selective_scan, selective_scan_ref
 from dimbench.ops.scan_ref import selective_scan_ref_bwd
 
 CPU_BACKENDS = scan_backends("cpu")
+HAS_CPU_KERNEL = "cpu" in CPU_BACKENDS
+needs_kernel = pytest.mark.skipif(not HAS_CPU_KERNEL, reason="no compiled cpu kernel here")
 OPTIONAL = ("D", "z", "delta_bias")
 
 
@@ -72,6 +74,7 @@ CASES = [
     (1, 32, 130, 5, 2),  # grouped B/C, odd d_state
     (1, 24, 333, 33, None),
     (2, 16, 1024, 16, None),
+    (2, 64, 77, 16, 2),  # grouped, two 16-channel blocks per group (paired in the backward)
 ]
 
 
@@ -125,19 +128,159 @@ def test_huge_decays_underflow_to_zero_not_nan(backend):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-def test_bfloat16_inputs_use_float32_state(backend):
-    inputs = make_inputs(2, 32, 200, 16, seed=3)
-    params = ("A", "D", "delta_bias")  # float32 parameters, as in Mamba
-    bf16 = {k: (v if k in params else v.bfloat16()) for k, v in inputs.items()}
-    out = selective_scan(**bf16, delta_softplus=True, backend=backend)
+@pytest.mark.parametrize("softplus", [False, True])
+def test_large_deltas_match_reference(backend, softplus):
+    """delta ~ U(0, 100): the decays underflow, the states go subnormal in the reference's
+    float32 twin; the kernels flush them and still match float64."""
+    inputs = make_inputs(2, 48, 150, 16, seed=7)
+    inputs["delta"] = 100 * torch.rand(
+        inputs["u"].shape, generator=torch.Generator().manual_seed(7)
+    )
+    expected, grad_out, expected_grads = reference(inputs, softplus)
+    leaves = {k: v.clone().requires_grad_() for k, v in inputs.items()}
+    out = selective_scan(**leaves, delta_softplus=softplus, backend=backend)
+    assert_close(out, expected, what="out")
+    out.backward(grad_out.float())
+    for name, leaf in leaves.items():
+        assert_close(leaf.grad, expected_grads[name], rel=5e-5, what=f"d{name}")
+
+
+@needs_kernel
+def test_kernels_flush_denormals_and_restore_the_callers_mode():
+    if not scan_cpu.flushes_denormals():
+        pytest.skip("no flush-to-zero control on this CPU")
+    # a subnormal u reaches the output only through D * u: read as zero inside the kernel
+    inputs = make_inputs(1, 16, 32, 4, seed=8)
+    inputs["B"] = torch.zeros_like(inputs["B"])
+    inputs["u"] = torch.full_like(inputs["u"], 1e-40)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # the kernel runs in this thread
+        for flush in (False, True):
+            torch.set_flush_denormal(flush)
+            before = scan_cpu.fp_control()
+            leaves = {k: v.clone().requires_grad_() for k, v in pick(inputs, True).items()}
+            out = selective_scan(**leaves, backend="cpu")
+            out.sum().backward()
+            assert scan_cpu.fp_control() == before, f"FP mode changed (flush_denormal={flush})"
+            assert (out == 0).all()
+        assert torch.tensor(1e-40) * 1 == 0  # the caller's own mode holds: flushing here
+        torch.set_flush_denormal(False)
+        assert torch.tensor(1e-40) * 1 != 0  # ... and not flushing here
+    finally:
+        torch.set_flush_denormal(False)
+        torch.set_num_threads(threads)
+
+
+def bf16_inputs(case, seed):
+    """Activations and B, C in bfloat16; A, D, delta_bias float32 parameters, as in Mamba."""
+    batch, dim, length, n, groups = case
+    params = ("A", "D", "delta_bias")
+    inputs = make_inputs(batch, dim, length, n, groups, delta_range=(1e-3, 1.0), seed=seed)
+    return {k: (v if k in params else v.bfloat16()) for k, v in inputs.items()}
+
+
+BF16_CASES = [(2, 37, 100, 16, None), (1, 64, 257, 16, 2), (1, 32, 2048, 5, None)]
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("case", BF16_CASES, ids=lambda c: "x".join(map(str, c)))
+def test_bfloat16_matches_float64_reference(backend, case):
+    """bf16 in and out, float32 state: against float64 on the same (bf16) values, with the
+    tolerance of one bf16 rounding of each output; gradients in the inputs' dtypes."""
+    if backend == "ref" and case[2] > 200:
+        pytest.skip("the reference checks itself at small sizes")
+    inputs = bf16_inputs(case, seed=case[2])
+    grad_out = torch.randn(inputs["u"].shape, generator=torch.Generator().manual_seed(1))
+    expected, grad_out, expected_grads = reference(inputs, True, grad_out.bfloat16().double())
+    leaves = {k: v.clone().requires_grad_() for k, v in inputs.items()}
+    out = selective_scan(**leaves, delta_softplus=True, backend=backend)
     assert out.dtype == torch.bfloat16
-    # the reference on the same (bf16-rounded) values, in float64
-    expected = selective_scan_ref(**{k: v.double() for k, v in bf16.items()}, delta_softplus=True)
     assert_close(out.float(), expected, rel=1e-2, what="bf16 out")
-    leaves = {k: v.clone().requires_grad_() for k, v in bf16.items()}
-    selective_scan(**leaves, delta_softplus=True, backend=backend).float().sum().backward()
+    out.backward(grad_out.bfloat16())
+    for name, leaf in leaves.items():
+        assert leaf.grad.dtype == leaf.dtype, name
+        rel = 1e-2 if leaf.dtype == torch.bfloat16 else 2e-3
+        assert_close(leaf.grad.float(), expected_grads[name], rel=rel, what=f"bf16 d{name}")
+
+
+@needs_kernel
+@pytest.mark.parametrize("case", BF16_CASES, ids=lambda c: "x".join(map(str, c)))
+def test_bfloat16_kernel_is_the_float32_kernel_rounded_once(case):
+    """The bf16 path computes exactly what the float32 path computes on the same values and
+    rounds each output once, to nearest even (as torch's conversion does)."""
+    inputs = bf16_inputs(case, seed=case[2] + 1)
+    grad_out = torch.randn(inputs["u"].shape).bfloat16()
+    results = {}
+    for dtype in (torch.bfloat16, torch.float32):
+        leaves = {
+            k: (v.to(dtype) if v.dtype == torch.bfloat16 else v).clone().requires_grad_()
+            for k, v in inputs.items()
+        }
+        out = selective_scan(**leaves, delta_softplus=True, backend="cpu")
+        out.backward(grad_out.to(dtype))
+        results[dtype] = (out, {k: v.grad for k, v in leaves.items()})
+    out16, grads16 = results[torch.bfloat16]
+    out32, grads32 = results[torch.float32]
+    assert torch.equal(out16, out32.bfloat16())
+    for name, g in grads16.items():
+        assert torch.equal(g, grads32[name].to(g.dtype)), name
+
+
+@needs_kernel
+def test_mixed_dtypes_compute_in_float32_and_return_each_inputs_dtype():
+    inputs = bf16_inputs((1, 32, 50, 16, None), seed=9)
+    inputs["delta"] = inputs["delta"].float()  # not all bf16: the kernel runs in float32
+    inputs["C"] = inputs["C"].half()
+    leaves = {k: v.clone().requires_grad_() for k, v in inputs.items()}
+    out = selective_scan(**leaves, delta_softplus=True, backend="cpu")
+    assert out.dtype == torch.bfloat16  # u's dtype
+    expected = selective_scan_ref(**{k: v.double() for k, v in inputs.items()}, delta_softplus=True)
+    assert_close(out.float(), expected, rel=1e-2, what="mixed out")
+    out.float().sum().backward()
     for name, leaf in leaves.items():
         assert leaf.grad.dtype == leaf.dtype and torch.isfinite(leaf.grad.float()).all(), name
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_float16_inputs(backend):
+    inputs = {k: v.half() for k, v in make_inputs(1, 20, 40, 8, seed=10).items()}
+    leaves = {k: v.clone().requires_grad_() for k, v in inputs.items()}
+    out = selective_scan(**leaves, delta_softplus=True, backend=backend)
+    assert out.dtype == torch.float16
+    expected = selective_scan_ref(**{k: v.double() for k, v in inputs.items()}, delta_softplus=True)
+    assert_close(out.float(), expected, rel=2e-3, what="fp16 out")
+    out.float().sum().backward()
+    for name, leaf in leaves.items():
+        assert leaf.grad.dtype == torch.float16 and torch.isfinite(leaf.grad.float()).all(), name
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_strided_views_give_the_contiguous_results(backend):
+    """What a mixer passes: u and z as channel slices of one (B, 2E, L) projection, B and C as
+    time-major slices of x_proj's (B, L, R + 2N) output (read in place by the cpu kernel)."""
+    batch, dim, length, n, rank = 2, 48, 90, 16, 6
+    g = torch.Generator().manual_seed(11)
+    xz = torch.randn(batch, 2 * dim, length, generator=g)
+    x_dbl = torch.randn(batch, length, rank + 2 * n, generator=g)
+    base = make_inputs(batch, dim, length, n, seed=11)
+    views = dict(base, u=xz[:, :dim], z=xz[:, dim:])
+    views["B"] = x_dbl[..., rank : rank + n].transpose(1, 2)
+    views["C"] = x_dbl[..., rank + n :].transpose(1, 2)
+    dense = {k: v.contiguous() for k, v in views.items()}
+    outs, grads = [], []
+    for inputs in (views, dense):
+        leaves = {
+            k: v.detach().clone() if v.is_contiguous() else v.detach() for k, v in inputs.items()
+        }
+        leaves = {k: v.requires_grad_() for k, v in leaves.items()}
+        out = selective_scan(**leaves, delta_softplus=True, backend=backend)
+        out.backward(torch.ones_like(out))
+        outs.append(out)
+        grads.append({k: v.grad for k, v in leaves.items()})
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+    for k in grads[1]:
+        torch.testing.assert_close(grads[0][k], grads[1][k], rtol=1e-6, atol=1e-6)
 
 
 def test_ref_backward_matches_autograd_of_the_reference():

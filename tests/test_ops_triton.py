@@ -181,7 +181,7 @@ def test_saved_states_are_the_states_before_each_chunk(length):
 def test_auto_never_picks_the_interpreter_on_cpu():
     assert "triton" in scan_backends("cpu")
     assert scan_mod.resolve_backend("auto", torch.device("cpu")) != "triton"
-    assert conv_backends("cpu")[0] == "torch"
+    assert conv_backends("cpu")[0] != "triton"
 
 
 @interpreted
@@ -371,18 +371,36 @@ def test_mamba_ssm_missing_is_a_reason_not_an_error():
 # --------------------------------------------------------------------------- on a GPU
 
 
+# DiM's token counts (366 at 256 px, 1230 at 512, 9806 at 1536), a grouped B/C, one step
+CUDA_CASES = [
+    (2, 128, 366, 16, None),
+    (2, 256, 1230, 16, None),
+    (1, 96, 4100, 16, 3),
+    (1, 64, 9806, 16, None),
+    (1, 64, 1, 16, None),
+]
+
+
 @pytest.mark.cuda
 @needs_triton_cuda
-@pytest.mark.parametrize("case", [(2, 256, 1230, 16, None), (1, 96, 4100, 16, 3)])
+@pytest.mark.parametrize("case", CUDA_CASES, ids=lambda c: "x".join(map(str, c)))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cuda_scan_matches_reference(case, dtype):
+@pytest.mark.parametrize("with_opts", [True, False], ids=["D-z-bias-softplus", "bare"])
+def test_cuda_scan_matches_reference(case, dtype, with_opts):
+    """Every GPU scan backend (triton; mamba_ssm where installed) against float64: outputs
+    and all gradients, delta log-uniform over 1e-4..10 (the check the GPU runbook runs)."""
     batch, dim, length, n, groups = case
-    inputs = make_inputs(batch, dim, length, n, groups, seed=8)
+    inputs = pick(make_inputs(batch, dim, length, n, groups, seed=8), with_opts)
+    for backend in [b for b in ("triton", "mamba_ssm") if b in scan_backends("cuda")]:
+        _check_cuda_backend(inputs, dtype, with_opts, backend)
+
+
+def _check_cuda_backend(inputs, dtype, with_opts, backend):
     params = ("A", "D", "delta_bias")
     cast = {k: (v if k in params else v.to(dtype)) for k, v in inputs.items()}
-    expected, grad_out, expected_grads = reference(cast, True)
+    expected, grad_out, expected_grads = reference(cast, with_opts)
     dev = {k: v.cuda() for k, v in cast.items()}
-    out, grads = run_backend(dev, True, grad_out.cuda())
+    out, grads = run_backend(dev, with_opts, grad_out.cuda(), backend=backend)
     rel = 2e-5 if dtype == torch.float32 else 1e-2
     assert_close(out.float().cpu(), expected, rel=rel, what="out")
     for name, g in grads.items():
@@ -399,3 +417,21 @@ def test_cuda_auto_picks_a_gpu_kernel_and_conv_matches():
     out = causal_conv1d(x, w, None, "silu", backend="triton")
     expected = causal_conv1d_ref(x.double(), w.double(), None, "silu")
     assert_close(out, expected.detach(), rel=1e-5, what="conv out")
+
+
+@pytest.mark.cuda
+@needs_triton_cuda
+@pytest.mark.parametrize("length", [1230, 9806])
+def test_cuda_fused_conv_gradients_match_float64(length):
+    x = torch.randn(2, 256, length, device="cuda", requires_grad=True)
+    w = torch.randn(256, 4, device="cuda", requires_grad=True)
+    b = torch.randn(256, device="cuda", requires_grad=True)
+    out = causal_conv1d(x, w, b, "silu", backend="triton")
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    leaves = [t.detach().double().requires_grad_() for t in (x, w, b)]
+    ref = causal_conv1d_ref(*leaves, "silu")
+    ref.backward(grad.double())
+    assert_close(out, ref.detach(), rel=1e-5, what="conv out")
+    for name, t, r in zip(("dx", "dw", "db"), (x, w, b), leaves, strict=True):
+        assert_close(t.grad, r.grad, rel=1e-5, what=name)

@@ -8,6 +8,7 @@ import math
 
 import pytest
 
+import dimbench.suites  # noqa: F401  (the built-in suites register their result columns)
 from dimbench.results import (
     COLUMNS,
     KEY_COLUMNS,
@@ -213,3 +214,72 @@ def test_plot_command_groups_by_configuration(tmp_path, capsys):
     assert (tmp_path / "scaling_cpu_fp32_forward_b1.png").exists()
     assert (tmp_path / "scaling_cpu_bf16_forward_b1.png").exists()
     assert "overtakes DiT-T/2" in out
+
+
+# ----------------------------------------------------------------------------- damaged files
+
+
+def test_foreign_csv_is_refused_and_left_as_it_is(tmp_path):
+    from dimbench.results import ResultFileError
+
+    path = tmp_path / "throughput.csv"
+    path.write_text("name,score\nalice,3\n")
+    store = ResultStore(tmp_path, "throughput")
+    with pytest.raises(ResultFileError, match="not a dimbench result file"):
+        store.check()
+    with pytest.raises(ResultFileError):
+        store.append(make_row(**KEY, status="ok"))
+    assert path.read_text() == "name,score\nalice,3\n"
+
+
+def test_corrupt_row_is_refused(tmp_path):
+    from dimbench.results import ResultFileError
+
+    store = ResultStore(tmp_path, "throughput")
+    store.append(make_row(**KEY, status="ok", imgs_per_s=1.0))
+    with store.csv_path.open("a") as f:
+        f.write("throughput,DiM-T/2,too,few\n")
+        f.write(",".join(["x"] * len(COLUMNS)) + "\n")  # an intact row after the broken one
+    before = store.csv_path.read_text()
+    with pytest.raises(ResultFileError, match="row 2 has 4 fields"):
+        store.check()
+    with pytest.raises(ResultFileError, match="corrupt"):
+        store.append(make_row(**KEY, status="ok", imgs_per_s=2.0))
+    with pytest.raises(ResultFileError, match="corrupt"):
+        load_results(tmp_path)
+    assert store.csv_path.read_text() == before
+
+
+def test_truncated_last_row_keeps_the_intact_rows(tmp_path):
+    """A writer killed mid-row: the next append lands on its own line, readers skip the stub."""
+    store = ResultStore(tmp_path, "throughput")
+    store.append(make_row(**{**KEY, "image_size": 32}, status="ok", imgs_per_s=1.0))
+    store.append(make_row(**{**KEY, "image_size": 64}, status="ok", imgs_per_s=2.0))
+    text = store.csv_path.read_text()
+    store.csv_path.write_text(text[: len(text) - 40])  # cut inside the second row
+    assert [r["image_size"] for r in store.rows()] == ["32"]
+    assert len(load_results(tmp_path)) == 1
+    store.append(make_row(**{**KEY, "image_size": 64}, status="ok", imgs_per_s=3.0))
+    rows = store.rows()
+    assert [(r["image_size"], r["imgs_per_s"]) for r in rows] == [("32", "1"), ("64", "3")]
+    assert len(load_results(tmp_path)) == 2
+
+
+def test_complete_last_row_without_newline_is_kept(tmp_path):
+    store = ResultStore(tmp_path, "throughput")
+    store.append(make_row(**KEY, status="ok", imgs_per_s=1.0))
+    store.csv_path.write_text(store.csv_path.read_text().rstrip("\r\n"))
+    store.append(make_row(**{**KEY, "image_size": 64}, status="ok", imgs_per_s=2.0))
+    assert [r["image_size"] for r in store.rows()] == ["256", "64"]
+
+
+def test_plot_refuses_header_only_results(tmp_path, capsys):
+    from dimbench.cli import main
+
+    (tmp_path / "throughput.csv").write_text(",".join(COLUMNS) + "\n")
+    (tmp_path / "notes.csv").write_text("a,b\n1,2\n")  # not ours: skipped, not an error
+    with pytest.raises(SystemExit) as e:
+        main(["plot", str(tmp_path)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "no result rows" in err and "\n" not in err

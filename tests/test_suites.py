@@ -10,14 +10,14 @@ import types
 
 import pytest
 import torch
-from dimbench.suites import get_suite
-from dimbench.suites.spec import Config, Sweep
 
 from dimbench.errors import UsageError
 from dimbench.measure.memory import PeakMemory
 from dimbench.measure.metadata import machine_slug, run_metadata, slugify
 from dimbench.measure.telemetry import CpuTelemetry, GpuTelemetry
 from dimbench.measure.timing import Timing, make_clock, quantile, time_fn
+from dimbench.suites import get_suite
+from dimbench.suites.spec import Config, Sweep
 
 # ----------------------------------------------------------------------------- timing
 

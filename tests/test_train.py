@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +19,7 @@ from dimbench.diffusion.losses import training_losses
 from dimbench.diffusion.schedule import NoiseSchedule
 from dimbench.errors import UsageError
 from dimbench.registry import create_model
+from dimbench.train.build import build_model
 from dimbench.train.checkpoint import (
     CheckpointError,
     atomic_save,
@@ -31,7 +35,7 @@ from dimbench.train.data import (
     build_dataset,
     load_latent_arrays,
 )
-from dimbench.train.trainer import Trainer, build_model
+from dimbench.train.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -113,7 +117,7 @@ def test_resume_is_bitwise_identical(tmp_path):
     straight = Trainer(config(tmp_path, "straight"))
     straight.fit()
     # the same run, "killed" after step 5: the last checkpoint is at step 3
-    Trainer(config(tmp_path, "resumed")).fit(stop_at=5)
+    Trainer(config(tmp_path, "resumed")).fit(until=5)
     assert load_checkpoint(tmp_path / "resumed")["step"] == 3
     resumed = Trainer(config(tmp_path, "resumed", resume=True))
     assert resumed.step == 3
@@ -131,6 +135,65 @@ def test_resume_is_bitwise_identical(tmp_path):
     log_a, log_b = read_log(tmp_path / "straight"), read_log(tmp_path / "resumed")
     assert [r["step"] for r in log_b] == [str(s) for s in range(1, 7)]
     assert [r["loss"] for r in log_a] == [r["loss"] for r in log_b]
+
+
+def test_fit_in_slices_follows_one_call_bit_for_bit(tmp_path):
+    """fit(until=k) called again and again (train-compare's evaluation points) trains, logs
+    and checkpoints as one fit() does; a slice that ends early writes no checkpoint."""
+    straight = Trainer(config(tmp_path, "straight", log_every=2))
+    straight.fit()
+    sliced = Trainer(config(tmp_path, "sliced", log_every=2))
+    seen = []
+    for until in (1, 1, 4, 5, None):
+        summary = sliced.fit(until=until, on_step=lambda t: seen.append(float(t.last_loss)))
+        assert summary["steps"] == sliced.step == (until or 6)
+        if until == 4:
+            assert sliced.saved_step == 3  # ckpt_every=3: the trainer's own, not the slice's
+    assert len(seen) == 6
+    for key in ("model", "ema"):
+        a, b = straight.state_dict()[key], sliced.state_dict()[key]
+        assert all(torch.equal(a[n], b[n]) for n in a), key
+    log_a, log_b = read_log(tmp_path / "straight"), read_log(tmp_path / "sliced")
+    assert [(r["step"], r["loss"]) for r in log_a] == [(r["step"], r["loss"]) for r in log_b]
+    assert [r["step"] for r in log_b] == ["2", "4", "6"]
+
+
+def test_fit_stops_when_its_training_seconds_are_spent(tmp_path, monkeypatch):
+    trainer = Trainer(config(tmp_path, "timed", steps=50, ckpt_every=1))
+    # checkpoints are not training time: two slow saves, and the clock barely moves
+    save = Trainer.save
+
+    def slow_save(self):
+        time.sleep(1.0)
+        return save(self)
+
+    monkeypatch.setattr(Trainer, "save", slow_save)
+    trainer.fit(until=2)
+    assert trainer.step == 2 and trainer.saved_step == 2 and trainer.wall_time < 1.5
+    monkeypatch.setattr(Trainer, "save", save)
+    trainer.fit(seconds=trainer.wall_time + 1e-9)  # at most one more step
+    assert trainer.step == 3
+    trainer.fit(seconds=trainer.wall_time)  # spent already: nothing to do
+    assert trainer.step == 3
+
+
+def test_trainer_takes_a_dataset_it_is_given(tmp_path, monkeypatch):
+    """A caller that has the data loaded (train-compare) passes it: no second copy is read."""
+    import dimbench.train.trainer as trainer_module
+
+    dataset, info = build_dataset("photos", 8)
+
+    def no_second_copy(*args, **kwargs):
+        raise AssertionError("the trainer read its data again")
+
+    monkeypatch.setattr(trainer_module, "build_dataset", no_second_copy)
+    trainer = Trainer(
+        config(tmp_path, steps=2), data=(dataset, info), context={"caller": {"why": "test"}}
+    )
+    assert trainer.dataset is dataset and trainer.data_info is info
+    trainer.fit()
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["caller"] == {"why": "test"} and saved["model"] == "DiM-T/2"
 
 
 def test_resume_refuses_another_model_or_setting(tmp_path):
@@ -362,3 +425,103 @@ def test_vae_without_diffusers_is_a_one_line_error(tmp_path):
 
     with pytest.raises(UsageError, match="diffusers"):
         load_vae(tmp_path, torch.device("cpu"))
+
+
+# ---- interruptions and damaged checkpoints --------------------------------------------------
+
+
+def test_default_checkpoints_every_tenth_of_the_run_and_by_time(tmp_path):
+    cfg = config(tmp_path, "tenth", steps=20, ckpt_every=None)
+    assert cfg.checkpoint_interval() == 2
+    Trainer(cfg).fit(until=5)  # "killed" after step 5
+    assert load_checkpoint(tmp_path / "tenth")["step"] == 4
+    # every few microseconds of training: a checkpoint after every step
+    Trainer(config(tmp_path, "timed", ckpt_every=1000, ckpt_minutes=1e-9)).fit(until=3)
+    assert load_checkpoint(tmp_path / "timed")["step"] == 3
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_saves_a_checkpoint_and_resume_is_bitwise(tmp_path, signum, code):
+    from dimbench.errors import Interrupted
+
+    straight = Trainer(config(tmp_path, "straight", log_every=2, ckpt_every=100))
+    straight.fit()
+
+    def interrupt_at_step_3(trainer):
+        if trainer.step == 3:
+            os.kill(os.getpid(), signum)
+
+    with pytest.raises(Interrupted, match="at step 3 of 6") as e:
+        Trainer(config(tmp_path, "stopped", log_every=2, ckpt_every=100)).fit(
+            on_step=interrupt_at_step_3
+        )
+    assert e.value.exit_code == code
+    assert signal.getsignal(signum) is not None  # the handlers are put back
+    assert load_checkpoint(tmp_path / "stopped")["step"] == 3
+    resumed = Trainer(config(tmp_path, "stopped", log_every=2, ckpt_every=100, resume=True))
+    resumed.fit()
+    for key in ("model", "ema"):
+        a, b = straight.state_dict()[key], resumed.state_dict()[key]
+        assert all(torch.equal(a[n], b[n]) for n in a), key
+    # the log row at step 4 averages steps 3 and 4 as in the uninterrupted run
+    log_a, log_b = read_log(tmp_path / "straight"), read_log(tmp_path / "stopped")
+    assert [(r["step"], r["loss"]) for r in log_a] == [(r["step"], r["loss"]) for r in log_b]
+
+
+def test_stale_temp_files_of_killed_saves_are_removed(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    stale = out / ".checkpoint.pt.abc123.tmp"
+    stale.write_bytes(b"half a save")
+    Trainer(config(tmp_path, "run", steps=1))
+    assert not stale.exists()
+
+
+def test_damaged_or_foreign_checkpoints_are_one_line_errors(tmp_path):
+    Trainer(config(tmp_path, "run", steps=1)).fit()
+    good = (tmp_path / "run" / "checkpoint.pt").read_bytes()
+    cases = {
+        "truncated.pt": (good[: len(good) // 2], "is truncated"),
+        "foreign.pt": (None, "is not a dimbench checkpoint"),
+        "log.csv": (b"step,loss\n1,0.5\n", "is not a checkpoint"),
+    }
+    torch.save({"weights": torch.ones(2)}, tmp_path / "foreign.pt")
+    for name, (data, message) in cases.items():
+        if data is not None:
+            (tmp_path / name).write_bytes(data)
+        with pytest.raises(CheckpointError, match=message) as e:
+            load_checkpoint(tmp_path / name)
+        assert "\n" not in str(e.value)
+    # a truncated checkpoint in a run folder is named as such, not "pass --resume"
+    (tmp_path / "run" / "checkpoint.pt").write_bytes(good[:1000])
+    with pytest.raises(CheckpointError, match="truncated"):
+        Trainer(config(tmp_path, "run", steps=1))
+    with pytest.raises(CheckpointError, match="truncated"):
+        Trainer(config(tmp_path, "run", steps=1, resume=True))
+
+
+def test_ema_warms_up_by_default_and_sampling_warns_about_a_cold_one(tmp_path):
+    from dimbench.train.ema import early_share
+    from dimbench.train.generate import describe_weights
+
+    assert config(tmp_path).with_defaults().ema_warmup is True
+    # updates 1-30 keep every later decay: 0.9999^270
+    assert early_share(0.9999, False, 300) == pytest.approx(0.9999**270, rel=1e-9)
+    assert early_share(0.9999, True, 300) < 1e-3
+    cold = {"trained_steps": 300, "config": {"ema_decay": 0.9999, "ema_warmup": False}}
+    text, warning = describe_weights(cold, "ema")
+    assert "no warm-up, 300 updates" in text and "97%" in warning and "--weights model" in warning
+    warm = {"trained_steps": 300, "config": {"ema_decay": 0.9999, "ema_warmup": True}}
+    assert describe_weights(warm, "ema")[1] is None
+    assert describe_weights(cold, "model") == ("raw weights after 300 steps", None)
+
+
+def test_lag1_autocorrelation_tells_noise_from_pictures():
+    from skimage import data
+
+    from dimbench.metrics.structure import lag1_autocorrelation
+
+    noise = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    assert abs(lag1_autocorrelation(noise)) < 0.05
+    assert lag1_autocorrelation(data.astronaut()[None, ::8, ::8]) > 0.7
+    assert lag1_autocorrelation(np.zeros((2, 4, 4, 3))) == 0.0

@@ -115,6 +115,9 @@ def train_compare(
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     scan_backend: str = typer.Option("auto", "--scan-backend", help="Selective-scan backend."),
     attn_backend: str = typer.Option("auto", "--attn-backend", help="Attention backend."),
+    compile: bool = typer.Option(
+        False, "--compile/--eager", help="Every model through torch.compile (inductor)."
+    ),
     num_workers: int = typer.Option(0, "--num-workers", help="DataLoader worker processes."),
     inception_weights: str | None = typer.Option(
         None, "--inception-weights", help="pytorch-fid Inception weights (default: bundled)."
@@ -124,8 +127,7 @@ def train_compare(
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars."),
 ) -> None:
-    from dimbench.train.compare import CompareConfig
-    from dimbench.train.compare_run import run_compare
+    from dimbench.train.compare import CompareConfig, run_compare
 
     cfg = CompareConfig(
         models=list(models) if models else None,
@@ -159,6 +161,7 @@ def train_compare(
         device=device,
         scan_backend=scan_backend,
         attn_backend=attn_backend,
+        compile="inductor" if compile else "eager",
         num_workers=num_workers,
         inception_weights=inception_weights,
         cache_dir=cache_dir,
@@ -166,8 +169,19 @@ def train_compare(
         command=command_line(ctx),
     )
     result = run_compare(cfg)
-    if result.get("figures"):
-        typer.echo(f"wrote {result['csv']} and {', '.join(result['figures'])}")
+    if result["is_main"] and result["rows"]:
+        figures = write_report(Path(result["out"]), result["rows"], Path(result["meta"]))
+        typer.echo(f"wrote {result['csv']} and {', '.join(map(str, figures))}")
+
+
+def write_report(out: Path, rows: list[dict], meta_path: Path) -> list[Path]:
+    """The figures (train_compare.png/svg) and summary.md of a finished comparison."""
+    from dimbench.plots_train import plot_train_compare
+    from dimbench.train.compare.summary import summary_markdown
+
+    figures = plot_train_compare(out, rows=rows)
+    (out / "summary.md").write_text(summary_markdown(rows, meta_path))
+    return figures
 
 
 def _metric_list(text: str | None) -> tuple[str, ...] | None:

@@ -103,19 +103,9 @@ def fid(
 
 
 def _device(name: str, torch):
-    from dimbench.errors import UsageError
+    from dimbench.devices import parse_device
 
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"--device {name}: not a device (cpu, cuda, cuda:N)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: no CUDA device on this machine")
-    if dev.type not in ("cpu", "cuda"):
-        raise UsageError(f"--device {name}: only cpu and cuda are supported")
-    return dev
+    return torch.device(parse_device(name, allow_auto=True))
 
 
 def _warn_about(result: dict) -> None:

@@ -17,15 +17,12 @@ def backends() -> None:
     """List the kernel backends usable on this machine (fastest first)."""
     import torch
 
-    from dimbench.ops import attention_backends, conv_backends, scan_backends
+    from dimbench.ops.backends import available
+    from dimbench.registry import KERNELS
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for dev in devices:
-        typer.echo(
-            f"{dev}: scan={','.join(scan_backends(dev))} "
-            f"attention={','.join(attention_backends(dev))} "
-            f"conv={','.join(conv_backends(dev))}"
-        )
+        typer.echo(f"{dev}: " + " ".join(f"{k}={','.join(available(k, dev))}" for k in KERNELS))
 
 
 def register(app: typer.Typer) -> None:

@@ -20,6 +20,8 @@ def plot(
     baseline) beside the CSVs.
     """
     from dimbench.errors import UsageError
+    from dimbench.paths import writable_dir
+    from dimbench.results import load_results
 
     if not results_dir.is_dir():
         raise UsageError(f"{results_dir} is not a folder")
@@ -28,6 +30,13 @@ def plot(
     for f in fmt:
         if f not in ("png", "svg", "pdf"):
             raise UsageError(f"unknown figure format {f!r}; valid: png, svg, pdf")
+    rows = load_results(results_dir)
+    if rows.empty:
+        raise UsageError(
+            f"no result rows in {results_dir} (no dimbench CSVs, or only their headers); "
+            "run `dimbench run SUITE --out DIR` first"
+        )
+    writable_dir(results_dir, "RESULTS_DIR")  # the figures and summary.md go beside the CSVs
     from dimbench.plots import plot_scaling
 
     out = plot_scaling(results_dir, formats=tuple(fmt))

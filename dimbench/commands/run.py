@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-SUITES_HELP = "throughput | memory | flops"
+SUITES_HELP = "throughput | memory | flops, or a suite an --import module registers"
 
 
 def run(
@@ -21,13 +21,17 @@ def run(
         "Default: DiM-S/2 DiT-S/2 U-ViT-S/2 on CPU, DiM-H/2 DiT-XL/2 U-ViT-H/2 on a GPU; "
         "flops: DiM-L/2 DiM-H/2 DiT-XL/2 U-ViT-H/2",
     ),
-    batch_size: list[int] = typer.Option([1], "--batch-size", help="Batch size (repeatable)"),
+    batch_size: list[int] = typer.Option(
+        [1], "--batch-size", help="Batch sizes, space-separated, e.g. --batch-size 1 8"
+    ),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N"),
     dtype: list[str] = typer.Option(
-        ["fp32"], "--dtype", help="fp32 | bf16 | fp16 (autocast; repeatable)"
+        ["fp32"], "--dtype", help="fp32 | bf16 | fp16 (autocast), space-separated"
     ),
     mode: list[str] = typer.Option(
-        ["forward"], "--mode", help="forward | train (forward + backward + AdamW step)"
+        ["forward"],
+        "--mode",
+        help="forward | train (forward + backward + AdamW step), space-separated",
     ),
     warmup: int = typer.Option(None, "--warmup", help="Untimed warm-up steps [CPU 1, GPU 3]"),
     repeats: int = typer.Option(
@@ -43,10 +47,28 @@ def run(
         300.0, "--timeout", help="Seconds per configuration before its process is killed"
     ),
     scan_backend: str = typer.Option(
-        "auto", "--scan-backend", help="Selective scan for DiM (see `dimbench backends`)"
+        "auto",
+        "--scan-backend",
+        help="Selective scan for the models that have one (DiM); `dimbench backends` lists them",
     ),
     attn_backend: str = typer.Option(
-        "auto", "--attn-backend", help="Attention for DiT/U-ViT: sdpa | math | flash_attn"
+        "auto", "--attn-backend", help="Attention for the models that have it (DiT, U-ViT)"
+    ),
+    conv_backend: str = typer.Option(
+        "auto", "--conv-backend", help="Causal conv1d for the models that have it (DiM)"
+    ),
+    compile: bool = typer.Option(
+        False,
+        "--compile/--eager",
+        help="Every model through torch.compile (inductor; compiled during the warm-up, which "
+        "then takes tens of seconds); recorded in each row's compile column [eager]",
+    ),
+    weights: Path = typer.Option(
+        None,
+        "--weights",
+        help="Load these weights (a dimbench checkpoint, or a released DiM nnet_ema.pth for "
+        "the DiM-*-imagenet* models) into every model [random initialisation]",
+        show_default=False,
     ),
     threads: int = typer.Option(None, "--threads", help="torch threads [torch's default]"),
     omp_wait_policy: str = typer.Option(
@@ -54,7 +76,7 @@ def run(
         "--omp-wait-policy",
         help="passive | active: OpenMP threads sleep or spin while idle. Spinning threads on a "
         "shared CPU wait for descheduled peers and slow every step by up to 10x "
-        "[$OMP_WAIT_POLICY, else passive on CPU]",
+        "[$OMP_WAIT_POLICY, else passive]",
         show_default=False,
     ),
     sample_steps: int = typer.Option(
@@ -69,7 +91,11 @@ def run(
         help="On a rerun, measure timeouts and errors again (ok and oom rows are always kept)",
     ),
     out: Path = typer.Option(
-        None, "--out", help="Results folder [results/<machine>/]", show_default=False
+        None,
+        "--out",
+        help="Results folder [runs/<machine>/, e.g. runs/amd-epyc-2c/; the project's published "
+        "results live in results/<machine>/]",
+        show_default=False,
     ),
 ) -> None:
     """Measure SUITE for every (model, resolution, batch, dtype, mode), each in its own process.
@@ -81,14 +107,17 @@ def run(
     """
     from rich.console import Console
 
+    from dimbench.devices import parse_device
     from dimbench.errors import UsageError
-    from dimbench.measure.metadata import machine_slug
+    from dimbench.paths import writable_dir
+    from dimbench.results import ResultStore
     from dimbench.suites import get_suite
-    from dimbench.suites.runner import run_sweep, summary_table
-    from dimbench.suites.spec import DEFAULT_RESOLUTIONS, Sweep, check_device
+    from dimbench.suites.runner import errors_log, run_sweep, summary_table
+    from dimbench.suites.spec import DEFAULT_RESOLUTIONS, Sweep
+    from dimbench.threads import omp_policy_in_effect
 
     the_suite = get_suite(suite)
-    check_device(device)
+    device = parse_device(device)
     on_gpu = device.startswith("cuda")
     chosen = list(models) if models else list(the_suite.default_models(device))
     if not models:
@@ -114,31 +143,44 @@ def run(
         device=device,
         scan_backend=scan_backend,
         attn_backend=attn_backend,
+        conv_backend=conv_backend,
+        compile="inductor" if compile else "eager",
+        weights=str(weights) if weights else "",
         warmup=warmup if warmup is not None else (3 if on_gpu else 1),
         repeats=repeats if repeats is not None else (20 if on_gpu else 10),
         budget_s=budget if budget is not None else (10.0 if on_gpu else 20.0),
         timeout_s=timeout,
         sample_steps=sample_steps,
         threads=threads,
-        omp_wait_policy=omp_wait_policy or _default_omp_policy(device),
+        omp_wait_policy=omp_wait_policy or omp_policy_in_effect().lower() or None,
     )
     sweep.validate()
-    out_dir = out if out is not None else Path("results") / machine_slug(device)
+    out_dir = writable_dir(out if out is not None else default_out(device))
+    store = ResultStore(out_dir, the_suite.name)
+    store.check()
     df = run_sweep(sweep, out_dir, retry_failed=retry_failed, redo=redo)
     console = Console()
     if not console.is_terminal:  # a log file: wide enough for the whole table
         console = Console(width=160)
     console.print(summary_table(the_suite, df))
-    console.print(f"rows in {out_dir / (the_suite.name + '.csv')}")
+    console.print(f"rows in {store.csv_path}")
+    errors = int((df["status"] == "error").sum()) if len(df) else 0
+    if errors:
+        console.print(
+            f"[red]{errors} configuration{'s' * (errors > 1)} ended in error[/red] (a crash, "
+            f"unlike oom and timeout): the error column of {store.csv_path} says why, the "
+            f"workers' tracebacks are in {errors_log(store)}",
+            highlight=False,
+        )
+        raise typer.Exit(1)
 
 
-def _default_omp_policy(device: str) -> str | None:
-    """The environment's OMP_WAIT_POLICY if set; otherwise passive for CPU runs (see --help)."""
-    import os
+def default_out(device: str) -> Path:
+    """Where a run's rows go unless --out says: ``runs/<machine>/``, apart from the project's
+    published results in ``results/``, so a first run measures instead of resuming them."""
+    from dimbench.measure.metadata import machine_slug
 
-    if os.environ.get("OMP_WAIT_POLICY"):
-        return os.environ["OMP_WAIT_POLICY"].lower()
-    return None if device.startswith("cuda") else "passive"
+    return Path("runs") / machine_slug(device)
 
 
 def register(app: typer.Typer) -> None:

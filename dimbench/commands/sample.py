@@ -37,7 +37,9 @@ def sample(
         "--upsample-guidance/--no-upsample-guidance",
         help="Upsample guidance with --upsample.",
     ),
-    out: Path = typer.Option(..., "--out", help="Output folder."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Output folder [CKPT's run folder/samples].", show_default=False
+    ),
     batch_size: int = typer.Option(16, "--batch-size", help="Samples per batch (global batches)."),
     seed: int = typer.Option(0, "--seed", help="Seed of labels and noise."),
     weights: str = typer.Option("ema", "--weights", help="ema|model."),
@@ -47,7 +49,7 @@ def sample(
         help="One class for every sample (default: random over the data's classes).",
     ),
     order: int = typer.Option(2, "--order", help="DPM-Solver++ order: 1, 2 or 3."),
-    eta: float = typer.Option(0.0, "--eta", help="DDIM eta (0 = deterministic)."),
+    eta: float = typer.Option(0.0, "--eta", help="DDIM eta, >= 0 (0 = deterministic)."),
     vae: str | None = typer.Option(
         None,
         "--vae",
@@ -56,11 +58,19 @@ def sample(
     device: str = typer.Option("auto", "--device", help="auto|cpu|cuda."),
     scan_backend: str = typer.Option("auto", "--scan-backend", help="Selective-scan backend."),
     attn_backend: str = typer.Option("auto", "--attn-backend", help="Attention backend."),
+    clip_x0: bool | None = typer.Option(
+        None,
+        "--clip-x0/--no-clip-x0",
+        help="Clamp every x_0 prediction to [-1, 1] [on for pixel-space models, off for latents].",
+        show_default=False,
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     from dimbench.train import distributed as D
     from dimbench.train.generate import generate
 
+    if out is None:
+        out = (ckpt if ckpt.is_dir() else ckpt.parent) / "samples"
     dist = D.setup(device)
     try:
         summary = generate(
@@ -83,6 +93,7 @@ def sample(
             attn_backend=attn_backend,
             progress=progress,
             dist=dist,
+            clip_x0=clip_x0,
         )
     finally:
         D.cleanup()
@@ -90,8 +101,15 @@ def sample(
         size = "x".join(str(s) for s in summary["image_size"])
         typer.echo(
             f"{num} samples of {summary['model']} at {size} ({sampler}, {summary['steps']} steps) "
-            f"in {summary['seconds']:.1f} s -> {out}"
+            f"from its {summary['weights_used']} in {summary['seconds']:.1f} s -> {out}"
         )
+        if summary["weights_warning"]:
+            typer.echo(f"warning: {summary['weights_warning']}", err=True)
+        if "lag1_autocorrelation" in summary:
+            typer.echo(
+                f"mean lag-1 pixel autocorrelation {summary['lag1_autocorrelation']:.2f} "
+                "(noise ~0, photographs ~0.9)"
+            )
         if not summary["decoded"]:
             typer.echo("latent samples saved as samples.npz 'latents'; pass --vae to decode to PNG")
 

@@ -9,13 +9,15 @@ import typer
 HELP = """Train a diffusion model on the bundled photos, an image folder or pre-extracted latents.
 
 The defaults follow the DiM paper (AdamW lr 2e-4, weight decay 0.03, betas 0.99/0.99, eps 1e-15,
-grad clip 1.0, EMA 0.9999, label dropout 0.1; warm-up 5000 steps, capped at 10% of --steps).
+grad clip 1.0, EMA 0.9999 with timm's warm-up, label dropout 0.1; warm-up 5000 steps, capped at
+10% of --steps).
 Pixel space (3 channels) for photos and image folders; latents (4 channels) for .npy/.npz files,
 U-ViT feature folders, or any images with --vae. Under `torchrun --nproc_per_node=N` the same
 command trains with DistributedDataParallel; --batch-size is the global batch.
 
-Writes OUT/checkpoint.pt (atomically), OUT/log.csv (step, loss, lr, wall_time, images_seen,
-flops, grad_norm) and OUT/config.json.
+Writes OUT/checkpoint.pt (atomically: every 10% of the steps, every 10 minutes, at the end,
+and on Ctrl-C or SIGTERM, which then exit 130 / 143), OUT/log.csv (step, loss, lr, wall_time,
+images_seen, flops, grad_norm) and OUT/config.json. --resume continues a run exactly.
 """
 
 
@@ -28,8 +30,14 @@ def train(
     ),
     image_size: int = typer.Option(..., "--image-size", help="Image resolution in pixels."),
     steps: int = typer.Option(..., "--steps", help="Total optimisation steps."),
-    batch_size: int = typer.Option(..., "--batch-size", help="Global batch size (all ranks)."),
-    out: Path = typer.Option(..., "--out", help="Run folder: checkpoint, log, config."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Global batch size (all ranks)."),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        help="Run folder: checkpoint, log, config [runs/train-MODEL-SIZEpx, e.g. "
+        "runs/train-DiM-T_2-32px].",
+        show_default=False,
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly."),
     init_from: str | None = typer.Option(
         None, "--init-from", help="Weak-to-strong: start from a (lower-resolution) checkpoint."
@@ -58,7 +66,8 @@ def train(
     ema_warmup: bool | None = typer.Option(
         None,
         "--ema-warmup/--no-ema-warmup",
-        help="timm's EMA decay warm-up (for short runs) (default: off).",
+        help="timm's EMA decay warm-up, 1 - (1 + step)^(-2/3) up to --ema-decay: without it a "
+        "short run's EMA is still mostly its initial weights (default: on).",
     ),
     label_dropout: float | None = typer.Option(
         None, "--label-dropout", help="Probability of the null label, for CFG (default: 0.1)."
@@ -89,10 +98,21 @@ def train(
     attn_backend: str = typer.Option(
         "auto", "--attn-backend", help="Attention backend (DiT, U-ViT)."
     ),
+    compile: bool = typer.Option(
+        False,
+        "--compile/--eager",
+        help="Train the model through torch.compile (inductor; the first step compiles).",
+    ),
     num_workers: int = typer.Option(0, "--num-workers", help="DataLoader worker processes."),
     log_every: int = typer.Option(10, "--log-every", help="Steps per CSV row (loss averaged)."),
-    ckpt_every: int = typer.Option(
-        1000, "--ckpt-every", help="Steps per checkpoint (and at the end)."
+    ckpt_every: int | None = typer.Option(
+        None,
+        "--ckpt-every",
+        help="Steps per checkpoint (also at the end, and on Ctrl-C / SIGTERM) [10% of --steps].",
+        show_default=False,
+    ),
+    ckpt_minutes: float = typer.Option(
+        10.0, "--ckpt-minutes", help="A checkpoint at least this often (minutes of training)."
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
@@ -108,7 +128,7 @@ def train(
         image_size=image_size,
         steps=steps,
         batch_size=batch_size,
-        out=str(out),
+        out=str(out if out is not None else default_out(model, image_size)),
         lr=lr,
         weight_decay=weight_decay,
         betas=betas,
@@ -129,9 +149,11 @@ def train(
         device=device,
         scan_backend=scan_backend,
         attn_backend=attn_backend,
+        compile="inductor" if compile else "eager",
         num_workers=num_workers,
         log_every=log_every,
         ckpt_every=ckpt_every,
+        ckpt_minutes=ckpt_minutes,
         progress=progress,
     )
     summary = run_training(cfg)
@@ -140,6 +162,11 @@ def train(
             f"trained {cfg.model} to step {summary['steps']}: loss {summary['loss']:.4f}, "
             f"{summary['steps_per_s']:.2f} steps/s -> {summary['out']}"
         )
+
+
+def default_out(model: str, image_size: int) -> Path:
+    """``runs/train-DiM-T_2-32px`` for ``--model DiM-T/2 --image-size 32``."""
+    return Path("runs") / f"train-{model.replace('/', '_')}-{image_size}px"
 
 
 def register(app: typer.Typer) -> None:

@@ -5,6 +5,10 @@ C channels), the training ``NoiseSchedule`` and the starting noise x_T, and retu
 Model timesteps are in [0, T): integers for DDPM/DDIM, fractional for DPM-Solver++, which runs in
 the continuous time of the DPM-Solver paper's discrete wrapper (t = (i + 1) / T for step i,
 log-alpha interpolated in between) with time-uniform steps from t = 1 to t = 1 / T.
+
+``clip_x0`` clamps every prediction of x_0 to [-1, 1], the data range of pixel-space models
+(ADM's ``clip_denoised``, DPM-Solver's static thresholding); latents are not bounded, so
+latent-space sampling leaves it off.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ def ddpm_sample(
     steps: int | None = None,
     generator: torch.Generator | None = None,
     learned_variance: bool = False,
+    clip_x0: bool = False,
 ) -> torch.Tensor:
     """Ancestral sampling, respaced to ``steps`` steps (IDDPM's respacing; 250 as DiT evaluates).
 
@@ -56,7 +61,8 @@ def ddpm_sample(
     for i in reversed(range(len(kept))):
         out = model_fn(x, _batch_t(kept[i], x))
         ti = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
-        mean, log_var = sub.q_posterior(sub.predict_x0(x, ti, out[:, :c]), x, ti)
+        x0 = _clip(sub.predict_x0(x, ti, out[:, :c]), clip_x0)
+        mean, log_var = sub.q_posterior(x0, x, ti)
         if learned_variance:
             log_var = sub.learned_log_variance(out[:, c : 2 * c], ti)
         if i > 0:
@@ -75,6 +81,7 @@ def ddim_sample(
     steps: int = 50,
     eta: float = 0.0,
     generator: torch.Generator | None = None,
+    clip_x0: bool = False,
 ) -> torch.Tensor:
     """DDIM (eta = 0: deterministic) over ``steps`` evenly spaced timesteps, ending at x_0."""
     kept = spaced_timesteps(schedule.num_timesteps, steps)
@@ -86,6 +93,9 @@ def ddim_sample(
         a = float(schedule.alphas_cumprod[t])
         a_prev = float(schedule.alphas_cumprod[kept[i - 1]]) if i > 0 else 1.0
         x0 = (x - (1.0 - a) ** 0.5 * eps) / a**0.5
+        if clip_x0:  # and the noise that goes with the clipped x_0 (ADM)
+            x0 = _clip(x0, True)
+            eps = (x - a**0.5 * x0) / (1.0 - a) ** 0.5
         sigma = eta * ((1.0 - a_prev) / (1.0 - a) * (1.0 - a / a_prev)) ** 0.5
         x = a_prev**0.5 * x0 + max(1.0 - a_prev - sigma**2, 0.0) ** 0.5 * eps
         if sigma > 0 and i > 0:
@@ -103,6 +113,7 @@ def dpm_solver_pp_sample(
     steps: int = 50,
     order: int = 2,
     lower_order_final: bool = True,
+    clip_x0: bool = False,
 ) -> torch.Tensor:
     """Multistep DPM-Solver++ (data prediction) with time-uniform steps; ``steps`` model calls.
 
@@ -123,7 +134,7 @@ def dpm_solver_pp_sample(
 
     def data_pred(x: torch.Tensor, i: int) -> torch.Tensor:
         eps = model_fn(x, _batch_t(ts[i], x))[:, :c]
-        return (x - sigma[i] * eps) / alpha[i]
+        return _clip((x - sigma[i] * eps) / alpha[i], clip_x0)
 
     x = noise
     history = [data_pred(x, 0)]  # most recent last
@@ -151,6 +162,10 @@ def dpm_solver_pp_sample(
     return x
 
 
+def _clip(x0: torch.Tensor, clip: bool) -> torch.Tensor:
+    return x0.clamp(-1.0, 1.0) if clip else x0
+
+
 def sample(
     sampler: str,
     model_fn: ModelFn,
@@ -161,15 +176,26 @@ def sample(
     order: int = 2,
     eta: float = 0.0,
     learned_variance: bool = False,
+    clip_x0: bool = False,
 ) -> torch.Tensor:
     """Run the named sampler (``dpm++``, ``ddim`` or ``ddpm``) from x_T = ``noise``."""
     steps = steps or DEFAULT_STEPS.get(sampler)
     if sampler == "dpm++":
-        return dpm_solver_pp_sample(model_fn, schedule, noise, steps=steps, order=order)
+        return dpm_solver_pp_sample(
+            model_fn, schedule, noise, steps=steps, order=order, clip_x0=clip_x0
+        )
     if sampler == "ddim":
-        return ddim_sample(model_fn, schedule, noise, steps=steps, eta=eta, generator=generator)
+        return ddim_sample(
+            model_fn, schedule, noise, steps=steps, eta=eta, generator=generator, clip_x0=clip_x0
+        )
     if sampler == "ddpm":
         return ddpm_sample(
-            model_fn, schedule, noise, steps, generator=generator, learned_variance=learned_variance
+            model_fn,
+            schedule,
+            noise,
+            steps,
+            generator=generator,
+            learned_variance=learned_variance,
+            clip_x0=clip_x0,
         )
     raise ValueError(f"unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")

@@ -16,9 +16,6 @@ import torch
 NUM_TIMESTEPS = 1000
 SCHEDULES = ("scaled_linear", "linear")
 
-# Which schedule and loss each model family trains with (REFERENCE.md sections 1 and 2).
-FAMILY_SCHEDULE = {"dim": "scaled_linear", "uvit": "scaled_linear", "dit": "linear"}
-
 
 def make_betas(name: str, num_timesteps: int = NUM_TIMESTEPS) -> np.ndarray:
     """Betas (float64) of a named schedule.
@@ -144,11 +141,6 @@ class NoiseSchedule:
         la = self.marginal_log_alpha(t)
         log_sigma = 0.5 * torch.log(-torch.expm1(2.0 * la))
         return la - log_sigma
-
-
-def schedule_for_family(family: str | None) -> str:
-    """The schedule a model family was trained with in its paper (scaled-linear if unknown)."""
-    return FAMILY_SCHEDULE.get(family or "", "scaled_linear")
 
 
 def mean_flat(x: torch.Tensor) -> torch.Tensor:

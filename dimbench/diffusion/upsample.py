@@ -78,9 +78,3 @@ class UpsampleGuidance:
         w4 = w.to(device=eps.device, dtype=eps.dtype).view(-1, 1, 1, 1)
         eps_hat = torch.where(on.view(-1, 1, 1, 1).to(eps.device), eps + w4 * delta, eps)
         return torch.cat([eps_hat, out[:, c:]], dim=1)
-
-
-def upsampled_shape(shape: tuple[int, ...], factor: int) -> tuple[int, ...]:
-    """(B, C, H, W) -> (B, C, m H, m W)."""
-    b, c, h, w = shape
-    return (b, c, h * factor, w * factor)

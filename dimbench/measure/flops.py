@@ -17,10 +17,9 @@ from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from dimbench.errors import UsageError
 from dimbench.ops.attention import FLOP_OVERRIDES
-from dimbench.registry import LATENT_DOWNSAMPLE, create_model, image_hw
+from dimbench.registry import LATENT_DOWNSAMPLE, create_model, get_model, image_hw
 
 MODES = ("forward", "train")
-PATCH_MULTIPLE = 2  # the smallest patch of any registered model
 
 
 def _conv_backward_flop(
@@ -71,14 +70,11 @@ def count_flops(
     if batch_size < 1:
         raise UsageError(f"batch size must be positive, got {batch_size}")
     h, w = image_hw(image_size)
-    multiple = downsample * PATCH_MULTIPLE
-    if h <= 0 or w <= 0 or h % multiple or w % multiple:
-        raise UsageError(f"image size {h}x{w} is not a positive multiple of {multiple}")
+    latent = get_model(name).input_size((h, w), downsample)
 
     start = time.perf_counter()
     model = create_model(name, (h, w), device="meta", downsample=downsample, **overrides)
     params = sum(p.numel() for p in model.parameters())
-    latent = (h // downsample, w // downsample)
     x = torch.empty(batch_size, model.in_channels, *latent, device="meta")
     t = torch.empty(batch_size, device="meta")
     y = torch.zeros(batch_size, dtype=torch.long, device="meta")
@@ -94,7 +90,7 @@ def count_flops(
     for op, n in counter.get_flop_counts().get("Global", {}).items():
         breakdown[str(op)] += n
     flops = counter.get_total_flops()
-    seq_len = getattr(model, "seq_len", None)  # every family's model reports its length
+    seq_len = getattr(model, "seq_len", None)  # the built-in models report their length
     return {
         "model": name,
         "image_size": h if h == w else (h, w),

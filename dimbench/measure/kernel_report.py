@@ -1,7 +1,7 @@
 """Summarise a kernel benchmark run (pytest-benchmark JSON of tests/bench/test_bench_kernels.py).
 
     pytest tests/bench/test_bench_kernels.py -m bench --benchmark-enable --benchmark-json=k.json
-    python -m dimbench.measure.kernel_report k.json > kernels.md
+    dimbench kernel-report k.json --out kernels.md
 
 For each length: every scan backend's median forward and forward+backward time, the speed-up
 of each backend over ``ref`` measured in the same run, forward+backward over forward, and the
@@ -11,23 +11,32 @@ achieved GFLOP/s (dimbench's scan FLOP formula) beside the run's fp32 matmul GFL
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
+from dimbench.errors import UsageError
 from dimbench.ops.scan import scan_flops
 
 DIM, DSTATE = 2048, 16  # the benchmark's shapes
 
 
 def load(path: str | Path) -> list[dict]:
-    data = json.loads(Path(path).read_text())
-    return [
-        {**b["extra_info"], "median_s": b["stats"]["median"], "iqr_s": b["stats"]["iqr"]}
-        for b in data["benchmarks"]
-    ]
+    """The benchmarks of a pytest-benchmark JSON file (UsageError for another file)."""
+    try:
+        data = json.loads(Path(path).read_text())
+        return [
+            {**b["extra_info"], "median_s": b["stats"]["median"], "iqr_s": b["stats"]["iqr"]}
+            for b in data["benchmarks"]
+        ]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UsageError(
+            f"{path} is not a pytest-benchmark JSON of tests/bench ({type(e).__name__}: {e})"
+        ) from None
 
 
 def report(rows: list[dict]) -> str:
+    bf16 = [r for r in rows if r.get("dtype") == "bf16"]
+    deltas = [r for r in rows if r.get("kernel") == "scan-deltas"]
+    rows = [r for r in rows if r.get("dtype", "fp32") == "fp32"]  # the tables below: float32
     matmul = [r for r in rows if r.get("kernel") == "matmul"]
     matmul_gflops = matmul[0]["flops"] / matmul[0]["median_s"] / 1e9 if matmul else None
     scans = {(r["backend"], r["length"], r["mode"]): r for r in rows if r.get("kernel") == "scan"}
@@ -79,18 +88,27 @@ def report(rows: list[dict]) -> str:
                 f"| {length} | {f * 1e3:.1f} | {b * 1e3:.1f} | {(f + b) / f:.2f} "
                 f"| {flops / f / 1e9:.1f} |"
             )
+    if bf16:
+        lines += ["", "bfloat16 activations (cpu):", "", "| L | mode | op ms | kernel-only ms |"]
+        lines.append("|---|---|---|---|")
+        ops = {(r["length"], r["mode"]): r["median_s"] for r in bf16 if r["kernel"] == "scan"}
+        kern = {
+            (r["length"], r["mode"]): r["median_s"]
+            for r in bf16
+            if r["kernel"] == "scan-kernel-only"
+        }
+        for length, mode in sorted(set(ops) | set(kern)):
+            cells = [ops.get((length, mode)), kern.get((length, mode))]
+            text = [f"{c * 1e3:.1f}" if c is not None else "-" for c in cells]
+            lines.append(f"| {length} | {mode} | {text[0]} | {text[1]} |")
+    if deltas:
+        base = next((r["median_s"] for r in deltas if r.get("deltas") == "U(0,1)"), None)
+        lines += ["", "cpu forward by delta distribution (no input-dependent cliff: ~1x):", ""]
+        lines += ["| L | deltas | forward ms | vs U(0,1) |", "|---|---|---|---|"]
+        for r in deltas:
+            ratio = f"{r['median_s'] / base:.2f}x" if base else "-"
+            lines.append(f"| {r['length']} | {r['deltas']} | {r['median_s'] * 1e3:.1f} | {ratio} |")
     if matmul_gflops is not None:
         lines.append("")
         lines.append(f"fp32 matmul (2048^3) in the same run: {matmul_gflops:.0f} GFLOP/s.")
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        sys.exit("usage: python -m dimbench.measure.kernel_report BENCHMARK.json")
-    print(report(load(args[0])))
-
-
-if __name__ == "__main__":
-    main()

@@ -12,6 +12,7 @@ Measure one configuration per process: RSS is a whole-process figure.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from dataclasses import dataclass
@@ -116,6 +117,8 @@ class PeakMemory:
             peak, method = sampled, "rss_sampling"
         else:
             peak, method = hwm, "ru_maxrss_upper_bound"
+        if os.environ.get("MALLOC_MMAP_THRESHOLD_"):  # set when the process started
+            method += f" (MALLOC_MMAP_THRESHOLD_={os.environ['MALLOC_MMAP_THRESHOLD_']})"
         self.result = MemoryResult(
             peak_mb=max(0, peak - self._idle) / MB,
             reserved_mb=None,

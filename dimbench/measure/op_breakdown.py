@@ -34,6 +34,7 @@ _CONV_PREFIXES = (
     "aten::_slow_conv",
     "aten::slow_conv",
     "aten::cudnn_convolution",
+    "dimbench::causal_conv1d",  # the conv kernels' custom ops (cpu, triton) and their backward
 )
 _LINEAR_NAMES = frozenset(
     {

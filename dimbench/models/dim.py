@@ -7,6 +7,11 @@ Forward pass (REFERENCE.md section 1):
   Mamba-1, one scan order per block, a scan switch between blocks, U-ViT long skips) ->
   un-pad -> last smoother -> RMSNorm + final modulation -> linear -> unpatchify (epsilon).
 
+Official checkpoints: ``convert_official_state_dict`` (dim_official.py) maps their state dicts to
+this module's names; the released configurations are registered as ``DiM-L/2-imagenet256``,
+``DiM-H/2-imagenet256`` and ``DiM-H/2-imagenet512ft`` (the fine-tune fills its pads cyclically,
+``pad_layout="cyclic"``; all count timesteps from 1, ``timestep_shift=1``).
+
 Any grid: the token layout, pads and scan indices are built (and cached) for the grid that
 ``forward`` sees, and the position embedding is resized bilinearly at run time and when a
 checkpoint trained at another resolution is loaded.
@@ -21,8 +26,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dimbench.models.dim_layout import ScanOrder, TokenLayout, scan_schedule, token_layout
+from dimbench.models.checkpointing import GradCheckpointing, run_block
+from dimbench.models.dim_layout import (
+    PAD_LAYOUTS,
+    ScanOrder,
+    TokenLayout,
+    pad_vector_index,
+    scan_schedule,
+    token_layout,
+)
 from dimbench.models.mamba_mixer import MambaMixer
+from dimbench.registry import register_model
 
 Tensor = torch.Tensor
 
@@ -106,6 +120,9 @@ class DiMBlock(nn.Module):
 
     def forward(self, stream: Tensor, modulation: Tensor) -> Tensor:
         shift, scale, gate = (self.scale_shift_table[None] + modulation).unbind(1)
+        fusable = isinstance(self.mixer, MambaMixer) and self.mixer.uses_fused(stream)
+        if fusable:  # norm, modulation, mixer and gate as one node
+            return self.mixer.block(stream, self.norm.weight, shift, scale, gate, self.norm.eps)
         # RMSNorm(x) * (1 + scale) + shift with the norm's weight folded into the scale
         weight = self.norm.weight
         h = F.rms_norm(stream.to(weight.dtype), weight.shape, eps=self.norm.eps)
@@ -113,15 +130,18 @@ class DiMBlock(nn.Module):
         return (1 + gate[:, None]) * self.mixer(h)
 
 
-class DiM(nn.Module):
+class DiM(GradCheckpointing, nn.Module):
     """Diffusion Mamba backbone: ``forward(x, t, y) -> epsilon`` (B, out_channels, H, W).
 
     Ablation switches (all on by default, as in the paper): ``pad_tokens`` (row/bottom pads and
     the split tokens), ``scan_directions`` (1: R+ only, 2: R+/R-, 4: R+/R-/C+/C-), ``smoothers``
     (the depthwise 3x3 convs before and after the blocks), ``long_skips``.
-    """
 
-    family = "dim"
+    Conventions of the released checkpoints: ``pad_layout`` ("lateral", or "cyclic" for the 512-px
+    fine-tune; see dim_layout.py) and ``timestep_shift`` (added to ``t`` in ``forward``: the
+    official code trains on timesteps 1..1000 where dimbench's schedules count 0..999, so its
+    weights want ``timestep_shift=1``).
+    """
 
     def __init__(
         self,
@@ -139,9 +159,10 @@ class DiM(nn.Module):
         scan_directions: int = 4,
         smoothers: bool = True,
         long_skips: bool = True,
+        pad_layout: str = "lateral",
+        timestep_shift: float = 0.0,
         scan_backend: str = "auto",
         conv_backend: str = "auto",
-        attn_backend: str = "auto",  # accepted for the registry's uniform interface; unused
     ) -> None:
         super().__init__()
         h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
@@ -149,6 +170,10 @@ class DiM(nn.Module):
             raise ValueError(f"input size {h}x{w} is not divisible by the patch size {patch_size}")
         if scan_directions not in (1, 2, 4):
             raise ValueError(f"scan_directions must be 1, 2 or 4, got {scan_directions}")
+        if pad_layout not in PAD_LAYOUTS:
+            raise ValueError(
+                f"pad_layout must be one of {', '.join(PAD_LAYOUTS)}, got {pad_layout!r}"
+            )
         if long_skips and depth % 2 == 0:
             raise ValueError(f"depth must be odd with long skips (1 + pairs), got {depth}")
         self.input_size = (h, w)
@@ -168,6 +193,8 @@ class DiM(nn.Module):
         self.scan_directions = scan_directions
         self.use_smoothers = smoothers
         self.use_long_skips = long_skips
+        self.pad_layout = pad_layout
+        self.timestep_shift = float(timestep_shift)
         dim = hidden_size
         grid = (h // patch_size, w // patch_size)
 
@@ -296,14 +323,18 @@ class DiM(nn.Module):
         return torch.cat(parts, dim=1), cond, self.layout(gh, gw, x.device)
 
     def pad_grid(self, grid: Tensor) -> Tensor:
-        """(B, H, W, D) -> (B, H+k, W+k, D): pad vector j fills pad column j of every row and
-        the whole pad row j (k = pad_len)."""
+        """(B, H, W, D) -> (B, H+k, W+k, D) (k = pad_len): pad vector j fills pad column j of
+        every row; the whole pad row j (lateral) or the bottom rows' slots in turn (cyclic)."""
         batch, gh, gw, dim = grid.shape
         k = self.pad_len
         pads = self.pad_tokens.to(grid.dtype)
         cols = pads[None, None].expand(batch, gh, k, dim)
         grid = torch.cat([grid, cols], dim=2)
-        rows = pads[None, :, None].expand(batch, k, gw + k, dim)
+        if self.pad_layout == "lateral":
+            rows = pads[None, :, None].expand(batch, k, gw + k, dim)
+        else:
+            index = pad_vector_index(gh, gw, k, self.pad_layout, pads.device)[gh:]
+            rows = pads[index][None].expand(batch, -1, -1, -1)
         return torch.cat([grid, rows], dim=1)
 
     def switch(self, seq: Tensor, layout: TokenLayout, src: int, dst: int) -> Tensor:
@@ -326,7 +357,7 @@ class DiM(nn.Module):
                 stream = block.skip_fusion(stream, skip).to(res_dtype)  # the residual restarts
             stream = self.switch(stream, layout, order, self.schedule[i])
             order = self.schedule[i]
-            branch = block(stream, modulation)
+            branch = run_block(block, self.grad_checkpointing, stream, modulation)
             residual = stream
             if self.push_skip[i]:
                 skips.append((residual + branch, order))
@@ -353,6 +384,8 @@ class DiM(nn.Module):
         """x (B, C, H, W) latents, t (B,) timesteps, y (B,) labels (num_classes = null)."""
         if y is None:
             y = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
+        if self.timestep_shift:
+            t = t + self.timestep_shift
         seq, cond, layout = self.embed(x, t, y)
         modulation = self.adaln_single(t, y)
         seq = self.run_blocks(seq, modulation, layout)
@@ -379,22 +412,32 @@ DIM_CONFIGS: dict[str, dict] = {
     "DiM-H/2": dict(hidden_size=1536, depth=49),
 }
 
+# The released checkpoints' configurations (tyshiwo1/DiM-DiffusionMamba configs/
+# imagenet256_L_DiM.py, imagenet256_H_DiM.py, imagenet512_H_DiM_ft.py; see dim_official.py).
+RELEASED_CONFIGS: dict[str, dict] = {
+    "DiM-L/2-imagenet256": dict(DIM_CONFIGS["DiM-L/2"], timestep_shift=1),
+    "DiM-H/2-imagenet256": dict(DIM_CONFIGS["DiM-H/2"], timestep_shift=1),
+    "DiM-H/2-imagenet512ft": dict(DIM_CONFIGS["DiM-H/2"], timestep_shift=1, pad_layout="cyclic"),
+}
+
 
 def _constructor(config: dict) -> Callable[..., DiM]:
-    def build(
-        input_size: tuple[int, int] = (32, 32),
-        scan_backend: str = "auto",
-        attn_backend: str = "auto",
-        **overrides,
-    ) -> DiM:
-        kwargs = {"patch_size": 2, **config, **overrides}
-        return DiM(
-            input_size=input_size, scan_backend=scan_backend, attn_backend=attn_backend, **kwargs
-        )
+    def build(input_size: tuple[int, int] = (32, 32), **overrides) -> DiM:
+        return DiM(input_size=input_size, **{"patch_size": 2, **config, **overrides})
 
     return build
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {
-    name: _constructor(cfg) for name, cfg in DIM_CONFIGS.items()
-}
+for _name, _config in {**DIM_CONFIGS, **RELEASED_CONFIGS}.items():
+    register_model(
+        _name,
+        kernels=("scan", "conv"),
+        width="hidden_size",
+        width_multiple=4,
+        family="DiM",
+    )(_constructor(_config))
+
+# re-exported: every model module with official checkpoints offers convert_official_state_dict
+from dimbench.models.dim_official import (  # noqa: E402
+    convert_official_state_dict as convert_official_state_dict,
+)

@@ -5,6 +5,12 @@ The prefix (time token, class token, split tokens) never moves. The padded grid 
 ``H x W`` patch grid with ``pad_len`` pad columns at the end of every row and ``pad_len`` pad
 rows at the bottom, i.e. ``(H + pad_len) x (W + pad_len)`` tokens.
 
+Which pad vector fills which pad slot (``pad_vector_index``): ``lateral`` (the official
+``pad_token_schedules=['dec_split', 'lateral']`` of the 256-px configs) puts vector j in pad column
+j of every row and vector k in the whole pad row k; ``cyclic`` (``'rho_pad'``, the released 512-px
+fine-tune) fills the pad slots in row-major order with vectors 0, 1, ..., pad_len - 1, 0, 1, ...
+The two agree on the pad columns of the patch rows and differ on the bottom pad rows.
+
 Scan orders over the padded grid (the official code's pattern ids in brackets):
     R+ row-major (0), R- reversed row-major (-2), C+ column-major (1), C- reversed column-major (-1)
 A block in order ``o`` sees grid token ``perm_o[k]`` (a row-major position) at sequence slot
@@ -19,6 +25,8 @@ from enum import IntEnum
 import torch
 
 Tensor = torch.Tensor
+
+PAD_LAYOUTS = ("lateral", "cyclic")
 
 
 class ScanOrder(IntEnum):
@@ -74,6 +82,24 @@ def scan_schedule(depth: int, num_orders: int = 4, encoder_start: int = 1) -> li
             idx = (idx - 1) % num_orders
         schedule.append(idx)
     return schedule
+
+
+def pad_vector_index(
+    grid_h: int, grid_w: int, pad_len: int, layout: str = "lateral", device=None
+) -> Tensor:
+    """(grid_h + pad_len, grid_w + pad_len) long: each pad slot's pad vector, -1 on patches."""
+    if layout not in PAD_LAYOUTS:
+        raise ValueError(f"pad_layout must be one of {', '.join(PAD_LAYOUTS)}, got {layout!r}")
+    rows = torch.arange(grid_h + pad_len, device=device)[:, None]
+    cols = torch.arange(grid_w + pad_len, device=device)[None, :]
+    pad_rows = (rows - grid_h).expand(-1, cols.shape[1])
+    if layout == "lateral":
+        index = torch.where(rows >= grid_h, pad_rows, cols - grid_w)
+    else:  # slot number in row-major order over the pad slots, modulo pad_len
+        slot_in_patch_rows = rows * pad_len + cols - grid_w
+        slot_in_pad_rows = grid_h * pad_len + pad_rows * (grid_w + pad_len) + cols
+        index = torch.where(rows >= grid_h, slot_in_pad_rows, slot_in_patch_rows) % max(pad_len, 1)
+    return torch.where((rows < grid_h) & (cols < grid_w), -1, index)
 
 
 class TokenLayout:

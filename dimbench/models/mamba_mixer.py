@@ -3,6 +3,11 @@
 in_proj D -> 2E (x and the gate z), causal depthwise conv1d + SiLU on x, x_proj -> (dt, B, C),
 dt_proj, selective scan with D skip and SiLU(z) gate, out_proj E -> D. Parameter names, shapes and
 initialisation follow ``mamba_ssm.modules.mamba_simple.Mamba``, so checkpoints map one to one.
+
+Everything after in_proj runs as one autograd node (``dimbench.ops.mamba_inner``, the design of
+mamba_ssm's ``mamba_inner_fn``) that saves x, z and the small x_proj output and recomputes the
+rest in backward; its twin ``mamba_inner_ref`` (separate ops, plain autograd) runs where the node
+is not used: on the meta device (FLOP counts) and on CUDA unless ``fused=True``.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import math
 import torch
 from torch import nn
 
-from dimbench.ops import causal_conv1d, selective_scan
+from dimbench.ops.mamba_inner import mamba_inner, mamba_inner_ref
 
 Tensor = torch.Tensor
 
@@ -20,7 +25,15 @@ Tensor = torch.Tensor
 class MambaMixer(nn.Module):
     """Unidirectional Mamba-1 mixer: (B, L, D) -> (B, L, D).
 
-    ``scan_backend`` is read at every call, so it can be switched on a built model.
+    ``scan_backend``, ``conv_backend`` and ``fused`` are read at every call, so they can be
+    switched on a built model. ``fused``: None (auto: the fused node on CPU tensors, the twin
+    elsewhere), True or False. ``recompute_in_proj`` (fused only): in_proj joins the node, which
+    then keeps the mixer's input instead of x and z (a quarter of their size) for one more
+    in_proj matmul in backward. ``recompute_z`` (a DiM block's node, see ``block``): keep x but
+    not z, recomputed in backward by half of in_proj (a quarter less memory than keeping both
+    for a sixth more matmul work in backward). ``save_scan`` (fused only): keep the scan's output
+    and states for backward (one (B, E, L) tensor and a quarter) rather than run the scan forward
+    again.
     """
 
     def __init__(
@@ -36,6 +49,10 @@ class MambaMixer(nn.Module):
         n_layer: int = 1,
         scan_backend: str = "auto",
         conv_backend: str = "auto",
+        fused: bool | None = None,
+        recompute_in_proj: bool = False,
+        recompute_z: bool = True,
+        save_scan: bool = False,
     ) -> None:
         super().__init__()
         self.d_model = d_model
@@ -45,6 +62,10 @@ class MambaMixer(nn.Module):
         self.dt_rank = dt_rank if dt_rank is not None else math.ceil(d_model / 16)
         self.scan_backend = scan_backend
         self.conv_backend = conv_backend
+        self.fused = fused
+        self.recompute_in_proj = recompute_in_proj
+        self.recompute_z = recompute_z
+        self.save_scan = save_scan
 
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=False)
         self.conv1d = nn.Conv1d(
@@ -83,7 +104,58 @@ class MambaMixer(nn.Module):
         nn.init.kaiming_uniform_(self.out_proj.weight, a=math.sqrt(5))
         self.out_proj.weight /= math.sqrt(n_layer)
 
+    def block(
+        self,
+        stream: Tensor,
+        norm_weight: Tensor,
+        shift: Tensor,
+        scale: Tensor,
+        gate: Tensor,
+        eps: float,
+    ) -> Tensor:
+        """A pre-norm block's branch as one fused node: (1 + gate) * mixer(RMSNorm(stream) *
+        norm_weight * (1 + scale) + shift). It keeps the stream (and, unless
+        ``recompute_in_proj``, x, and z unless ``recompute_z``) for backward; the norm and the
+        rest are recomputed."""
+        return mamba_inner(
+            None,
+            None,
+            **self._weights(),
+            save_scan=self.save_scan,
+            stream=stream,
+            in_proj_weight=self.in_proj.weight,
+            norm_weight=norm_weight,
+            shift=shift,
+            scale=scale,
+            norm_eps=eps,
+            gate=gate,
+            keep=self.kept(),
+        )
+
+    def _weights(self) -> dict:
+        return dict(
+            conv_weight=self.conv1d.weight[:, 0],
+            conv_bias=self.conv1d.bias,
+            x_proj_weight=self.x_proj.weight,
+            dt_proj_weight=self.dt_proj.weight,
+            out_proj_weight=self.out_proj.weight,
+            A=-torch.exp(self.A_log.float()),
+            D=self.D.float(),
+            delta_bias=self.dt_proj.bias.float(),
+            delta_softplus=True,
+            scan_backend=self.scan_backend,
+            conv_backend=self.conv_backend,
+        )
+
     def forward(self, hidden: Tensor) -> Tensor:
+        weights = self._weights()
+        fused = self.uses_fused(hidden)
+        if fused:
+            weights["save_scan"] = self.save_scan
+        if fused and self.recompute_in_proj:
+            return mamba_inner(
+                None, None, hidden=hidden, in_proj_weight=self.in_proj.weight, **weights
+            )
         # Channel-major (B, E, L) is what the conv and the scan want. The projections are batched
         # matmuls on transposed views (BLAS transpose flags), so no activation is ever copied:
         # torch.matmul / F.linear would copy (B, E, L) outputs or (B, L, E) inputs here.
@@ -91,39 +163,30 @@ class MambaMixer(nn.Module):
         w_x, w_z = self.in_proj.weight.chunk(2, dim=0)
         x = _weight_matmul(w_x, hidden.transpose(1, 2))  # (B, E, L)
         z = _weight_matmul(w_z, hidden.transpose(1, 2))
-        x = causal_conv1d(
-            x, self.conv1d.weight[:, 0], self.conv1d.bias, "silu", backend=self.conv_backend
-        )
-        x_dbl = _matmul_weight(x.transpose(1, 2), self.x_proj.weight)  # (B, L, R + 2N)
-        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = _weight_matmul(self.dt_proj.weight, dt.transpose(1, 2))  # (B, E, L); bias in the scan
-        A = -torch.exp(self.A_log.float())
-        y = selective_scan(
-            x,
-            dt,
-            A,
-            B.transpose(1, 2).contiguous(),
-            C.transpose(1, 2).contiguous(),
-            self.D.float(),
-            z=z,
-            delta_bias=self.dt_proj.bias.float(),
-            delta_softplus=True,
-            backend=self.scan_backend,
-        )
-        return _matmul_weight(y.transpose(1, 2), self.out_proj.weight)  # (B, L, D)
+        return (mamba_inner if fused else mamba_inner_ref)(x, z, **weights)  # (B, L, D)
+
+    def kept(self) -> str:
+        """Which in_proj outputs a block node keeps for backward ("xz", "x" or none)."""
+        if self.recompute_in_proj:
+            return ""
+        return "x" if self.recompute_z else "xz"
+
+    def uses_fused(self, hidden: Tensor) -> bool:
+        """Whether a call on ``hidden`` runs the fused node (else the twin)."""
+        if self.fused is None:
+            return hidden.device.type == "cpu"
+        return self.fused and hidden.device.type != "meta"
 
     def extra_repr(self) -> str:
         return (
             f"d_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, "
-            f"d_conv={self.d_conv}, dt_rank={self.dt_rank}, scan_backend={self.scan_backend!r}"
+            f"d_conv={self.d_conv}, dt_rank={self.dt_rank}, scan_backend={self.scan_backend!r}, "
+            f"fused={self.fused!r}, recompute_in_proj={self.recompute_in_proj!r}, "
+            f"recompute_z={self.recompute_z!r}, "
+            f"save_scan={self.save_scan!r}"
         )
 
 
 def _weight_matmul(weight: Tensor, x: Tensor) -> Tensor:
     """(O, I) @ (B, I, L) -> (B, O, L)."""
     return torch.bmm(weight.expand(x.shape[0], -1, -1), x)
-
-
-def _matmul_weight(x: Tensor, weight: Tensor) -> Tensor:
-    """(B, L, I) @ (O, I)^T -> (B, L, O), i.e. F.linear without a bias."""
-    return torch.bmm(x, weight.t().expand(x.shape[0], -1, -1))

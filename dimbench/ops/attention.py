@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import register_flop_formula
 
+from dimbench.ops.backends import Op, register_op
+
 Tensor = torch.Tensor
 aten = torch.ops.aten
 
@@ -115,16 +117,14 @@ def attention_backends(device: str | torch.device | None = None) -> list[str]:
     return names
 
 
-def resolve_attention_backend(backend: str, q: Tensor) -> str:
-    """The concrete backend for ``q``'s device and dtype; a named one that cannot run raises."""
+def choose_attention_backend(backend: str, device_type: str, dtype: torch.dtype) -> str:
+    """The concrete backend for inputs on ``device_type`` of ``dtype``: ``auto`` is flash_attn
+    for CUDA half-precision inputs where flash-attn is installed, else sdpa; a named one that
+    cannot run raises."""
+    half = dtype in (torch.float16, torch.bfloat16)
     if backend == "auto":
-        if (
-            q.device.type == "cuda"
-            and q.dtype in (torch.float16, torch.bfloat16)
-            and _flash_attn_func() is not None
-        ):
-            return "flash_attn"
-        return "sdpa"
+        flash = device_type == "cuda" and half and _flash_attn_func() is not None
+        return "flash_attn" if flash else "sdpa"
     if backend not in _IMPLS:
         raise ValueError(
             f"unknown attention backend {backend!r}; available here: "
@@ -136,9 +136,19 @@ def resolve_attention_backend(backend: str, q: Tensor) -> str:
                 "attention backend 'flash_attn' is unavailable (flash-attn is not installed); "
                 f"available here: {', '.join(attention_backends())}"
             )
-        if q.device.type not in ("cuda", "meta") or q.dtype not in (torch.float16, torch.bfloat16):
-            raise RuntimeError("attention backend 'flash_attn' needs CUDA fp16/bf16 tensors")
+        if device_type not in ("cuda", "meta") or not half:
+            raise RuntimeError(
+                "attention backend 'flash_attn' needs CUDA fp16/bf16 inputs (--dtype bf16 or fp16)"
+            )
     return backend
+
+
+register_op(Op("attention", attention_backends, choose_attention_backend))
+
+
+def resolve_attention_backend(backend: str, q: Tensor) -> str:
+    """The concrete backend for ``q``'s device and dtype (see ``choose_attention_backend``)."""
+    return choose_attention_backend(backend, q.device.type, q.dtype)
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, backend: str = "auto") -> Tensor:

@@ -4,6 +4,12 @@
 backend="auto")`` has mamba_ssm's ``selective_scan_fn`` shapes and semantics:
 u, delta, z (B, D, L); A (D, N) real; B, C (B, N, L) or (B, G, N, L); D, delta_bias (D,).
 
+Dtypes (every backend): the output is in u's dtype and each gradient in its input's dtype; the
+state and the sums are float32 (float64 for float64 inputs on ``ref``). What a backend reads and
+writes in between is its own affair: the ``cpu`` kernel works on bfloat16 activations directly
+when u, delta and z are all bfloat16 (see ``scan_cpu``), so bf16 autocast pays no conversion
+passes around the scan.
+
 Every backend goes through ``dimbench::selective_scan`` (forward) and
 ``dimbench::selective_scan_bwd`` (backward), two ``torch.library`` custom ops with fake
 implementations and FLOP formulas, so ``FlopCounterMode`` counts the scan on any device,
@@ -29,6 +35,7 @@ import torch
 from torch.utils.flop_counter import register_flop_formula
 
 from dimbench.ops import scan_ref
+from dimbench.ops.backends import Op, register_op
 
 Tensor = torch.Tensor
 
@@ -100,6 +107,15 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
+register_op(
+    Op(
+        "scan",
+        scan_backends,
+        lambda name, device_type, dtype: resolve_backend(name, torch.device(device_type)),
+    )
+)
+
+
 # ----------------------------------------------------------------------------- custom ops
 
 
@@ -163,6 +179,10 @@ def _(grad_out, u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend, sa
 
 def _setup_context(ctx, inputs, output):
     u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend, _save = inputs
+    # the saved states are not differentiable: without this autograd would hand the backward a
+    # materialised zero gradient for them (a fresh tensor a quarter of u's size, every call)
+    ctx.mark_non_differentiable(*output[1:])
+    ctx.set_materialize_grads(False)
     ctx.delta_softplus = delta_softplus
     ctx.backend = backend
     ctx.has = (D is not None, z is not None, delta_bias is not None)
@@ -173,6 +193,8 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_outputs):
     grad_out = grad_outputs[0]
+    if grad_out is None:  # only reachable when out itself got no gradient
+        return (None,) * 11
     saved = list(ctx.saved_tensors)
     u, delta, A, B, C = saved[:5]
     rest = saved[5:]

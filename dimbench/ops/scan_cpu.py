@@ -1,108 +1,96 @@
 """The "cpu" selective-scan backend: a vectorised C++ kernel (csrc/selective_scan.cpp).
 
-The kernel is plain C++ with no torch headers, so it compiles in about two seconds with the
-system compiler at first use (``-O3 -march=native``) and is cached under
-``$DIMBENCH_CACHE_DIR`` (default ``~/.cache/dimbench``), keyed by source, compiler, flags and
-CPU. It is called through ctypes, which releases the GIL, so units of (batch, 16 channels) are
-spread over ``torch.get_num_threads()`` Python threads.
+The kernel is plain C++ with no torch headers, built and threaded by ``ops/cbuild.py``:
+compiled in a few seconds with the system compiler at first use (``-O3 -march=native``),
+cached under ``$DIMBENCH_CACHE_DIR`` (default ``~/.cache/dimbench``), called through ctypes
+(which releases the GIL) with units of (batch, 16 channels) spread over
+``torch.get_num_threads()`` Python threads.
+
+Dtypes: u, delta and z are read, and the output (and in the backward grad_out, du, ddelta,
+dz) written, in bfloat16 when all three are bfloat16, else in float32 (other dtypes are
+converted first); the state and every sum are float32. B and C are read as float32 with the
+state dimension contiguous: in place when they are already (a time-major slice of x_proj's
+output, say), else through one small copy. A, D and delta_bias are float32. The output comes
+back in u's dtype and each gradient in its input's dtype.
+
+Strides: u, delta, z and grad_out may have any batch and channel strides (channel slices of
+one projection need no copy) as long as time is contiguous.
+
+Denormals: every kernel call runs with flush-to-zero and denormals-are-zero set in its own
+thread and restores the caller's mode (decays exp(delta * A) drive states subnormal, which costs
+some CPUs an order of magnitude).
+
+Memory: outputs and gradients are ``torch.empty`` tensors (the kernel writes every element) on
+transparent huge pages where the OS offers them (:mod:`dimbench.ops.hugepages`); the forward
+saves only the state at every 128th step (an eighth of a float32 u at N = 16), which
+the backward recomputes from.
 """
 
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import functools
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
-from dimbench.ops import scan
+from dimbench.ops import cbuild, hugepages, scan
+from dimbench.ops.cbuild import KernelUnavailable
 
 SOURCE = Path(__file__).parent / "csrc" / "selective_scan.cpp"
-FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=fast"]
-ARCH_FLAGS = (["-march=native"], [])  # tried in order: native first, portable if it fails
 LANES = 16  # channels per vector in the kernel
-CHUNK = 64  # time steps between the states the forward saves for the backward
+CHUNK = 128  # time steps between the states the forward saves for the backward
 MIN_UNITS_PER_THREAD = 2  # below this a second thread costs more than it saves
 
 Tensor = torch.Tensor
 
 
-class KernelUnavailable(RuntimeError):
-    pass
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("DIMBENCH_CACHE_DIR") or Path.home() / ".cache" / "dimbench"
-    return Path(root) / "kernels"
-
-
-def _cpu_signature() -> str:
-    """What -march=native depends on: the CPU model and its feature flags."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        keep = [ln for ln in lines if ln.startswith(("model name", "flags", "Features"))][:2]
-        return "\n".join(keep)
-    except OSError:
-        return platform.processor()
-
-
-def _compiler() -> str:
-    for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
-        if name and shutil.which(name):
-            return name
-    raise KernelUnavailable("no C++ compiler found (set CXX or install g++)")
-
-
 def build() -> Path:
     """Compile the kernel if it is not cached yet; return the shared library's path."""
-    cxx = _compiler()
-    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
-    src = SOURCE.read_bytes()
-    key = hashlib.sha256(
-        b"\0".join([src, version.encode(), " ".join(FLAGS).encode(), _cpu_signature().encode()])
-    ).hexdigest()[:16]
-    out_dir = cache_dir()
-    lib = out_dir / f"selective_scan_{platform.machine()}_{key}.so"
-    if lib.exists():
-        return lib
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / ".lock", "w") as lock:  # concurrent processes build once
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if lib.exists():
-            return lib
-        errors = []
-        for arch in ARCH_FLAGS:
-            fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".so")
-            os.close(fd)
-            cmd = [cxx, *FLAGS, *arch, str(SOURCE), "-o", tmp]
-            res = subprocess.run(cmd, capture_output=True, text=True)
-            if res.returncode == 0:
-                os.replace(tmp, lib)
-                return lib
-            os.unlink(tmp)
-            errors.append(f"{' '.join(cmd)}: {res.stderr.strip()[-500:]}")
-        raise KernelUnavailable("compiling the CPU scan kernel failed:\n" + "\n".join(errors))
+    return cbuild.build(SOURCE)
+
+
+class ScanArgs(ctypes.Structure):
+    """The kernel's ``struct ScanArgs`` (same fields, same order)."""
+
+    _fields_ = [
+        (name, ctypes.c_int64)
+        for name in (
+            "batch dim length dstate groups bf16 softplus "
+            "u_sb u_sd delta_sb delta_sd z_sb z_sd dout_sb dout_sd "
+            "B_sb B_sg B_st C_sb C_sg C_st"
+        ).split()
+    ] + [
+        (name, ctypes.c_void_p)
+        for name in "u delta z dout A B C D delta_bias out du ddelta dz ckpt".split()
+    ]
+
+
+ABI = 2  # the kernel's ABI constant: ScanArgs and the entry points as declared here
+
+
+def load(path: str | Path) -> ctypes.CDLL:
+    """Load a compiled kernel and declare its entry points (checks that it matches this file)."""
+    lib = ctypes.CDLL(str(path))
+    i64, ptr, args = ctypes.c_int64, ctypes.c_void_p, ctypes.POINTER(ScanArgs)
+    signatures = {
+        "dimbench_scan_fwd": ([args, i64, i64], None),
+        "dimbench_scan_bwd": ([args, ptr, i64, i64], None),
+        "dimbench_scan_bwd_reduce": ([args, ptr, i64, ptr, ptr, ptr, ptr, i64, ptr, i64], None),
+        "dimbench_scan_partial_size": ([args], i64),
+        "dimbench_fp_control": ([], ctypes.c_uint64),
+    }
+    for name, (argtypes, restype) in signatures.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = argtypes, restype
+    got = (lib.dimbench_scan_abi(), lib.dimbench_scan_lanes(), lib.dimbench_scan_chunk())
+    assert got == (ABI, LANES, CHUNK), f"kernel {got} vs wrapper {(ABI, LANES, CHUNK)}"
+    return lib
 
 
 @functools.cache
 def _lib() -> ctypes.CDLL:
-    lib = ctypes.CDLL(str(build()))
-    i64, i32, ptr = ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p
-    common = [i64] * 5 + [ptr] * 8 + [i32]
-    lib.dimbench_scan_fwd.argtypes = common + [ptr, ptr, i64, i64]
-    lib.dimbench_scan_fwd.restype = None
-    lib.dimbench_scan_bwd.argtypes = common + [ptr] * 10 + [i64, i64]
-    lib.dimbench_scan_bwd.restype = None
-    assert (lib.dimbench_scan_lanes(), lib.dimbench_scan_chunk()) == (LANES, CHUNK)
-    return lib
+    return load(build())
 
 
 def _probe() -> str | None:
@@ -113,55 +101,22 @@ def _probe() -> str | None:
     return None
 
 
-@functools.cache
-def _pool(workers: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dimbench-scan")
+def fp_control() -> int:
+    """The calling thread's floating-point control word as the kernel reads it (MXCSR on x86,
+    FPCR on Arm, 0 elsewhere): the kernels set the flush-to-zero bits and restore this."""
+    return _lib().dimbench_fp_control()
+
+
+def flushes_denormals() -> bool:
+    """Whether the kernels run with denormals flushed on this CPU (x86 and Arm)."""
+    return bool(_lib().dimbench_scan_flushes_denormals())
 
 
 def _ranges(units: int) -> list[tuple[int, int]]:
-    threads = max(1, min(torch.get_num_threads(), units // MIN_UNITS_PER_THREAD))
-    bounds = [units * i // threads for i in range(threads + 1)]
-    return list(zip(bounds[:-1], bounds[1:], strict=True))
+    return cbuild.ranges(units, MIN_UNITS_PER_THREAD)
 
 
-def _run(fn, ranges: list[tuple[int, int]], args_for) -> None:
-    if len(ranges) == 1:
-        fn(*args_for(0, *ranges[0]))
-        return
-    futures = [
-        _pool(len(ranges)).submit(fn, *args_for(i, lo, hi)) for i, (lo, hi) in enumerate(ranges)
-    ]
-    for f in futures:
-        f.result()
-
-
-def _f32(t: Tensor | None) -> Tensor | None:
-    return None if t is None else t.to(torch.float32).contiguous()
-
-
-def _ptr(t: Tensor | None) -> int | None:
-    return None if t is None else t.data_ptr()
-
-
-def _as_groups(M: Tensor) -> Tensor:
-    return M.unsqueeze(1) if M.dim() == 3 else M
-
-
-def _prepare(u, delta, A, B, C, D, z, delta_bias):
-    batch, dim, length = u.shape
-    Bg, Cg = _as_groups(B), _as_groups(C)
-    groups = Bg.shape[1]
-    if Cg.shape[1] != groups:
-        raise ValueError("the cpu scan backend needs B and C with the same number of groups")
-    if groups > 1 and (dim // groups) % LANES:
-        raise ValueError(f"the cpu scan backend needs dim/groups to be a multiple of {LANES}")
-    max_n = _lib().dimbench_scan_max_dstate()
-    if A.shape[1] > max_n:
-        raise ValueError(f"the cpu scan backend supports d_state <= {max_n}")
-    Bt, Ct = (M.to(torch.float32).transpose(-1, -2).contiguous() for M in (Bg, Cg))
-    t = [_f32(x) for x in (u, delta, A)] + [Bt, Ct] + [_f32(x) for x in (D, z, delta_bias)]
-    shape = (batch, dim, length, A.shape[1], groups)
-    return shape, t
+_run = cbuild.run
 
 
 def _nchunks(length: int) -> int:
@@ -180,80 +135,160 @@ def thread_ranges(shape: tuple[int, ...]) -> list[tuple[int, int]]:
     return _ranges(batch * ((dim + LANES - 1) // LANES))
 
 
-def launch_forward(shape, t, delta_softplus, out, ckpt, ranges) -> None:
-    """Run the forward kernel on prepared inputs ``t`` (see ``_prepare``) into ``out``/``ckpt``."""
-    head = [*shape, *map(_ptr, t), int(delta_softplus)]
-    _run(
-        _lib().dimbench_scan_fwd,
-        ranges,
-        lambda i, lo, hi: (*head, out.data_ptr(), _ptr(ckpt), lo, hi),
-    )
+def compute_dtype(*rows: Tensor | None) -> torch.dtype:
+    """The kernel's element type for u, delta, z (and out, dout, du, ddelta, dz): bfloat16 when
+    all of them are bfloat16, else float32 (other types are converted to it)."""
+    dtypes = {t.dtype for t in rows if t is not None}
+    return torch.bfloat16 if dtypes == {torch.bfloat16} else torch.float32
 
 
-def launch_backward(shape, t, delta_softplus, dout, ckpt, grads, accumulators, ranges) -> None:
-    """Run the backward kernel. ``grads`` = (du, ddelta, dz or None), written in full;
-    ``accumulators`` = (dA, dD, ddelta_bias, dB, dC), each stacked per thread and zeroed."""
-    head = [*shape, *map(_ptr, t), int(delta_softplus), dout.data_ptr(), ckpt.data_ptr()]
-    grad_ptrs = [_ptr(g) for g in grads]
-    _run(
-        _lib().dimbench_scan_bwd,
-        ranges,
-        lambda i, lo, hi: (*head, *grad_ptrs, *(a[i].data_ptr() for a in accumulators), lo, hi),
-    )
+def _rows(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    """(B, D, L) in ``dtype`` with unit time stride: a view where it is one already."""
+    if t is None:
+        return None
+    if t.dtype != dtype:
+        t = t.to(dtype)
+    return t if t.stride(-1) == 1 or t.shape[-1] <= 1 else t.contiguous()
+
+
+def _time_major(M: Tensor) -> Tensor:
+    """B or C as float32 (B, G, L, N) with unit state stride: a view of a time-major float32
+    tensor (a slice of x_proj's (B, L, R + 2N) output, say), else one small copy."""
+    Mg = M.unsqueeze(1) if M.dim() == 3 else M  # (B, G, N, L)
+    if Mg.dtype == torch.float32 and (Mg.stride(2) == 1 or Mg.shape[2] == 1):
+        return Mg.transpose(2, 3)
+    out = torch.empty((Mg.shape[0], Mg.shape[1], Mg.shape[3], Mg.shape[2]), dtype=torch.float32)
+    return out.copy_(Mg.transpose(2, 3))
+
+
+def _f32(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.to(torch.float32).contiguous()
+
+
+def _ptr(t: Tensor | None) -> int | None:
+    return None if t is None or t.numel() == 0 else t.data_ptr()
+
+
+class Prepared:
+    """One scan's inputs as the kernel reads them, and the launches over this thread count.
+
+    Holds the (possibly converted) tensors that ``args`` points into."""
+
+    def __init__(self, u, delta, A, B, C, D, z, delta_bias, delta_softplus, dout=None):
+        batch, dim, length = u.shape
+        n = A.shape[1]
+        Bt, Ct = _time_major(B), _time_major(C)
+        groups = Bt.shape[1]
+        if Ct.shape[1] != groups:
+            raise ValueError("the cpu scan backend needs B and C with the same number of groups")
+        if groups > 1 and (dim // groups) % LANES:
+            raise ValueError(f"the cpu scan backend needs dim/groups to be a multiple of {LANES}")
+        max_n = _lib().dimbench_scan_max_dstate()
+        if n > max_n:
+            raise ValueError(f"the cpu scan backend supports d_state <= {max_n}")
+        self.dtype = compute_dtype(u, delta, z)
+        self.shape = (batch, dim, length, n, groups)
+        rows = {k: _rows(t, self.dtype) for k, t in (("u", u), ("delta", delta), ("z", z))}
+        rows["dout"] = _rows(dout, self.dtype)
+        params = {"A": _f32(A), "D": _f32(D), "delta_bias": _f32(delta_bias)}
+        self._keep = [*rows.values(), *params.values(), Bt, Ct]
+        a = ScanArgs(batch, dim, length, n, groups, self.dtype == torch.bfloat16, delta_softplus)
+        for name, t in rows.items():
+            setattr(a, name, _ptr(t))
+            if t is not None:
+                setattr(a, f"{name}_sb", t.stride(0))
+                setattr(a, f"{name}_sd", t.stride(1))
+        for name, t in (("B", Bt), ("C", Ct)):
+            setattr(a, name, _ptr(t))
+            for field, stride in zip(("sb", "sg", "st"), t.stride()[:3], strict=True):
+                setattr(a, f"{name}_{field}", stride)
+        for name, t in params.items():
+            setattr(a, name, _ptr(t))
+        self.args = a
+        self.ranges = thread_ranges(self.shape)
+
+    def forward(self, out: Tensor, ckpt: Tensor | None) -> None:
+        """Write ``out`` (contiguous (B, D, L) in ``self.dtype``) and, when given, ``ckpt``."""
+        self.args.out, self.args.ckpt = _ptr(out), _ptr(ckpt)
+        ref, fn = ctypes.byref(self.args), _lib().dimbench_scan_fwd
+        _run(fn, self.ranges, lambda i, lo, hi: (ref, lo, hi))
+
+    def partials(self) -> Tensor:
+        """Uninitialised per-thread sums for :meth:`backward` (the kernel zeroes them)."""
+        size = _lib().dimbench_scan_partial_size(ctypes.byref(self.args))
+        return torch.empty((len(self.ranges), size), dtype=torch.float32)
+
+    def backward(self, ckpt, du, ddelta, dz, partials) -> None:
+        """Write du, ddelta, dz (contiguous, ``self.dtype``; dz None without z) in full and each
+        thread's sums of the other gradients in its row of ``partials``."""
+        a = self.args
+        a.ckpt, a.du, a.ddelta, a.dz = _ptr(ckpt), _ptr(du), _ptr(ddelta), _ptr(dz)
+        ref, fn, rows = ctypes.byref(a), _lib().dimbench_scan_bwd, partials.data_ptr()
+        step = partials.stride(0) * partials.element_size()
+        _run(fn, self.ranges, lambda i, lo, hi: (ref, rows + i * step, lo, hi))
+
+    def reduce(self, partials, dA, dD, ddelta_bias, dB, dC) -> None:
+        """Sum the threads' partials into dA (D, N), dD, ddelta_bias (D) (float32, any may be
+        None) and dB, dC (contiguous (B, G, N, L), float32 or bfloat16)."""
+        _lib().dimbench_scan_bwd_reduce(
+            ctypes.byref(self.args),
+            partials.data_ptr(),
+            partials.shape[0],
+            _ptr(dA),
+            _ptr(dD),
+            _ptr(ddelta_bias),
+            _ptr(dB),
+            dB.dtype == torch.bfloat16,
+            _ptr(dC),
+            dC.dtype == torch.bfloat16,
+        )
+
+
+def _native(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the kernel writes a B or C gradient in for an input of ``dtype``."""
+    return dtype if dtype in (torch.float32, torch.bfloat16) else torch.float32
 
 
 def forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, save):
-    shape, t = _prepare(u, delta, A, B, C, D, z, delta_bias)
-    batch, dim, length = shape[:3]
-    out = torch.empty((batch, dim, length), dtype=torch.float32)
-    ckpt = torch.empty(saved_shapes(u, A, z)[0][0], dtype=torch.float32) if save else None
-    if length:
-        launch_forward(shape, t, delta_softplus, out, ckpt, thread_ranges(shape))
-    outs = [out.to(u.dtype)]
-    if save:
-        outs.append(ckpt)
-    return outs
+    prep = Prepared(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    out = hugepages.empty(u.shape, prep.dtype)
+    ckpt = hugepages.empty(saved_shapes(u, A, z)[0][0], torch.float32) if save else None
+    if out.numel():
+        prep.forward(out, ckpt)
+    return [out.to(u.dtype), *([ckpt] if save else [])]
 
 
 def backward(grad_out, u, delta, A, B, C, D, z, delta_bias, delta_softplus, saved):
-    shape, t = _prepare(u, delta, A, B, C, D, z, delta_bias)
-    batch, dim, length, n, groups = shape
+    prep = Prepared(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dout=grad_out)
+    batch, dim, length, n, groups = prep.shape
     (ckpt,) = saved
-    f32 = {"dtype": torch.float32}
-    # the kernel writes every element of these
-    du = torch.empty((batch, dim, length), **f32)
-    ddelta = torch.empty_like(du)
-    dz = torch.empty_like(du) if z is not None else None
-    ranges = thread_ranges(shape)
-    nt = len(ranges)
-    dA = torch.zeros((nt, dim, n), **f32)
-    dD = torch.zeros((nt, dim), **f32)
-    dbias = torch.zeros((nt, dim), **f32)
-    dB = torch.zeros((nt, batch, groups, n, length), **f32)
-    dC = torch.zeros_like(dB)
-    if length:
-        launch_backward(
-            shape,
-            t,
-            delta_softplus,
-            _f32(grad_out),
-            ckpt,
-            (du, ddelta, dz),
-            (dA, dD, dbias, dB, dC),
-            ranges,
-        )
-    dB, dC = dB.sum(0), dC.sum(0)
+    # the kernel writes every element of these: no zero fill
+    du, ddelta = (hugepages.empty(u.shape, prep.dtype) for _ in range(2))
+    dz = hugepages.empty(u.shape, prep.dtype) if z is not None else None
+    f32 = torch.float32
+    dA = torch.empty((dim, n), dtype=f32)
+    dD = torch.empty(dim, dtype=f32) if D is not None else None
+    dbias = torch.empty(dim, dtype=f32) if delta_bias is not None else None
+    dB, dC = (torch.empty((batch, groups, n, length), dtype=_native(M.dtype)) for M in (B, C))
+    if u.numel():
+        partials = prep.partials()
+        prep.backward(ckpt, du, ddelta, dz, partials)
+        prep.reduce(partials, dA, dD, dbias, dB, dC)
+    else:
+        for t in (dA, dD, dbias, dB, dC):
+            if t is not None:
+                t.zero_()
     if B.dim() == 3:
         dB, dC = dB.squeeze(1), dC.squeeze(1)
     return [
         du.to(u.dtype),
         ddelta.to(delta.dtype),
-        dA.sum(0).to(A.dtype),
+        dA.to(A.dtype),
         dB.to(B.dtype),
         dC.to(C.dtype),
-        dD.sum(0).to(D.dtype) if D is not None else None,
+        dD.to(D.dtype) if D is not None else None,
         dz.to(z.dtype) if z is not None else None,
-        dbias.sum(0).to(delta_bias.dtype) if delta_bias is not None else None,
+        dbias.to(delta_bias.dtype) if delta_bias is not None else None,
     ]
 
 

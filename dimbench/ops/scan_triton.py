@@ -66,7 +66,7 @@ def launch_config(kind: str) -> LaunchConfig:
     """The launch config of the "fwd" or "bwd" kernel: $DIMBENCH_TRITON_SCAN, else defaults.
 
     Format: comma-separated ``fwd=B``, ``bwd=B`` (channels per program: 1, 2, 4, 8 or 16) and
-    ``fwd_maxnreg=R``, ``bwd_maxnreg=R`` (0: no cap). suites/gpu_scan_check.py measures them.
+    ``fwd_maxnreg=R``, ``bwd_maxnreg=R`` (0: no cap). tools/gpu_check.py measures them.
     """
     spec = os.environ.get(CONFIG_ENV, "").strip()
     values: dict[str, int] = {}

@@ -19,17 +19,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from dimbench.errors import UsageError
+from dimbench.errors import CheckpointError
+from dimbench.torch_files import load_torch_file
 
 FORMAT = "dimbench-checkpoint-1"
 CHECKPOINT_NAME = "checkpoint.pt"
 
 # meta keys that must agree for a checkpoint to load into a model as-is (resume, sampling)
 ARCH_KEYS = ("model", "in_channels", "out_channels", "num_classes", "learn_sigma", "downsample")
-
-
-class CheckpointError(UsageError):
-    """A checkpoint that is missing, unreadable, or for another model or resolution."""
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
@@ -57,20 +54,38 @@ def atomic_save(obj: Any, path: str | Path) -> None:
         pass
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load a dimbench checkpoint (tensors and plain data only: ``weights_only``)."""
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False
+) -> dict:
+    """Load a dimbench checkpoint (tensors and plain data only: ``weights_only``); an official
+    DiM state dict comes back as the dimbench checkpoint it converts to.
+
+    A file that is not one (another torch file, a CSV, a save cut off by a kill) is a one-line
+    ``CheckpointError`` that says what it is and what to do. ``mmap`` maps the tensors instead
+    of reading them: a cheap check of a large file.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT_NAME
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
+    ckpt = load_torch_file(path, map_location, mmap=mmap)
     if not isinstance(ckpt, dict) or ckpt.get("meta", {}).get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a dimbench checkpoint")
+        from dimbench.models import dim_official
+
+        if dim_official.is_official_state_dict(ckpt):  # a released DiM nnet_ema.pth
+            return dim_official.as_dimbench_checkpoint(ckpt, path)
+        raise CheckpointError(
+            f"{path} is not a dimbench checkpoint (no {FORMAT!r} meta); give the checkpoint.pt "
+            "that `dimbench train` writes, or its run folder"
+        )
     return ckpt
+
+
+def remove_stale_temp_files(folder: str | Path) -> list[Path]:
+    """Delete the temporary files of saves that were killed before their rename."""
+    stale = sorted(Path(folder).glob(f".{CHECKPOINT_NAME}.*.tmp"))
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def model_meta(model: torch.nn.Module, downsample: int) -> dict:
@@ -78,7 +93,7 @@ def model_meta(model: torch.nn.Module, downsample: int) -> dict:
     return {
         "format": FORMAT,
         "model": getattr(model, "model_name", type(model).__name__),
-        "family": getattr(model, "family", None),
+        "family": getattr(model, "family", None),  # create_model records the registered one
         "image_size": list(getattr(model, "image_size", ())),
         "downsample": downsample,
         "in_channels": int(model.in_channels),
@@ -116,6 +131,22 @@ def load_weights(model: torch.nn.Module, state: dict, what: str) -> None:
         lines = [ln.strip() for ln in str(e).strip().splitlines()[1:] if ln.strip()]
         detail = "; ".join(ln if len(ln) <= 160 else ln[:157] + "..." for ln in lines[:2])
         raise CheckpointError(f"{what}: the weights do not fit the model: {detail}") from None
+
+
+def load_model_weights(
+    model: torch.nn.Module, ckpt: dict, expected: dict, what: str, which: str = "ema"
+) -> None:
+    """A checkpoint's weights (``which``: ema or model) into ``model``, which may be built for
+    another resolution: a dimbench checkpoint of the same architecture (``expected`` is the
+    model's ``model_meta``) or a released DiM file (its shapes decide, not its name). One-line
+    ``CheckpointError`` when they do not fit."""
+    if "official" in ckpt["meta"]:
+        from dimbench.models.dim_official import check_official_fits
+
+        check_official_fits(ckpt["meta"], model, what)
+    else:
+        check_compatible(ckpt["meta"], expected, what, allow_resize=True)
+    load_weights(model, ckpt[which], what)
 
 
 def _norm(v):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
+from dimbench.compile import check_compiler
 from dimbench.errors import UsageError
 
 # The DiM paper's ImageNet recipe (REFERENCE.md section 1); ``warmup`` is 5000 steps there and
@@ -16,7 +18,10 @@ PAPER_DEFAULTS = {
     "adam_eps": 1e-15,
     "grad_clip": 1.0,
     "ema_decay": 0.9999,
-    "ema_warmup": False,
+    # timm's decay warm-up, 1 - (1 + step)^(-2/3) capped at ema_decay: without it a 300-step
+    # run's EMA still holds 97% of the initial weights (0.9999^300) and samples pure noise;
+    # from about 1e5 steps on the warm-up no longer matters
+    "ema_warmup": True,
     "label_dropout": 0.1,
     "bf16": False,
     "seed": 0,
@@ -80,9 +85,11 @@ class TrainConfig:
     device: str = "auto"
     scan_backend: str = "auto"
     attn_backend: str = "auto"
+    compile: str = "eager"  # or "inductor": the model through torch.compile (dimbench.compile)
     num_workers: int = 0
     log_every: int = 10
-    ckpt_every: int = 1000
+    ckpt_every: int | None = None  # None: every 10% of the run's steps
+    ckpt_minutes: float = 10.0  # and at least this often, in minutes of training
     progress: bool = True
     extra: dict = field(default_factory=dict)  # model constructor overrides
 
@@ -117,19 +124,65 @@ class TrainConfig:
             )
         return dataclasses.replace(self, **values).with_defaults()
 
+    def checkpoint_interval(self) -> int:
+        """Steps between checkpoints: ``ckpt_every``, else 10% of the run."""
+        return self.ckpt_every or max(1, math.ceil(self.steps / 10))
+
     def validate(self) -> None:
-        if self.steps < 1:
-            raise UsageError(f"--steps must be positive, got {self.steps}")
-        if self.batch_size < 1:
-            raise UsageError(f"--batch-size must be positive, got {self.batch_size}")
-        if self.image_size < 1:
-            raise UsageError(f"--image-size must be positive, got {self.image_size}")
+        """Every value that is set, against its range (before anything is loaded or built)."""
+        check_ranges(
+            positive={
+                "--steps": self.steps,
+                "--batch-size": self.batch_size,
+                "--image-size": self.image_size,
+                "--log-every": self.log_every,
+                "--ckpt-every": self.ckpt_every,
+                "--ckpt-minutes": self.ckpt_minutes,
+            },
+            non_negative={"--num-workers": self.num_workers},
+        )
+        check_recipe(self)
         if self.init_weights not in ("ema", "model"):
             raise UsageError(f"--init-weights must be 'ema' or 'model', got {self.init_weights!r}")
         if self.resume and self.init_from:
             raise UsageError("--resume and --init-from exclude each other")
-        if self.log_every < 1 or self.ckpt_every < 1:
-            raise UsageError("--log-every and --ckpt-every must be positive")
+        check_compiler(self.compile)
+
+
+def check_ranges(
+    positive: dict | None = None, non_negative: dict | None = None, unit: dict | None = None
+) -> None:
+    """UsageError for the first value (flag -> value; None: not set) outside its range:
+    positive, >= 0, or in [0, 1)."""
+    for flag, value in (positive or {}).items():
+        if value is not None and not value > 0:
+            raise UsageError(f"{flag} must be positive, got {value}")
+    for flag, value in (non_negative or {}).items():
+        if value is not None and value < 0:
+            raise UsageError(f"{flag} must be >= 0, got {value}")
+    for flag, value in (unit or {}).items():
+        if value is not None and not 0 <= value < 1:
+            raise UsageError(f"{flag} must be in [0, 1), got {value}")
+
+
+def check_recipe(cfg) -> None:
+    """The optimisation recipe's ranges, for a training run or a comparison (any object with
+    lr, adam_eps, weight_decay, warmup, grad_clip, ema_decay, label_dropout and betas)."""
+    betas = cfg.betas if cfg.betas is not None else (None, None)
+    check_ranges(
+        positive={"--lr": cfg.lr, "--adam-eps": cfg.adam_eps},
+        non_negative={
+            "--weight-decay": cfg.weight_decay,
+            "--warmup": cfg.warmup,
+            "--grad-clip": cfg.grad_clip,
+        },
+        unit={
+            "--ema-decay": cfg.ema_decay,
+            "--label-dropout": cfg.label_dropout,
+            "--beta1": betas[0],
+            "--beta2": betas[1],
+        },
+    )
 
 
 def _differs(a, b) -> bool:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from dimbench.errors import UsageError
+from dimbench.devices import parse_device
 
 
 @dataclass(frozen=True)
@@ -33,14 +33,11 @@ class DistInfo:
 
 
 def resolve_device(device: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> this process's GPU if there is one, else the CPU."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {device}: no CUDA device on this machine")
-        if device == "cuda":
-            device = f"cuda:{local_rank % torch.cuda.device_count()}"
+    """``auto`` -> this process's GPU if there is one, else the CPU; plain ``cuda`` -> this
+    rank's GPU (``LOCAL_RANK``)."""
+    device = parse_device(device, allow_auto=True)
+    if device == "cuda":
+        device = f"cuda:{local_rank % torch.cuda.device_count()}"
     return torch.device(device)
 
 
@@ -77,6 +74,16 @@ def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
     value = value.clone()
     dist.all_reduce(value, op=dist.ReduceOp.SUM)
     return value / info.world_size
+
+
+def agree_max(info: DistInfo, *values: int) -> tuple[int, ...]:
+    """The largest of each value over ranks, so every rank takes the same decision (save,
+    stop) on the same step; the values themselves when not distributed."""
+    if not info.enabled:
+        return values
+    t = torch.tensor(values, dtype=torch.int64, device=info.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return tuple(int(v) for v in t.tolist())
 
 
 def broadcast_object(obj, info: DistInfo, src: int = 0):

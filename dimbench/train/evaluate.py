@@ -33,7 +33,6 @@ from dimbench.train.data import mix_seed
 
 HELDOUT_NOISE_SALT = 0x4E01
 GEN_SALT = 0x6E01
-QUALITY_METRICS = ("fid", "swd")
 
 Key = tuple[int, int]
 Decoder = Callable[[torch.Tensor], torch.Tensor]  # model space -> images in [-1, 1]

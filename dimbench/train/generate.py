@@ -22,10 +22,14 @@ from dimbench.diffusion.samplers import DEFAULT_STEPS, SAMPLERS, sample
 from dimbench.diffusion.schedule import NoiseSchedule
 from dimbench.diffusion.upsample import UPSAMPLE_FACTORS, UpsampleGuidance
 from dimbench.errors import UsageError
+from dimbench.metrics.structure import lag1_autocorrelation
+from dimbench.paths import writable_dir
+from dimbench.threads import omp_policy_in_effect
 from dimbench.train import distributed as D
+from dimbench.train.build import build_model, check_backends
 from dimbench.train.checkpoint import load_checkpoint, load_weights
 from dimbench.train.data import mix_seed
-from dimbench.train.trainer import build_model
+from dimbench.train.ema import EARLY_FRACTION, EARLY_WARN, early_share
 
 SAMPLE_STREAM = 0x5A3E
 
@@ -52,7 +56,29 @@ def load_for_sampling(
         device=device,
     )
     load_weights(model, ckpt[weights], str(ckpt_path))
-    return model.eval().requires_grad_(False), meta
+    steps = ckpt.get("step")  # None for an official checkpoint: its file does not say
+    return model.eval().requires_grad_(False), {**meta, "trained_steps": steps}
+
+
+def describe_weights(meta: dict, weights: str) -> tuple[str, str | None]:
+    """Which weights sampling uses, in words, and a warning when an EMA has seen so few updates
+    that it is still mostly the start of training (its samples look untrained)."""
+    steps = meta.get("trained_steps")
+    if steps is None:
+        return f"released weights ({meta.get('official', 'an official checkpoint')})", None
+    if weights == "model":
+        return f"raw weights after {steps} steps", None
+    cfg = meta.get("config", {})
+    decay, warmup = cfg.get("ema_decay", 0.9999), bool(cfg.get("ema_warmup", False))
+    text = f"EMA weights (decay {decay:g}, {'with' if warmup else 'no'} warm-up, {steps} updates)"
+    share = early_share(decay, warmup, steps)
+    if share <= EARLY_WARN:
+        return text, None
+    return text, (
+        f"{share:.0%} of the EMA's weight comes from the first {EARLY_FRACTION:.0%} of training: "
+        "the samples will look like an untrained model's; use --weights model, or train with "
+        "--ema-warmup or for longer"
+    )
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -82,6 +108,7 @@ def generate(
     attn_backend: str = "auto",
     progress: bool = True,
     dist: D.DistInfo | None = None,
+    clip_x0: bool | None = None,
 ) -> dict:
     """Draw ``num`` samples from a checkpoint; returns a summary (paths, timing)."""
     if sampler not in SAMPLERS:
@@ -94,9 +121,21 @@ def generate(
         raise UsageError(f"--steps must be positive, got {steps}")
     if order not in (1, 2, 3):
         raise UsageError(f"--order must be 1, 2 or 3, got {order}")
+    if eta < 0:
+        raise UsageError(f"--eta must be >= 0 (0 = deterministic DDIM), got {eta}")
+    if cfg_scale < 0:
+        raise UsageError(f"--cfg-scale must be >= 0 (0 = no guidance), got {cfg_scale}")
+    if weights not in ("ema", "model"):
+        raise UsageError(f"--weights must be 'ema' or 'model', got {weights!r}")
     steps = steps or DEFAULT_STEPS[sampler]
     dist = dist or D.setup(device)
+    check_backends(scan_backend, attn_backend, dist.device)
+    if dist.is_main:
+        writable_dir(out)
     model, meta = load_for_sampling(ckpt, weights, dist.device, scan_backend, attn_backend)
+    weights_used, weights_warning = describe_weights(meta, weights)
+    if clip_x0 is None:  # pixels live in [-1, 1]; latents are unbounded
+        clip_x0 = not meta.get("latent")
     schedule = NoiseSchedule(meta["schedule"])
     n_cls = meta.get("data_classes") or model.num_classes
     if class_label is not None and not 0 <= class_label < model.num_classes:
@@ -137,6 +176,7 @@ def generate(
             order=order,
             eta=eta,
             learned_variance=meta.get("loss") == "hybrid",
+            clip_x0=clip_x0,
         )
         images = decoder(x0) if decoder is not None else x0
         ids = list(range(b * batch_size, b * batch_size + bs))
@@ -168,16 +208,24 @@ def generate(
         "steps": steps,
         "order": order if sampler == "dpm++" else None,
         "cfg_scale": cfg_scale,
+        "clip_x0": clip_x0,
         "upsample": upsample,
         "upsample_guidance": bool(upsample and upsample_guidance),
         "weights": weights,
+        "weights_used": weights_used,
+        "weights_warning": weights_warning,
+        "trained_steps": meta["trained_steps"],
         "seed": seed,
         "world_size": dist.world_size,
+        "omp_wait_policy": omp_policy_in_effect(),
         "seconds": elapsed,
         "decoded": decoder is not None or not meta.get("latent"),
     }
     if dist.is_main:
-        summary["npz"] = str(_merge_parts(parts, out, dist.world_size, summary["decoded"]))
+        npz, merged = _merge_parts(parts, out, dist.world_size, summary["decoded"])
+        summary["npz"] = str(npz)
+        if summary["decoded"] and len(merged):
+            summary["lag1_autocorrelation"] = lag1_autocorrelation(merged)
         (out / "samples.json").write_text(json.dumps(summary, indent=2) + "\n")
     D.barrier(dist)
     return summary
@@ -211,7 +259,7 @@ def _save_png(img: np.ndarray, path: Path) -> None:
     Image.fromarray(img).save(path)
 
 
-def _merge_parts(parts: Path, out: Path, world: int, decoded: bool) -> Path:
+def _merge_parts(parts: Path, out: Path, world: int, decoded: bool) -> tuple[Path, np.ndarray]:
     idx, samples, labels = [], [], []
     for r in range(world):
         with np.load(parts / f"rank{r}.npz") as f:
@@ -231,7 +279,7 @@ def _merge_parts(parts: Path, out: Path, world: int, decoded: bool) -> Path:
     for r in range(world):
         (parts / f"rank{r}.npz").unlink()
     parts.rmdir()
-    return path
+    return path, samples_all
 
 
 def _save_grid(images: np.ndarray, path: Path) -> None:

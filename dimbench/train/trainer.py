@@ -13,72 +13,47 @@ batch B follow the 1-process trajectory with batch B up to float reduction order
 
 from __future__ import annotations
 
-import csv
 import json
 import math
+import signal
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
+from dimbench.compile import compiled
 from dimbench.diffusion.losses import LOSSES, training_losses
-from dimbench.diffusion.schedule import SCHEDULES, NoiseSchedule, schedule_for_family
-from dimbench.errors import UsageError
+from dimbench.diffusion.schedule import SCHEDULES, NoiseSchedule
+from dimbench.errors import Interrupted, UsageError
+from dimbench.paths import writable_dir
+from dimbench.registry import get_model
+from dimbench.threads import omp_policy_in_effect
 from dimbench.train import distributed as D
+from dimbench.train.build import build_model, check_backends, model_input
 from dimbench.train.checkpoint import (
     CHECKPOINT_NAME,
     atomic_save,
     check_compatible,
     load_checkpoint,
+    load_model_weights,
     load_weights,
     model_meta,
+    remove_stale_temp_files,
     rng_state,
     set_rng_state,
 )
 from dimbench.train.config import TrainConfig
-from dimbench.train.data import SampleStream, StepBatches, build_dataset, mix_seed
+from dimbench.train.data import DataInfo, SampleStream, StepBatches, build_dataset, mix_seed
+from dimbench.train.ema import make_ema
+from dimbench.train.log import LOG_NAME, TrainLog, TrainProgress
+from dimbench.train.signals import StopRequest
 from dimbench.train.vae import VAE_CHANNELS, VAE_DOWNSAMPLE
 
-LOG_NAME = "log.csv"
-LOG_COLUMNS = ("step", "loss", "lr", "wall_time", "images_seen", "flops", "grad_norm")
 STEP_STREAM = 0x57E9  # salt of the per-step generator
-
-
-def build_model(
-    name: str,
-    image_size: int,
-    downsample: int,
-    overrides: dict,
-    scan_backend: str = "auto",
-    attn_backend: str = "auto",
-    device: torch.device | str | None = None,
-) -> nn.Module:
-    """``registry.create_model`` with the CLI's errors: unknown name / bad size -> UsageError."""
-    from dimbench.registry import UnknownModelError, create_model
-
-    try:
-        model = create_model(
-            name,
-            image_size,
-            device=device,
-            scan_backend=scan_backend,
-            attn_backend=attn_backend,
-            downsample=downsample,
-            **overrides,
-        )
-    except UnknownModelError as e:
-        raise UsageError(str(e)) from None
-    except ValueError as e:
-        raise UsageError(f"{name} at {image_size} px: {e}") from None
-    # The trainer drops labels itself (seeded per step, the same for every family); DiT's
-    # official label embedder would drop them a second time inside forward. Its null row stays.
-    embedder = getattr(model, "y_embedder", None)
-    if hasattr(embedder, "dropout_prob"):
-        embedder.dropout_prob = 0.0
-    return model
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -96,24 +71,30 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 class Trainer:
-    """Build everything a run needs from a ``TrainConfig``; ``fit()`` trains."""
+    """Build everything a run needs from a ``TrainConfig``; ``fit()`` trains.
 
-    def __init__(self, cfg: TrainConfig, dist: D.DistInfo | None = None):
+    ``data``: the (dataset, info) to train on, when the caller has it loaded already (the
+    trainer reads ``cfg.data`` otherwise); ``context``: extra entries for ``config.json`` (what
+    a caller ran this training for).
+    """
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        dist: D.DistInfo | None = None,
+        data: tuple[Dataset, DataInfo] | None = None,
+        context: dict | None = None,
+    ):
         cfg.validate()
         self.dist = dist or D.setup(cfg.device)
         self.device = self.dist.device
+        check_backends(cfg.scan_backend, cfg.attn_backend, self.device)
         self.out = Path(cfg.out)
-        ckpt_path = self.out / CHECKPOINT_NAME
-        resume_ckpt = None
-        if cfg.resume:
-            resume_ckpt = load_checkpoint(ckpt_path)
+        self.context = dict(context or {})
+        resume_ckpt = self._previous_run(cfg.resume)
+        if resume_ckpt is not None:
             cfg = cfg.merged_with_checkpoint(resume_ckpt["meta"]["config"])
         else:
-            if ckpt_path.exists():
-                raise UsageError(
-                    f"{self.out} already holds a checkpoint: pass --resume to continue it, "
-                    "or choose another --out"
-                )
             cfg = cfg.with_defaults()
         self.cfg = cfg
         if cfg.batch_size % self.dist.world_size:
@@ -123,40 +104,92 @@ class Trainer:
         self.local_batch = cfg.batch_size // self.dist.world_size
 
         # data: pixels, pre-extracted latents, or pixels encoded by a VAE on the fly
-        self.dataset, self.data_info = build_dataset(cfg.data, cfg.image_size, VAE_DOWNSAMPLE)
+        self.dataset, self.data_info = data or build_dataset(
+            cfg.data, cfg.image_size, VAE_DOWNSAMPLE
+        )
+        channels, self.downsample = model_input(self.data_info, cfg.vae)
         self.vae = None
-        if self.data_info.latent:
-            channels, downsample = self.data_info.channels, VAE_DOWNSAMPLE
-        elif cfg.vae:
+        if cfg.vae and not self.data_info.latent:
             from dimbench.train.vae import load_vae
 
             self.vae = load_vae(cfg.vae, self.device)
-            channels, downsample = VAE_CHANNELS, VAE_DOWNSAMPLE
-        else:
-            channels, downsample = 3, 1
-        self.downsample = downsample
 
-        # model (same seed on every rank: identical initial weights)
+        self.model, self.model_overrides = self._build_model(channels)
+        self.meta = model_meta(self.model, self.downsample)
+        self.schedule = self._objective()
+        self.optimizer, self.lr_scheduler = self._optimizer()
+        self.step = 0
+        self.samples_seen = 0
+        self.wall_time = 0.0  # in fit: steps and data loading, not checkpoint writes
+        self.saved_step: int | None = None  # the step of the checkpoint on disk
+        self._wall_at_save = 0.0  # wall_time of that checkpoint (the time-based ones)
+        self.last_loss: torch.Tensor | None = None  # the latest step's loss (not synced)
+        # losses since the last log row (sum, count): checkpointed, so a run resumed between
+        # two log rows writes the same rows as an uninterrupted one
+        self._loss_window: list = [torch.zeros((), device=self.device), 0]
+        if cfg.init_from and resume_ckpt is None:
+            self._init_from(cfg.init_from, cfg.init_weights)
+        self.ema = make_ema(self.model, cfg.ema_decay, cfg.ema_warmup)
+        if resume_ckpt is not None:
+            self._restore(resume_ckpt, self.out / CHECKPOINT_NAME)
+        self.net = compiled(self.model, cfg.compile)
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = DDP(self.net, device_ids=ids)
+        self.flops_per_step = self._train_flops() if self.dist.is_main else None
+
+    # ---- construction ---------------------------------------------------------------------
+
+    def _previous_run(self, resume: bool) -> dict | None:
+        """The checkpoint to continue (``--resume``); refuse to start over an existing one."""
+        if self.dist.is_main:
+            writable_dir(self.out)
+            remove_stale_temp_files(self.out)
+        path = self.out / CHECKPOINT_NAME
+        if resume:
+            ckpt = load_checkpoint(path)
+            if "config" not in ckpt["meta"]:  # released weights have no run to continue
+                raise UsageError(
+                    f"{path} holds released weights, not a training run: start from them "
+                    "with --init-from in a new --out"
+                )
+            return ckpt
+        if path.exists():
+            load_checkpoint(path, mmap=True)  # an unreadable one: say so, not "resume"
+            raise UsageError(
+                f"{self.out} already holds a checkpoint: pass --resume to continue it, "
+                "or choose another --out"
+            )
+        return None
+
+    def _build_model(self, channels: int) -> tuple[nn.Module, dict]:
+        """The model and its constructor overrides (same seed on every rank: identical initial
+        weights); the label table grows to the data's classes if the model has fewer."""
+        cfg = self.cfg
         overrides = {"in_channels": channels, **cfg.extra}
-        probe = build_model(cfg.model, cfg.image_size, downsample, overrides, device="meta")
+        probe = build_model(cfg.model, cfg.image_size, self.downsample, overrides, device="meta")
         n_cls = self.data_info.num_classes
         if n_cls is not None and n_cls > probe.num_classes:
             overrides["num_classes"] = n_cls
-        self.model_overrides = overrides
         torch.manual_seed(cfg.seed)
-        self.model = build_model(
+        model = build_model(
             cfg.model,
             cfg.image_size,
-            downsample,
+            self.downsample,
             overrides,
             cfg.scan_backend,
             cfg.attn_backend,
             device=self.device,
         )
-        self.meta = model_meta(self.model, downsample)
-        family = self.meta["family"]
+        return model, overrides
+
+    def _objective(self) -> NoiseSchedule:
+        """Settle the noise schedule (the model's) and the loss (hybrid for learned sigma)."""
+        cfg = self.cfg
         if cfg.schedule is None:
-            cfg.schedule = schedule_for_family(family)
+            cfg.schedule = get_model(cfg.model).schedule
         if cfg.loss is None:
             cfg.loss = "hybrid" if self.meta["learn_sigma"] else "mse"
         if cfg.schedule not in SCHEDULES:
@@ -167,39 +200,24 @@ class Trainer:
             raise UsageError(
                 f"--loss hybrid needs a model with learned sigma; {cfg.model} has none"
             )
-        self.schedule = NoiseSchedule(cfg.schedule)
+        return NoiseSchedule(cfg.schedule)
 
-        # optimisation
-        from timm.utils import ModelEmaV3
-
-        self.optimizer = torch.optim.AdamW(
+    def _optimizer(self) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+        cfg = self.cfg
+        optimizer = torch.optim.AdamW(
             param_groups(self.model, cfg.weight_decay),
             lr=cfg.lr,
             betas=tuple(cfg.betas),
             eps=cfg.adam_eps,
             weight_decay=cfg.weight_decay,
         )
-        self.lr_scheduler = torch.optim.lr_scheduler.LinearLR(
-            self.optimizer,
+        scheduler = torch.optim.lr_scheduler.LinearLR(
+            optimizer,
             start_factor=1.0 / max(1, cfg.warmup),
             end_factor=1.0,
             total_iters=max(1, cfg.warmup - 1),
         )  # step k (1-based) trains with lr * min(k / warmup, 1), then lr
-        self.step = 0
-        self.samples_seen = 0
-        self.wall_time = 0.0
-        if cfg.init_from and resume_ckpt is None:
-            self._init_from(cfg.init_from, cfg.init_weights)
-        self.ema = ModelEmaV3(self.model, decay=cfg.ema_decay, use_warmup=cfg.ema_warmup)
-        if resume_ckpt is not None:
-            self._restore(resume_ckpt, ckpt_path)
-        self.net = self.model
-        if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.net = DDP(self.model, device_ids=ids)
-        self.flops_per_step = self._train_flops() if self.dist.is_main else None
+        return optimizer, scheduler
 
     # ---- checkpoints ----------------------------------------------------------------------
 
@@ -235,9 +253,13 @@ class Trainer:
     def save(self) -> Path | None:
         """Rank 0 writes ``out/checkpoint.pt`` atomically; every rank waits for it."""
         path = self.out / CHECKPOINT_NAME
+        # the ranks' mean of their loss-window sums: every rank resumes from it (see fit)
+        total, count = self._loss_window
+        window = [float(D.all_reduce_mean(torch.as_tensor(total), self.dist)), count]
         if self.dist.is_main:
-            atomic_save(self.state_dict(), path)
+            atomic_save({**self.state_dict(), "loss_window": window}, path)
         D.barrier(self.dist)
+        self.saved_step, self._wall_at_save = self.step, self.wall_time
         return path
 
     def _restore(self, ckpt: dict, path: Path) -> None:
@@ -250,14 +272,17 @@ class Trainer:
         self.step = int(ckpt["step"])
         self.samples_seen = int(ckpt["samples_seen"])
         self.wall_time = float(ckpt["wall_time"])
+        self.saved_step, self._wall_at_save = self.step, self.wall_time
+        total, count = ckpt.get("loss_window", (0.0, 0))
+        self._loss_window = [torch.tensor(float(total), device=self.device), int(count)]
         set_rng_state(ckpt["rng"])
 
     def _init_from(self, path: str, which: str) -> None:
         """Weak-to-strong: this model's weights from a checkpoint of the same architecture at
         another resolution (the model resizes its position embedding while loading)."""
-        src = load_checkpoint(path)
-        check_compatible(src["meta"], self.meta, path, allow_resize=True)
-        load_weights(self.model, src[which], f"--init-from {path}")
+        load_model_weights(
+            self.model, load_checkpoint(path), self.meta, f"--init-from {path}", which
+        )
 
     # ---- the loop -------------------------------------------------------------------------
 
@@ -355,52 +380,109 @@ class Trainer:
         self.step += 1
         self.samples_seen += cfg.batch_size
         self.ema.update(self.model, step=self.step)
-        return loss.detach(), grad_norm.detach()
+        self.last_loss = loss.detach()
+        return self.last_loss, grad_norm.detach()
 
-    def fit(self, stop_at: int | None = None) -> dict:
-        """Train to ``cfg.steps`` (or stop early after step ``stop_at``, without a final
-        checkpoint: a simulated interruption). Returns a summary."""
+    def fit(
+        self,
+        until: int | None = None,
+        seconds: float | None = None,
+        on_step: Callable[[Trainer], None] | None = None,
+    ) -> dict:
+        """Train to ``cfg.steps`` and return a summary; or stop earlier, after step ``until``
+        or once ``wall_time`` (training seconds) reaches ``seconds``. ``on_step(trainer)`` runs
+        after every step (``trainer.last_loss`` holds its loss). Call again to continue: a run
+        can advance in slices (train-compare's evaluation points) with the same trajectory,
+        log and checkpoints as one call; stopping early writes no checkpoint of its own (the
+        caller may ``save()``).
+
+        Checkpoints: every ``cfg.checkpoint_interval()`` steps, after ``cfg.ckpt_minutes`` of
+        training since the last one, at ``cfg.steps``, and on SIGINT/SIGTERM, after which
+        ``fit`` raises ``Interrupted`` (exit 130/143). A second Ctrl-C stops without saving.
+        Under torchrun every rank stops at the same step.
+        """
         cfg = self.cfg
-        end = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
+        end = min(cfg.steps, until) if until is not None else cfg.steps
+        todo = max(0, end - self.step)
+        if seconds is not None and self.wall_time >= seconds:
+            todo = 0
         if self.dist.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.json").write_text(
-                json.dumps(self.checkpoint_meta(), indent=2, default=str) + "\n"
-            )
-        log = CsvLog(self.out / LOG_NAME, self.step) if self.dist.is_main else None
-        progress = _Progress(cfg.steps, self.step, enabled=cfg.progress and self.dist.is_main)
+            self._write_config()
+        if todo == 0:
+            return self._summary(math.nan, math.nan)
+        every = cfg.checkpoint_interval()
+        log = TrainLog(self.out / LOG_NAME, self.step) if self.dist.is_main else None
+        progress = TrainProgress(cfg.steps, self.step, enabled=cfg.progress and self.dist.is_main)
+        # a time limit reads the clock after every step: on a GPU, after the step has run
+        sync = self.device.type == "cuda" and seconds is not None
         start_step, start = self.step, time.perf_counter()
         base_wall = self.wall_time
-        loss_sum = torch.zeros((), device=self.device)
-        count, last_loss, grad_norm = 0, math.nan, torch.zeros(())
-        with progress:
-            for x, y in self._loader(max(0, end - self.step)):
+        logged_loss = math.nan
+        stop = StopRequest()
+        with progress, stop:
+            for x, y in self._loader(todo):
                 loss, grad_norm = self.train_step(x, y)
-                loss_sum += loss
-                count += 1
+                self._loss_window[0] += loss
+                self._loss_window[1] += 1
+                if sync:
+                    torch.cuda.synchronize(self.device)
                 self.wall_time = base_wall + time.perf_counter() - start
                 rate = (self.step - start_step) / max(1e-9, time.perf_counter() - start)
-                if self.step % cfg.log_every == 0 or self.step == end:
-                    last_loss = float(D.all_reduce_mean(loss_sum / count, self.dist))
-                    loss_sum.zero_()
-                    count = 0
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    total, count = self._loss_window
+                    logged_loss = float(D.all_reduce_mean(total / count, self.dist))
+                    self._loss_window = [torch.zeros((), device=self.device), 0]
                     if log is not None:
-                        log.write(self._log_row(last_loss, float(grad_norm)))
-                progress.update(self.step, last_loss, rate)
-                if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
+                        log.write(self._log_row(logged_loss, float(grad_norm)))
+                progress.update(self.step, logged_loss, rate)
+                if on_step is not None:
+                    on_step(self)
+                overdue = self.wall_time - self._wall_at_save >= cfg.ckpt_minutes * 60
+                time_up = seconds is not None and self.wall_time >= seconds
+                signum, overdue, time_up = D.agree_max(
+                    self.dist, stop.signum, int(overdue), int(time_up)
+                )
+                if signum or overdue or self.step % every == 0 or self.step == cfg.steps:
+                    paused = time.perf_counter()
                     self.save()
+                    start += time.perf_counter() - paused  # writing it is not training time
+                if signum:
+                    if log is not None:
+                        log.close()
+                    raise Interrupted(
+                        f"{signal.Signals(signum).name} at step {self.step} of {cfg.steps}: "
+                        f"checkpoint saved in {self.out}; continue with --resume",
+                        signum,
+                    )
+                if time_up:
+                    break
+        if self.device.type == "cuda":  # the last steps' kernels count as training time
+            torch.cuda.synchronize(self.device)
+            self.wall_time = base_wall + time.perf_counter() - start
         elapsed = time.perf_counter() - start
         if log is not None:
             log.close()
         done = self.step - start_step
+        return self._summary(logged_loss, done / elapsed if elapsed > 0 else math.nan)
+
+    def _summary(self, loss: float, steps_per_s: float) -> dict:
         return {
             "steps": self.step,
-            "loss": last_loss,
-            "steps_per_s": done / elapsed if elapsed > 0 else math.nan,
+            "loss": loss,
+            "steps_per_s": steps_per_s,
             "wall_time": self.wall_time,
             "out": str(self.out),
             "is_main": self.dist.is_main,
         }
+
+    def _write_config(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        config = {
+            **self.checkpoint_meta(),
+            "omp_wait_policy": omp_policy_in_effect(),
+            **self.context,
+        }
+        (self.out / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
 
     def _log_row(self, loss: float, grad_norm: float) -> dict:
         flops = self.flops_per_step * self.step if self.flops_per_step is not None else ""
@@ -413,70 +495,6 @@ class Trainer:
             "flops": flops,
             "grad_norm": f"{grad_norm:.4f}",
         }
-
-
-class CsvLog:
-    """``log.csv``, appended row by row; on resume, rows past the checkpoint are dropped."""
-
-    def __init__(self, path: Path, resume_step: int):
-        rows = []
-        if path.exists() and resume_step > 0:
-            with path.open(newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
-        self.file = path.open("w", newline="")
-        self.writer = csv.DictWriter(self.file, fieldnames=LOG_COLUMNS)
-        self.writer.writeheader()
-        self.writer.writerows(rows)
-        self.file.flush()
-
-    def write(self, row: dict) -> None:
-        self.writer.writerow(row)
-        self.file.flush()
-
-    def close(self) -> None:
-        self.file.close()
-
-
-class _Progress:
-    """A rich progress bar with loss, steps/s and ETA (a no-op when disabled)."""
-
-    def __init__(self, total: int, done: int, enabled: bool):
-        self.enabled = enabled
-        if not enabled:
-            return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.bar = Progress(
-            TextColumn("train"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}"),
-            TextColumn("{task.fields[rate]:.2f} steps/s"),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            TimeElapsedColumn(),
-        )
-        self.task = self.bar.add_task("train", total=total, completed=done, loss=math.nan, rate=0.0)
-
-    def __enter__(self):
-        if self.enabled:
-            self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self.bar.__exit__(*exc)
-
-    def update(self, step: int, loss: float, rate: float) -> None:
-        if self.enabled:
-            self.bar.update(self.task, completed=step, loss=loss, rate=rate)
 
 
 def train(cfg: TrainConfig) -> dict:

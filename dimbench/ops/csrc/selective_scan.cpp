@@ -2,11 +2,16 @@
 //
 // Layout: 16 channels ride in one vector (GCC/clang vector extensions: one zmm register with
 // AVX-512, two ymm with AVX2, NEON quads on Arm), the N state dimensions are unrolled, and the
-// exponentials are a vectorised Cephes-style polynomial. Inputs are (B, D, L) with L contiguous,
-// so 16x16 tiles are transposed in registers on the way in and out.
+// exponentials are a vectorised Cephes-style polynomial. u, delta, z and the output gradient are
+// (B, D, L) rows with L contiguous (any batch and channel strides), so 16x16 tiles are
+// transposed in registers on the way in and out. They are float32 or bfloat16 (one type for
+// all of them and for out, du, ddelta, dz); the state and every sum are float32.
 // A work unit is (batch b, block of 16 channels); the Python side spreads units over threads.
 // The backward recomputes the forward chunk by chunk (CHUNK steps) from the states the forward
 // saved at chunk starts, so it needs O(CHUNK) scratch per unit rather than O(L).
+// Every entry point runs with denormals flushed (FTZ and DAZ, or FZ on Arm) and restores the
+// caller's floating-point mode: decayed states would otherwise turn subnormal, which costs some
+// CPUs (Intel's microcode assists) 10-20x.
 //
 // Compiled at first use by dimbench/ops/scan_cpu.py (g++ -O3 -march=native), loaded by ctypes.
 
@@ -14,20 +19,67 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <tuple>
 #if defined(__AVX512F__)
 #include <immintrin.h>
+#endif
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
 #endif
 
 typedef float vf __attribute__((vector_size(64)));
 typedef int32_t vi __attribute__((vector_size(64)));
+typedef uint32_t vu __attribute__((vector_size(64)));
+typedef uint16_t vh __attribute__((vector_size(32)));
 
 namespace {
 
 constexpr int W = 16;      // channels per vector
 constexpr int T = 16;      // time tile (16x16 transposes)
-constexpr int CHUNK = 64;  // time steps between saved states; a multiple of T
+constexpr int CHUNK = 128;  // time steps between saved states; a multiple of T
 constexpr int MAXN = 64;   // largest d_state of the generic path
-constexpr int NB = 8;      // state dims per backward block
+constexpr int NB = 8;      // vectors per backward block: 8 state dims of 1 unit, 4 of 2
+constexpr int ABI = 2;     // bumped whenever ScanArgs or an entry point changes
+
+// ----------------------------------------------------------------------- floating-point mode
+
+#if defined(__x86_64__) || defined(__i386__)
+constexpr bool kFlushes = true;
+inline uint64_t fp_control() { return _mm_getcsr(); }
+inline void set_fp_control(uint64_t v) { _mm_setcsr((unsigned)v); }
+constexpr uint64_t kFlushBits = 0x8040;  // MXCSR FTZ (bit 15) and DAZ (bit 6)
+#elif defined(__aarch64__)
+constexpr bool kFlushes = true;
+inline uint64_t fp_control() {
+  uint64_t v;
+  asm volatile("mrs %0, fpcr" : "=r"(v));
+  return v;
+}
+inline void set_fp_control(uint64_t v) { asm volatile("msr fpcr, %0" : : "r"(v)); }
+constexpr uint64_t kFlushBits = uint64_t(1) << 24;  // FPCR.FZ
+#else
+constexpr bool kFlushes = false;
+inline uint64_t fp_control() { return 0; }
+inline void set_fp_control(uint64_t) {}
+constexpr uint64_t kFlushBits = 0;
+#endif
+
+// Runs fn with denormals flushed in this thread, then restores the caller's mode. fn is called
+// through a non-inlined function so that no arithmetic is scheduled across the mode switches.
+template <typename F>
+__attribute__((noinline)) void call_noinline(F& fn) {
+  fn();
+}
+
+template <typename F>
+void with_denormals_flushed(F fn) {
+  const uint64_t saved = fp_control();
+  set_fp_control(saved | kFlushBits);
+  call_noinline(fn);
+  set_fp_control(saved);
+}
+
+// ----------------------------------------------------------------------- vectors and types
 
 inline vf splat(float a) { return vf{} + a; }
 
@@ -38,6 +90,55 @@ inline vf loadu(const float* p) {
 }
 
 inline void storeu(float* p, vf v) { std::memcpy(p, &v, sizeof(v)); }
+
+struct bf16 {
+  uint16_t bits;
+};
+
+// bfloat16 is the top half of a float32: widening is a shift; narrowing rounds to nearest even.
+inline float to_f32(float x) { return x; }
+inline float to_f32(bf16 x) {
+  const uint32_t b = uint32_t(x.bits) << 16;
+  float f;
+  std::memcpy(&f, &b, 4);
+  return f;
+}
+
+inline void from_f32(float v, float* d) { *d = v; }
+inline void from_f32(float v, bf16* d) {
+  uint32_t b;
+  std::memcpy(&b, &v, 4);
+  if ((b & 0x7fffffffu) > 0x7f800000u) {
+    d->bits = uint16_t((b >> 16) | 0x40);  // NaN stays a (quiet) NaN
+    return;
+  }
+  if ((b & 0x7f800000u) == 0) b &= 0x80000000u;  // subnormal -> signed zero, as the vector path
+  d->bits = uint16_t((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
+}
+
+inline vf load16(const float* p) { return loadu(p); }
+inline vf load16(const bf16* p) {
+  vh h;
+  std::memcpy(&h, p, sizeof(h));
+  return (vf)(__builtin_convertvector(h, vu) << 16);
+}
+
+inline void store16(float* p, vf v) { storeu(p, v); }
+inline void store16(bf16* p, vf v) {
+#if defined(__AVX512BF16__)
+  const __m256bh r = _mm512_cvtneps_pbh((__m512)v);  // round to nearest even, subnormals -> 0
+  std::memcpy(p, &r, sizeof(r));
+#else
+  const vu b = (vu)v;
+  vu r = (b + 0x7fffu + ((b >> 16) & 1u)) >> 16;
+  r = (b & 0x7fffffffu) > 0x7f800000u ? (b >> 16) | 0x40u : r;
+  r = (b & 0x7f800000u) == 0 ? (b >> 16) & 0x8000u : r;
+  const vh h = __builtin_convertvector(r, vh);
+  std::memcpy(p, &h, sizeof(h));
+#endif
+}
+
+// ----------------------------------------------------------------------- elementwise math
 
 constexpr float LOG2E = 1.44269504088896341f;
 constexpr float LN2 = 0.693147180559945309f;
@@ -119,79 +220,152 @@ inline vf vlog_ge1(vf x) {
   return m + y + fe * 0.693359375f;
 }
 
-// softplus(x) = log(1 + exp(x)), x for x > 20 (torch's threshold).
-inline vf vsoftplus(vf x) {
-  vf e = vexp(x);
-  vf u = e + 1.0f;
-  vf d = u - 1.0f;
-  // log1p(e) = log(u) * e / (u - 1) keeps precision when e is tiny
-  vf lp = d == splat(0.0f) ? e : vlog_ge1(u) * e / (d == splat(0.0f) ? splat(1.0f) : d);
-  return x > splat(20.0f) ? x : lp;
+// 1/x for x >= 1: AVX-512's 14-bit estimate and one Newton step (relative error 2^-28; 0 for
+// x beyond 2^126, where 1/x would be subnormal and is flushed anyway).
+inline vf vrecip(vf x) {
+#if defined(__AVX512F__)
+  const vf r = (vf)_mm512_rcp14_ps((__m512)x);
+  return r + r * (1.0f - x * r);
+#else
+  return 1.0f / x;
+#endif
 }
 
-inline vf vsigmoid(vf x) { return 1.0f / (1.0f + vexp(-x)); }
+// With e = exp(x) (clamped, so finite), u = 1 + e and r = 1 / u:
+//   sigmoid(x) = 1 - r for x > 0 (r <= 1/2: no cancellation; r -> 0 as x grows), e r below;
+//   softplus(x) = log1p(e) = log(u) + (e - (u - 1)) r, which restores the low bits of e that
+//   rounding u lost (x itself for x > 20, torch's threshold).
+inline vf vsigmoid_from(vf x, vf e, vf r) { return x > splat(0.0f) ? 1.0f - r : e * r; }
 
-// In-register 16x16 transpose: stage k swaps the off-diagonal k x k blocks.
-#define SHUF_A8 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23
-#define SHUF_B8 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31
-#define SHUF_A4 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27
-#define SHUF_B4 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31
-#define SHUF_A2 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29
-#define SHUF_B2 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31
-#define SHUF_A1 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30
-#define SHUF_B1 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31
+inline void vsoftplus_sigmoid(vf x, vf& sp, vf& sg) {
+  const vf e = vexp(x), u = e + 1.0f, r = vrecip(u);
+  sp = x > splat(20.0f) ? x : vlog_ge1(u) + (e - (u - 1.0f)) * r;
+  sg = vsigmoid_from(x, e, r);
+}
 
-#define TRANSPOSE_STAGE(r, K)                                   \
-  for (int i = 0; i < 16; ++i) {                                \
-    if (i & K) continue;                                        \
-    vf a = r[i], b = r[i + K];                                  \
-    r[i] = __builtin_shufflevector(a, b, SHUF_A##K);            \
-    r[i + K] = __builtin_shufflevector(a, b, SHUF_B##K);        \
-  }
+inline vf vsoftplus(vf x) {
+  const vf e = vexp(x), u = e + 1.0f;
+  return x > splat(20.0f) ? x : vlog_ge1(u) + (e - (u - 1.0f)) * vrecip(u);
+}
+
+inline vf vsigmoid(vf x) {
+  const vf e = vexp(x);
+  return vsigmoid_from(x, e, vrecip(e + 1.0f));
+}
+
+// ----------------------------------------------------------------------- tiles
+
+// In-register 16x16 transpose from cheap shuffles only (in-lane unpacks, 128-bit lane moves):
+// rows 4q..4q+3 are unpacked to 4 vectors holding 4x4 blocks, which two 128-bit lane shuffle
+// stages put together. Two-source full permutes (vpermt2ps) cost more on some cores.
+#define UNPCKLO_PS 0, 16, 1, 17, 4, 20, 5, 21, 8, 24, 9, 25, 12, 28, 13, 29
+#define UNPCKHI_PS 2, 18, 3, 19, 6, 22, 7, 23, 10, 26, 11, 27, 14, 30, 15, 31
+#define UNPCKLO_PD 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29
+#define UNPCKHI_PD 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31
+#define SHUFPS_0202 0, 2, 16, 18, 4, 6, 20, 22, 8, 10, 24, 26, 12, 14, 28, 30
+#define SHUFPS_1313 1, 3, 17, 19, 5, 7, 21, 23, 9, 11, 25, 27, 13, 15, 29, 31
+#define LANES_01 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23
+#define LANES_23 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31
+#define LANES_02 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27
+#define LANES_13 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31
+#define SHUF(a, b, P) __builtin_shufflevector(a, b, P)
 
 inline void transpose16(vf* r) {
-  TRANSPOSE_STAGE(r, 8)
-  TRANSPOSE_STAGE(r, 4)
-  TRANSPOSE_STAGE(r, 2)
-  TRANSPOSE_STAGE(r, 1)
+  vf g[4][4];  // g[q][m]: lane j holds rows 4q..4q+3 of column m + 4j
+  for (int q = 0; q < 4; ++q) {
+    const vf* s = r + 4 * q;
+    const vf lo01 = SHUF(s[0], s[1], UNPCKLO_PS), hi01 = SHUF(s[0], s[1], UNPCKHI_PS);
+    const vf lo23 = SHUF(s[2], s[3], UNPCKLO_PS), hi23 = SHUF(s[2], s[3], UNPCKHI_PS);
+    g[q][0] = SHUF(lo01, lo23, UNPCKLO_PD);
+    g[q][1] = SHUF(lo01, lo23, UNPCKHI_PD);
+    g[q][2] = SHUF(hi01, hi23, UNPCKLO_PD);
+    g[q][3] = SHUF(hi01, hi23, UNPCKHI_PD);
+  }
+  for (int m = 0; m < 4; ++m) {
+    const vf x01 = SHUF(g[0][m], g[1][m], LANES_02), y01 = SHUF(g[0][m], g[1][m], LANES_13);
+    const vf x23 = SHUF(g[2][m], g[3][m], LANES_02), y23 = SHUF(g[2][m], g[3][m], LANES_13);
+    r[m] = SHUF(x01, x23, LANES_02);
+    r[m + 8] = SHUF(x01, x23, LANES_13);
+    r[m + 4] = SHUF(y01, y23, LANES_02);
+    r[m + 12] = SHUF(y01, y23, LANES_13);
+  }
 }
 
-// Lane j of the result = sum of the 16 lanes of v[j]; v is clobbered.
-#define HSUM_STAGE(v, K)                                                              \
-  for (int i = 0; i < K; ++i) {                                                       \
-    vf a = v[i], b = v[i + K];                                                        \
-    v[i] = __builtin_shufflevector(a, b, SHUF_A##K) + __builtin_shufflevector(a, b, SHUF_B##K); \
-  }
-
+// Lane j of the result = sum of the 16 lanes of v[j]; v is clobbered. Each stage adds two
+// shuffles that keep one vector's partial sums together; the last permute undoes the order
+// the stages leave the sums in (lane j holds v[P[j]], P = 0 2 1 3 8 10 9 11 4 6 5 7 ...).
 inline vf hsum16(vf* v) {
-  HSUM_STAGE(v, 8)
-  HSUM_STAGE(v, 4)
-  HSUM_STAGE(v, 2)
-  HSUM_STAGE(v, 1)
-  return v[0];
+  for (int i = 0; i < 8; ++i) v[i] = SHUF(v[i], v[i + 8], LANES_01) + SHUF(v[i], v[i + 8], LANES_23);
+  for (int i = 0; i < 4; ++i) v[i] = SHUF(v[i], v[i + 4], LANES_02) + SHUF(v[i], v[i + 4], LANES_13);
+  for (int i = 0; i < 2; ++i)
+    v[i] = SHUF(v[i], v[i + 2], UNPCKLO_PD) + SHUF(v[i], v[i + 2], UNPCKHI_PD);
+  const vf s = SHUF(v[0], v[1], SHUFPS_0202) + SHUF(v[0], v[1], SHUFPS_1313);
+  return __builtin_shufflevector(s, s, 0, 2, 1, 3, 8, 10, 9, 11, 4, 6, 5, 7, 12, 14, 13, 15);
 }
 
 // dst[t] (lane c) = src[c * ld + t] for c < nc, t < nt; zero elsewhere.
-inline void load_tile(const float* src, int64_t ld, int nc, int nt, vf* dst) {
+template <typename E>
+inline void load_tile(const E* src, int64_t ld, int nc, int nt, vf* dst) {
   if (nc == W && nt == T) {
-    for (int c = 0; c < W; ++c) dst[c] = loadu(src + c * ld);
+    for (int c = 0; c < W; ++c) dst[c] = load16(src + c * ld);
     transpose16(dst);
     return;
   }
   for (int t = 0; t < T; ++t) dst[t] = splat(0.0f);
   for (int c = 0; c < nc; ++c)
-    for (int t = 0; t < nt; ++t) dst[t][c] = src[c * ld + t];
+    for (int t = 0; t < nt; ++t) dst[t][c] = to_f32(src[c * ld + t]);
 }
 
-// dst[c * ld + t] = src[t] (lane c) for c < nc, t < nt. src is clobbered.
-inline void store_tile(float* dst, int64_t ld, int nc, int nt, vf* src) {
+// Streaming (non-temporal) stores of 16 elements: no read-for-ownership of the line, and the
+// line does not displace cached data. p must be aligned to the 64 (float) or 32 (bf16) bytes.
+inline void store16_stream(float* p, vf v) {
+#if defined(__AVX512F__)
+  _mm512_stream_ps(p, (__m512)v);
+#else
+  storeu(p, v);
+#endif
+}
+inline void store16_stream(bf16* p, vf v) {
+#if defined(__AVX512F__)
+  bf16 tmp[16];
+  store16(tmp, v);
+  __m256i h;
+  std::memcpy(&h, tmp, sizeof(h));
+  _mm256_stream_si256(reinterpret_cast<__m256i*>(p), h);
+#else
+  store16(p, v);
+#endif
+}
+
+// dst[c * ld + t] = src[t] (lane c) for c < nc, t < nt. src is clobbered. stream: use
+// streaming stores where the rows are aligned for them (outputs too big to stay cached).
+template <typename E>
+inline void store_tile(E* dst, int64_t ld, int nc, int nt, vf* src, bool stream = false) {
   if (nc == W && nt == T) {
     transpose16(src);
-    for (int c = 0; c < W; ++c) storeu(dst + c * ld, src[c]);
+    constexpr uintptr_t align = 16 * sizeof(E);
+    if (stream && reinterpret_cast<uintptr_t>(dst) % align == 0 && (ld * sizeof(E)) % align == 0) {
+      for (int c = 0; c < W; ++c) store16_stream(dst + c * ld, src[c]);
+    } else {
+      for (int c = 0; c < W; ++c) store16(dst + c * ld, src[c]);
+    }
     return;
   }
   for (int c = 0; c < nc; ++c)
-    for (int t = 0; t < nt; ++t) dst[c * ld + t] = src[t][c];
+    for (int t = 0; t < nt; ++t) from_f32(src[t][c], dst + c * ld + t);
+}
+
+// Ask for the lines of row[0, n) in L2 ahead of their use (rows of 16 channels lie L elements
+// apart, too many streams for the hardware prefetchers once the backward walks them backwards).
+template <typename E>
+inline void prefetch_row(const E* row, int64_t n) {
+  const char* a = reinterpret_cast<const char*>(row);
+  for (int64_t b = 0; b < n * (int64_t)sizeof(E); b += 64) __builtin_prefetch(a + b, 0, 2);
+}
+
+// The same for a row about to be read and written.
+inline void prefetch_row_rw(float* row, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) __builtin_prefetch(row + i, 1, 2);
 }
 
 inline vf gather_lanes(const float* p, int64_t stride, int nc) {
@@ -200,20 +374,37 @@ inline vf gather_lanes(const float* p, int64_t stride, int nc) {
   return v;
 }
 
-struct Params {
+}  // namespace
+
+// ----------------------------------------------------------------------- arguments
+
+extern "C" {
+
+// One scan's tensors, filled by scan_cpu.py (a ctypes.Structure of the same layout).
+// Strides are in elements. u, delta, z, dout: (B, D, L) with unit time stride; out, du,
+// ddelta, dz: contiguous (B, D, L). B and C: float32 (B, G, L, N) with unit state stride.
+struct ScanArgs {
   int64_t batch, dim, length, dstate, groups;
-  // B and C come time-major, (batch, groups, L, N): one cache line per step. (N, L) rows that
-  // lie a multiple of 4 KiB apart would all fall in one L1 set.
-  const float *u, *delta, *A, *B, *C, *D, *z, *delta_bias;
-  int32_t softplus;
+  int64_t bf16;      // 1: u, delta, z, dout, out, du, ddelta, dz are bfloat16; 0: float32
+  int64_t softplus;  // apply softplus to delta (+ delta_bias)
+  int64_t u_sb, u_sd, delta_sb, delta_sd, z_sb, z_sd, dout_sb, dout_sd;
+  int64_t B_sb, B_sg, B_st, C_sb, C_sg, C_st;
+  const void *u, *delta, *z, *dout;  // z may be null
+  const float *A, *B, *C, *D, *delta_bias;  // D, delta_bias may be null
+  void *out, *du, *ddelta, *dz;
+  float* ckpt;  // (B, ceil(D/16), nchunk, N, 16): the state entering each chunk
 };
+
+}  // extern "C"
+
+namespace {
 
 struct Unit {
   int64_t b, cb, c0, g;
   int nc;
 };
 
-inline Unit make_unit(const Params& p, int64_t unit) {
+inline Unit make_unit(const ScanArgs& p, int64_t unit) {
   const int64_t ncb = (p.dim + W - 1) / W;
   Unit w;
   w.b = unit / ncb;
@@ -224,80 +415,129 @@ inline Unit make_unit(const Params& p, int64_t unit) {
   return w;
 }
 
+inline int64_t nchunks(int64_t length) { return (length + CHUNK - 1) / CHUNK; }
+
+// The tensors of one unit: row pointers (channel c0 of batch b) and their row strides.
+template <typename E>
+struct Rows {
+  const E *u, *delta, *z, *dout;
+  int64_t lu, ldelta, lz, ldout;
+  E *out, *du, *ddelta, *dz;  // contiguous: row stride L
+  const float *B, *C;         // (L, N) of the unit's batch and group, time stride B_st / C_st
+  int64_t sB, sC;
+
+  Rows(const ScanArgs& p, const Unit& w) {
+    const int64_t orow = (w.b * p.dim + w.c0) * p.length;
+    u = static_cast<const E*>(p.u) + w.b * p.u_sb + w.c0 * p.u_sd;
+    delta = static_cast<const E*>(p.delta) + w.b * p.delta_sb + w.c0 * p.delta_sd;
+    z = p.z ? static_cast<const E*>(p.z) + w.b * p.z_sb + w.c0 * p.z_sd : nullptr;
+    dout = p.dout ? static_cast<const E*>(p.dout) + w.b * p.dout_sb + w.c0 * p.dout_sd : nullptr;
+    lu = p.u_sd, ldelta = p.delta_sd, lz = p.z_sd, ldout = p.dout_sd;
+    out = p.out ? static_cast<E*>(p.out) + orow : nullptr;
+    du = p.du ? static_cast<E*>(p.du) + orow : nullptr;
+    ddelta = p.ddelta ? static_cast<E*>(p.ddelta) + orow : nullptr;
+    dz = p.dz ? static_cast<E*>(p.dz) + orow : nullptr;
+    B = p.B + w.b * p.B_sb + w.g * p.B_sg;
+    C = p.C + w.b * p.C_sb + w.g * p.C_sg;
+    sB = p.B_st, sC = p.C_st;
+  }
+};
+
 inline vf load_dt(vf raw, vf bias, bool has_bias, bool softplus) {
   vf dt = has_bias ? raw + bias : raw;
   return softplus ? vsoftplus(dt) : dt;
 }
 
 // A * log2(e) per lane, so the decay exp(dt * A) is vexp2(dt * A2).
-inline void load_A2(const Params& p, const Unit& w, int N, vf* A2) {
+inline void load_A2(const ScanArgs& p, const Unit& w, int N, vf* A2) {
   for (int n = 0; n < N; ++n) A2[n] = gather_lanes(p.A + w.c0 * N + n, N, w.nc) * LOG2E;
 }
 
+// ----------------------------------------------------------------------- forward
+
+// Outputs at least this big are written with streaming stores (they cannot stay cached).
+constexpr int64_t kStreamBytes = int64_t(16) << 20;
+constexpr int PF_TILES = 2;  // the forward prefetches this many time tiles ahead
+
 // Forward of one unit. ckpt (nullable): (nchunk, N, W) states entering each chunk.
-template <int NS>
-void fwd_unit(const Params& p, const Unit& w, float* out, float* ckpt) {
+template <int NS, typename E>
+void fwd_unit(const ScanArgs& p, const Unit& w, float* ckpt, bool stream) {
   const int N = NS ? NS : (int)p.dstate;
   const int64_t L = p.length;
-  const int64_t row = (w.b * p.dim + w.c0) * L;
-  const float* Bp = p.B + (w.b * p.groups + w.g) * N * L;
-  const float* Cp = p.C + (w.b * p.groups + w.g) * N * L;
+  const Rows<E> r(p, w);
   vf A2[NS ? NS : MAXN], x[NS ? NS : MAXN];
   load_A2(p, w, N, A2);
   for (int n = 0; n < N; ++n) x[n] = splat(0.0f);
   const vf Dv = p.D ? gather_lanes(p.D + w.c0, 1, w.nc) : splat(0.0f);
   const vf bias = p.delta_bias ? gather_lanes(p.delta_bias + w.c0, 1, w.nc) : splat(0.0f);
+  const E* prefetched[3] = {r.u, r.delta, r.z};
+  const int64_t lds[3] = {r.lu, r.ldelta, r.lz};
   vf tu[T], td[T], tz[T], ty[T];
   for (int64_t t0 = 0; t0 < L; t0 += T) {
     const int nt = (int)std::min<int64_t>(T, L - t0);
     if (ckpt && t0 % CHUNK == 0) {
       float* s = ckpt + (t0 / CHUNK) * N * W;
-      for (int n = 0; n < N; ++n) storeu(s + n * W, x[n]);
+      for (int n = 0; n < N; ++n) stream ? store16_stream(s + n * W, x[n]) : storeu(s + n * W, x[n]);
     }
-    load_tile(p.u + row + t0, L, w.nc, nt, tu);
-    load_tile(p.delta + row + t0, L, w.nc, nt, td);
-    if (p.z) load_tile(p.z + row + t0, L, w.nc, nt, tz);
+    load_tile(r.u + t0, r.lu, w.nc, nt, tu);
+    load_tile(r.delta + t0, r.ldelta, w.nc, nt, td);
+    if (r.z) load_tile(r.z + t0, r.lz, w.nc, nt, tz);
     // elementwise work first, as independent chains the CPU overlaps, then the recurrence
     for (int tt = 0; tt < nt; ++tt) {
       td[tt] = load_dt(td[tt], bias, p.delta_bias != nullptr, p.softplus);
-      if (p.z) tz[tt] = tz[tt] * vsigmoid(tz[tt]);
+      if (r.z) tz[tt] = tz[tt] * vsigmoid(tz[tt]);
     }
+    const int64_t tp = t0 + PF_TILES * T;
     for (int tt = 0; tt < nt; ++tt) {
+      if (tp < L) {  // rows 3tt..3tt+2 of the three inputs' tile PF_TILES ahead
+        for (int q = 3 * tt; q < 3 * tt + 3; ++q) {
+          const E* row = prefetched[q / W];
+          if (row && q % W < w.nc) prefetch_row(row + (q % W) * lds[q / W] + tp, T);
+        }
+      }
       const vf dt = td[tt];
       const vf dtu = dt * tu[tt];
-      const int64_t t = t0 + tt;
+      const float* Bt = r.B + (t0 + tt) * r.sB;
+      const float* Ct = r.C + (t0 + tt) * r.sC;
       vf y = splat(0.0f);
 #pragma GCC unroll 16
       for (int n = 0; n < N; ++n) {
-        x[n] = vexp2(dt * A2[n]) * x[n] + dtu * Bp[t * N + n];
-        y += x[n] * Cp[t * N + n];
+        x[n] = vexp2(dt * A2[n]) * x[n] + dtu * Bt[n];
+        y += x[n] * Ct[n];
       }
       if (p.D) y += Dv * tu[tt];
-      if (p.z) y *= tz[tt];
+      if (r.z) y *= tz[tt];
       ty[tt] = y;
     }
-    store_tile(out + row + t0, L, w.nc, nt, ty);
+    store_tile(r.out + t0, L, w.nc, nt, ty, stream);
   }
 }
 
-// Per-thread scratch of the backward, sized for one chunk and one block of NB state dims.
+// ----------------------------------------------------------------------- backward
+
+// Per-thread scratch of the backward, sized for one chunk, one block of NB state dims and up to
+// VMAX units (index [step * V + v]). The per-step arrays lie a vector more than a multiple of
+// 4 KiB apart: at exactly 4 KiB the same step of every array would fall in one L1 set.
+constexpr int VMAX = 2;
+
 struct Scratch {
-  vf *cu, *cdt, *csig, *cz, *csz, *cg, *cgy, *cy, *sA, *sB;  // CHUNK each
+  static constexpr int STRIDE = CHUNK * VMAX + 1;
+  vf *cu, *cdt, *csig, *cz, *csz, *cg, *cgy, *cy, *sA, *sB;  // per step and unit
   vf *xs, *dAs;  // (CHUNK + 1) * NB: the block's dA_t x_{t-1} and dA_t over the chunk
-  vf *h, *gA, *dA_next;  // N each: carried from one chunk to the previous
+  vf *h, *gA, *dA_next;  // N * V each: carried from one chunk to the previous
   vf* red;               // NB * T: contributions to dB or dC awaiting their lane reduction
   void* mem;
 
   explicit Scratch(int64_t N) {
-    const int64_t nvec = 10 * CHUNK + 2 * (CHUNK + 1) * NB + 3 * N + NB * T;
+    const int64_t nvec = 10 * STRIDE + 2 * (CHUNK + 1) * NB + 3 * N * VMAX + NB * T;
     mem = std::aligned_alloc(sizeof(vf), nvec * sizeof(vf));
     vf* q = static_cast<vf*>(mem);
-    for (vf** f : {&cu, &cdt, &csig, &cz, &csz, &cg, &cgy, &cy, &sA, &sB}) *f = q, q += CHUNK;
+    for (vf** f : {&cu, &cdt, &csig, &cz, &csz, &cg, &cgy, &cy, &sA, &sB}) *f = q, q += STRIDE;
     xs = q, q += (CHUNK + 1) * NB;
     dAs = q, q += (CHUNK + 1) * NB;
-    h = q, q += N;
-    gA = q, q += N;
-    dA_next = q, q += N;
+    h = q, q += N * VMAX;
+    gA = q, q += N * VMAX;
+    dA_next = q, q += N * VMAX;
     red = q;
   }
   ~Scratch() { std::free(mem); }
@@ -305,9 +545,21 @@ struct Scratch {
   Scratch& operator=(const Scratch&) = delete;
 };
 
-struct Grads {
-  float *du, *ddelta, *dz;                 // (B, D, L), shared: units write disjoint rows
-  float *dA, *dD, *ddelta_bias, *dB, *dC;  // this thread's accumulators
+// One thread's sums over its units, in the partial buffer the caller gives it:
+// dA (D, N), dD (D), ddelta_bias (D), dB and dC (B, G, N, L).
+struct Partial {
+  float *dA, *dD, *ddelta_bias, *dB, *dC;
+
+  static int64_t size(const ScanArgs& p) {
+    return p.dim * p.dstate + 2 * p.dim + 2 * p.batch * p.groups * p.dstate * p.length;
+  }
+  explicit Partial(const ScanArgs& p, float* mem) {
+    dA = mem;
+    dD = dA + p.dim * p.dstate;
+    ddelta_bias = dD + p.dim;
+    dB = ddelta_bias + p.dim;
+    dC = dB + p.batch * p.groups * p.dstate * p.length;
+  }
 };
 
 // Reduce red[i][0..nt) over lanes and add to dst[i * L + 0..nt) (dst offset to the tile).
@@ -325,211 +577,359 @@ inline void flush_reduction(vf* red, int nb, int nt, float* dst, int64_t L) {
   }
 }
 
-// Backward of one unit, chunk by chunk from the end. The state dims are independent in the
-// recurrence, so each chunk is done NB dims at a time, which keeps the block's states and
-// decays in L1 and its accumulators in registers:
+// Backward of V units (V blocks of 16 channels of one batch and group), chunk by chunk from the
+// end. The state dims are independent in the recurrence, so each chunk is done NB dims at a
+// time, which keeps the block's states and decays in L1 and its accumulators in registers:
 //  1. recompute the block's states from the chunk's saved ones, keeping dA_t = exp(dt_t A)
 //     and dA_t x_{t-1};
 //     the same pass gives dC_t = sum_lanes gy_t x_t and the block's share of y (for dz);
-//  2. run h_t = exp(dt_{t+1} A) h_{t+1} + gy_t C_t backwards: dB, dA, and the block's share
-//     of the sums over n that ddelta and du need.
-// Then per time step: du, ddelta and dz.
-template <int NS>
-void bwd_unit(const Params& p, const Unit& w, const float* dout, const float* ckpt, Grads& g,
-              Scratch& sc) {
-  static_assert(NS % NB == 0, "a specialised d_state must be a whole number of blocks");
-  constexpr int NN = NS ? NS : MAXN;
+//  2. run h_t = exp(dt_{t+1} A) h_{t+1} + gy_t C_t backwards: dB, dA, and the block's shares
+//     of the sums over n that ddelta and du need; after the last block, each time tile's du,
+//     ddelta and dz are complete and written at once.
+// A block is NB / V state dims of the V units: NB vectors of state, which with the reverse
+// pass's as many accumulators is what the 32 registers hold.
+// dB and dC are sums over channels: the V units' terms are added before the lane reduction,
+// which is the expensive part (V = 2 halves it).
+// Memory: each chunk's 16-channel rows of u, delta, dout, z and its rows of the dB and dC sums
+// are prefetched into L2 during the chunk after them (spread over the first block's
+// recompute); without that the loads stall the core for a quarter of the backward.
+template <int NS, int V, typename E>
+void bwd_unit(const ScanArgs& p, const Unit* ws, const float* const* ckpts, Partial& g,
+              Scratch& sc, bool stream) {
+  constexpr int NBV = NB / V;  // state dims per block
+  static_assert(NS % NBV == 0, "a specialised d_state must be a whole number of blocks");
   const int N = NS ? NS : (int)p.dstate;
   const int64_t L = p.length;
-  const int64_t row = (w.b * p.dim + w.c0) * L;
-  const int64_t bg = (w.b * p.groups + w.g) * N * L;
-  const float* Bp = p.B + bg;
-  const float* Cp = p.C + bg;
-  vf A2[NN];
-  load_A2(p, w, N, A2);
-  const vf Dv = p.D ? gather_lanes(p.D + w.c0, 1, w.nc) : splat(0.0f);
-  const vf bias = p.delta_bias ? gather_lanes(p.delta_bias + w.c0, 1, w.nc) : splat(0.0f);
-  vf gD = splat(0.0f), gbias = splat(0.0f);
-  for (int n = 0; n < N; ++n) sc.h[n] = sc.gA[n] = sc.dA_next[n] = splat(0.0f);
-  auto xd = [&](int tt, int i) -> vf& { return sc.xs[tt * NB + i]; };  // dA_t x_{t-1}
-  auto dAs = [&](int tt, int i) -> vf& { return sc.dAs[tt * NB + i]; };
+  const Unit& w0 = ws[0];
+  const int nc = w0.nc;  // V > 1 only for full blocks
+  const int64_t bg = (w0.b * p.groups + w0.g) * N * L;  // the units' (N, L) block of dB and dC
+  const Rows<E> r[2] = {Rows<E>(p, ws[0]), Rows<E>(p, ws[V - 1])};  // r[v], v < V
+  vf A2[V][NS ? NS : MAXN], Dv[V], bias[V], gD[V], gbias[V];
+  for (int v = 0; v < V; ++v) {
+    load_A2(p, ws[v], N, A2[v]);
+    Dv[v] = p.D ? gather_lanes(p.D + ws[v].c0, 1, nc) : splat(0.0f);
+    bias[v] = p.delta_bias ? gather_lanes(p.delta_bias + ws[v].c0, 1, nc) : splat(0.0f);
+    gD[v] = gbias[v] = splat(0.0f);
+  }
+  for (int n = 0; n < N * V; ++n) sc.h[n] = sc.gA[n] = sc.dA_next[n] = splat(0.0f);
+  auto at = [](int tt, int v) { return tt * V + v; };
+  auto xd = [&](int tt, int i, int v) -> vf& { return sc.xs[(tt * NBV + i) * V + v]; };
+  auto dAs = [&](int tt, int i, int v) -> vf& { return sc.dAs[(tt * NBV + i) * V + v]; };
+  // rows to prefetch per chunk: 4 inputs x 16 channels x V units, then the N rows of dB and dC
+  constexpr int NIN = 4 * W * V;
+  const int nrows = NIN + 2 * N;
 
-  const int64_t nchunk = (L + CHUNK - 1) / CHUNK;
-  for (int64_t k = nchunk - 1; k >= 0; --k) {
+  for (int64_t k = nchunks(L) - 1; k >= 0; --k) {
     const int64_t cs = k * CHUNK;
     const int clen = (int)std::min<int64_t>(CHUNK, L - cs);
-    for (int j = 0; j < clen; j += T) {
-      const int nt = std::min(T, clen - j);
-      load_tile(p.u + row + cs + j, L, w.nc, nt, sc.cu + j);
-      load_tile(p.delta + row + cs + j, L, w.nc, nt, sc.cdt + j);
-      load_tile(dout + row + cs + j, L, w.nc, nt, sc.cg + j);
-      if (p.z) load_tile(p.z + row + cs + j, L, w.nc, nt, sc.cz + j);
-    }
-    for (int tt = 0; tt < clen; ++tt) {  // elementwise work first (see fwd_unit)
-      const vf raw = p.delta_bias ? sc.cdt[tt] + bias : sc.cdt[tt];
-      if (p.softplus) {
-        sc.cdt[tt] = vsoftplus(raw);
-        sc.csig[tt] = vsigmoid(raw);
-      } else {
-        sc.cdt[tt] = raw;
+    // the chunk's inputs, and the elementwise terms of every step
+    for (int v = 0; v < V; ++v) {
+      const Rows<E>& rv = r[v];
+      for (int j = 0; j < clen; j += T) {
+        const int nt = std::min(T, clen - j);
+        vf tu[T], td[T], tg[T], tz[T];
+        load_tile(rv.u + cs + j, rv.lu, nc, nt, tu);
+        load_tile(rv.delta + cs + j, rv.ldelta, nc, nt, td);
+        load_tile(rv.dout + cs + j, rv.ldout, nc, nt, tg);
+        if (rv.z) load_tile(rv.z + cs + j, rv.lz, nc, nt, tz);
+        for (int q = 0; q < nt; ++q) {
+          const int i = at(j + q, v);
+          const vf raw = p.delta_bias ? td[q] + bias[v] : td[q];
+          vf dt = raw, sig = splat(1.0f), gy = tg[q];
+          if (p.softplus) vsoftplus_sigmoid(raw, dt, sig);
+          if (rv.z) {
+            const vf sz = vsigmoid(tz[q]);
+            sc.cz[i] = tz[q];
+            sc.csz[i] = sz;
+            gy = gy * tz[q] * sz;
+          }
+          sc.cu[i] = tu[q];
+          sc.cdt[i] = dt;
+          sc.csig[i] = sig;
+          sc.cg[i] = tg[q];
+          sc.cgy[i] = gy;
+          gD[v] += gy * tu[q];
+          sc.cy[i] = sc.sA[i] = sc.sB[i] = splat(0.0f);
+        }
       }
-      if (p.z) {
-        const vf sg = vsigmoid(sc.cz[tt]);
-        sc.csz[tt] = sg;
-        sc.cgy[tt] = sc.cg[tt] * sc.cz[tt] * sg;
-      } else {
-        sc.cgy[tt] = sc.cg[tt];
-      }
-      gD += sc.cgy[tt] * sc.cu[tt];
-      sc.cy[tt] = sc.sA[tt] = sc.sB[tt] = splat(0.0f);
     }
-    const float* s = ckpt + k * N * W;
-    for (int n0 = 0; n0 < N; n0 += NB) {
-      const int nb = NS ? NB : std::min(NB, N - n0);  // NS % NB == 0: a constant, unrolled
+    for (int n0 = 0; n0 < N; n0 += NBV) {
+      const int nb = NS ? NBV : std::min(NBV, N - n0);  // a constant when NS is, unrolled
+      const bool last = n0 + NBV >= N;  // sA, sB complete after this block's reverse pass
       // 1. recompute
-      vf x[NB];
-      for (int i = 0; i < nb; ++i) {
-        x[i] = loadu(s + (n0 + i) * W);     // the state before the chunk
-        dAs(clen, i) = sc.dA_next[n0 + i];  // the decay one step past the chunk
-      }
+      vf x[NBV][V];
+      for (int i = 0; i < nb; ++i)
+        for (int v = 0; v < V; ++v) {
+          x[i][v] = loadu(ckpts[v] + (k * N + n0 + i) * W);  // the state before the chunk
+          dAs(clen, i, v) = sc.dA_next[(n0 + i) * V + v];   // the decay one step past it
+        }
       for (int j0 = 0; j0 < clen; j0 += T) {
         const int nt = std::min(T, clen - j0);
         for (int tt = j0; tt < j0 + nt; ++tt) {
-          const int64_t t = cs + tt;
-          const vf dt = sc.cdt[tt], dtu = dt * sc.cu[tt], gy = sc.cgy[tt];
-          vf y = splat(0.0f);
+          if (n0 == 0 && k > 0) {  // rows tt, tt + clen, ... of chunk k - 1
+            for (int q = tt; q < nrows; q += clen) {
+              if (q >= NIN) {
+                const int n = (q - NIN) % N;
+                prefetch_row_rw((q - NIN < N ? g.dC : g.dB) + bg + n * L + cs - CHUNK, CHUNK);
+                continue;
+              }
+              const Rows<E>& rv = r[q / (4 * W)];
+              const int c = q % W, which = (q / W) % 4;
+              const E* row = which == 0 ? rv.u + c * rv.lu
+                             : which == 1 ? rv.delta + c * rv.ldelta
+                             : which == 2 ? rv.dout + c * rv.ldout
+                             : rv.z ? rv.z + c * rv.lz : nullptr;
+              if (row && c < nc) prefetch_row(row + cs - CHUNK, CHUNK);
+            }
+          }
+          const float* Bt = r[0].B + (cs + tt) * r[0].sB + n0;
+          const float* Ct = r[0].C + (cs + tt) * r[0].sC + n0;
+          vf dt[V], dtu[V], gy[V], y[V];
+          for (int v = 0; v < V; ++v) {
+            dt[v] = sc.cdt[at(tt, v)];
+            dtu[v] = dt[v] * sc.cu[at(tt, v)];
+            gy[v] = sc.cgy[at(tt, v)];
+            y[v] = splat(0.0f);
+          }
 #pragma GCC unroll 8
           for (int i = 0; i < nb; ++i) {
-            const int n = n0 + i;
-            const vf dA = vexp2(dt * A2[n]);
-            const vf xdec = dA * x[i];
-            x[i] = xdec + dtu * Bp[t * N + n];
-            dAs(tt, i) = dA;
-            xd(tt, i) = xdec;
-            y += x[i] * Cp[t * N + n];
-            sc.red[i * T + (tt - j0)] = gy * x[i];
+            vf red = splat(0.0f);
+            for (int v = 0; v < V; ++v) {
+              const vf dA = vexp2(dt[v] * A2[v][n0 + i]);
+              const vf xdec = dA * x[i][v];
+              x[i][v] = xdec + dtu[v] * Bt[i];
+              dAs(tt, i, v) = dA;
+              xd(tt, i, v) = xdec;
+              y[v] += x[i][v] * Ct[i];
+              red += gy[v] * x[i][v];
+            }
+            sc.red[i * T + (tt - j0)] = red;
           }
-          sc.cy[tt] += y;
+          for (int v = 0; v < V; ++v) sc.cy[at(tt, v)] += y[v];
         }
         flush_reduction(sc.red, nb, nt, g.dC + bg + n0 * L + cs + j0, L);
       }
-      for (int i = 0; i < nb; ++i) sc.dA_next[n0 + i] = dAs(0, i);
+      for (int i = 0; i < nb; ++i)
+        for (int v = 0; v < V; ++v) sc.dA_next[(n0 + i) * V + v] = dAs(0, i, v);
       // 2. reverse
-      vf h[NB], gA[NB];
-      for (int i = 0; i < nb; ++i) {
-        h[i] = sc.h[n0 + i];
-        gA[i] = sc.gA[n0 + i];
-      }
+      vf h[NBV][V], gA[NBV][V];
+      for (int i = 0; i < nb; ++i)
+        for (int v = 0; v < V; ++v) {
+          h[i][v] = sc.h[(n0 + i) * V + v];
+          gA[i][v] = sc.gA[(n0 + i) * V + v];
+        }
       for (int j0 = ((clen - 1) / T) * T; j0 >= 0; j0 -= T) {
         const int nt = std::min(T, clen - j0);
         for (int tt = j0 + nt - 1; tt >= j0; --tt) {
-          const int64_t t = cs + tt;
-          const vf gy = sc.cgy[tt], dt = sc.cdt[tt], dtu = dt * sc.cu[tt];
-          vf sA = splat(0.0f), sB = splat(0.0f);
+          const float* Bt = r[0].B + (cs + tt) * r[0].sB + n0;
+          const float* Ct = r[0].C + (cs + tt) * r[0].sC + n0;
+          vf dt[V], dtu[V], gy[V], sA[V], sB[V];
+          for (int v = 0; v < V; ++v) {
+            dt[v] = sc.cdt[at(tt, v)];
+            dtu[v] = dt[v] * sc.cu[at(tt, v)];
+            gy[v] = sc.cgy[at(tt, v)];
+            sA[v] = sB[v] = splat(0.0f);
+          }
 #pragma GCC unroll 8
           for (int i = 0; i < nb; ++i) {
-            const int n = n0 + i;
-            h[i] = h[i] * dAs(tt + 1, i) + gy * Cp[t * N + n];
-            const vf hx = h[i] * xd(tt, i);  // h_t dA_t x_{t-1}
-            sA += hx * A2[n];
-            sB += h[i] * Bp[t * N + n];
-            gA[i] += hx * dt;
-            sc.red[i * T + (tt - j0)] = h[i] * dtu;
+            vf red = splat(0.0f);
+            for (int v = 0; v < V; ++v) {
+              vf& hi = h[i][v];
+              hi = hi * dAs(tt + 1, i, v) + gy[v] * Ct[i];
+              const vf hx = hi * xd(tt, i, v);  // h_t dA_t x_{t-1}
+              sA[v] += hx * A2[v][n0 + i];
+              sB[v] += hi * Bt[i];
+              gA[i][v] += hx * dt[v];
+              red += hi * dtu[v];
+            }
+            sc.red[i * T + (tt - j0)] = red;
           }
-          sc.sA[tt] += sA;
-          sc.sB[tt] += sB;
+          for (int v = 0; v < V; ++v) {
+            sc.sA[at(tt, v)] += sA[v];
+            sc.sB[at(tt, v)] += sB[v];
+          }
         }
         flush_reduction(sc.red, nb, nt, g.dB + bg + n0 * L + cs + j0, L);
+        if (!last) continue;
+        // du, ddelta, dz of the tile (sA holds sum_n h x_prev dA A log2(e), hence the ln 2)
+        for (int v = 0; v < V; ++v) {
+          const Rows<E>& rv = r[v];
+          vf tdu[T], tdd[T], tdz[T];
+          for (int q = 0; q < nt; ++q) {
+            const int i = at(j0 + q, v);
+            const vf uu = sc.cu[i], dt = sc.cdt[i];
+            const vf gdt = sc.sA[i] * LN2 + sc.sB[i] * uu;
+            const vf gdelta = p.softplus ? gdt * sc.csig[i] : gdt;
+            gbias[v] += gdelta;
+            tdd[q] = gdelta;
+            tdu[q] = dt * sc.sB[i] + (p.D ? sc.cgy[i] * Dv[v] : splat(0.0f));
+            if (rv.z) {
+              const vf y = p.D ? sc.cy[i] + Dv[v] * uu : sc.cy[i];
+              const vf zz = sc.cz[i], sg = sc.csz[i];
+              tdz[q] = sc.cg[i] * y * sg * (1.0f + zz * (1.0f - sg));
+            }
+          }
+          store_tile(rv.du + cs + j0, L, nc, nt, tdu, stream);
+          store_tile(rv.ddelta + cs + j0, L, nc, nt, tdd, stream);
+          if (rv.z) store_tile(rv.dz + cs + j0, L, nc, nt, tdz, stream);
+        }
       }
-      for (int i = 0; i < nb; ++i) {
-        sc.h[n0 + i] = h[i];
-        sc.gA[n0 + i] = gA[i];
-      }
-    }
-    // du, ddelta, dz (sA holds sum_n h x_prev dA A log2(e), hence the ln 2)
-    for (int tt = 0; tt < clen; ++tt) {
-      const vf uu = sc.cu[tt], dt = sc.cdt[tt];
-      const vf gdt = sc.sA[tt] * LN2 + sc.sB[tt] * uu;
-      const vf gdelta = p.softplus ? gdt * sc.csig[tt] : gdt;
-      gbias += gdelta;
-      sc.cdt[tt] = gdelta;
-      sc.cu[tt] = dt * sc.sB[tt] + (p.D ? sc.cgy[tt] * Dv : splat(0.0f));
-      if (p.z) {
-        const vf y = p.D ? sc.cy[tt] + Dv * uu : sc.cy[tt];
-        const vf zz = sc.cz[tt], sg = sc.csz[tt];
-        sc.cz[tt] = sc.cg[tt] * y * sg * (1.0f + zz * (1.0f - sg));
-      }
-    }
-    for (int j = 0; j < clen; j += T) {
-      const int nt = std::min(T, clen - j);
-      store_tile(g.du + row + cs + j, L, w.nc, nt, sc.cu + j);
-      store_tile(g.ddelta + row + cs + j, L, w.nc, nt, sc.cdt + j);
-      if (p.z) store_tile(g.dz + row + cs + j, L, w.nc, nt, sc.cz + j);
+      for (int i = 0; i < nb; ++i)
+        for (int v = 0; v < V; ++v) {
+          sc.h[(n0 + i) * V + v] = h[i][v];
+          sc.gA[(n0 + i) * V + v] = gA[i][v];
+        }
     }
   }
-  for (int c = 0; c < w.nc; ++c) {
-    for (int n = 0; n < N; ++n) g.dA[(w.c0 + c) * N + n] += sc.gA[n][c];
-    g.dD[w.c0 + c] += gD[c];
-    g.ddelta_bias[w.c0 + c] += gbias[c];
+  for (int v = 0; v < V; ++v) {
+    const int64_t c0 = ws[v].c0;
+    for (int c = 0; c < nc; ++c) {
+      for (int n = 0; n < N; ++n) g.dA[(c0 + c) * N + n] += sc.gA[n * V + v][c];
+      g.dD[c0 + c] += gD[v][c];
+      g.ddelta_bias[c0 + c] += gbias[v][c];
+    }
   }
 }
 
-Params make_params(int64_t batch, int64_t dim, int64_t length, int64_t dstate, int64_t groups,
-                   const float* u, const float* delta, const float* A, const float* B,
-                   const float* C, const float* D, const float* z, const float* delta_bias,
-                   int32_t softplus) {
-  return Params{batch, dim, length, dstate, groups, u, delta, A, B, C, D, z, delta_bias, softplus};
+template <typename E>
+bool streams(const ScanArgs& p) {
+  return p.batch * p.dim * p.length * (int64_t)sizeof(E) >= kStreamBytes;
+}
+
+inline void fence_streams() {
+#if defined(__AVX512F__)
+  _mm_sfence();  // streaming stores are weakly ordered: publish them before returning
+#endif
+}
+
+template <typename E>
+void fwd_units(const ScanArgs& p, int64_t begin, int64_t end) {
+  const int64_t per_unit = nchunks(p.length) * p.dstate * W;
+  const bool stream = streams<E>(p);
+  for (int64_t unit = begin; unit < end; ++unit) {
+    const Unit w = make_unit(p, unit);
+    float* ck = p.ckpt ? p.ckpt + unit * per_unit : nullptr;
+    if (p.dstate == 16)
+      fwd_unit<16, E>(p, w, ck, stream);
+    else
+      fwd_unit<0, E>(p, w, ck, stream);
+  }
+  if (stream) fence_streams();
+}
+
+// Two units go together when they are full blocks of the same batch and group.
+inline bool pairable(const Unit& a, const Unit& b) {
+  return a.b == b.b && a.g == b.g && a.nc == W && b.nc == W;
+}
+
+template <typename E>
+void bwd_units(const ScanArgs& p, float* partial, int64_t begin, int64_t end) {
+  std::memset(partial, 0, Partial::size(p) * sizeof(float));
+  Partial g(p, partial);
+  Scratch sc(p.dstate);
+  const int64_t per_unit = nchunks(p.length) * p.dstate * W;
+  const bool stream = streams<E>(p);
+  for (int64_t unit = begin; unit < end;) {
+    const Unit ws[2] = {make_unit(p, unit), make_unit(p, std::min(unit + 1, end - 1))};
+    const float* ck[2] = {p.ckpt + unit * per_unit, p.ckpt + (unit + 1) * per_unit};
+    if (unit + 1 < end && pairable(ws[0], ws[1])) {
+      if (p.dstate == 16)
+        bwd_unit<16, 2, E>(p, ws, ck, g, sc, stream);
+      else
+        bwd_unit<0, 2, E>(p, ws, ck, g, sc, stream);
+      unit += 2;
+    } else {
+      if (p.dstate == 16)
+        bwd_unit<16, 1, E>(p, ws, ck, g, sc, stream);
+      else
+        bwd_unit<0, 1, E>(p, ws, ck, g, sc, stream);
+      unit += 1;
+    }
+  }
+  if (stream) fence_streams();
+}
+
+template <typename E>
+void sum_parts(const float* parts, int64_t nparts, int64_t stride, int64_t offset, int64_t n,
+               E* dst) {
+  int64_t i = 0;
+  for (; i + W <= n; i += W) {
+    vf s = loadu(parts + offset + i);
+    for (int64_t k = 1; k < nparts; ++k) s += loadu(parts + k * stride + offset + i);
+    store16(dst + i, s);
+  }
+  for (; i < n; ++i) {
+    float s = parts[offset + i];
+    for (int64_t k = 1; k < nparts; ++k) s += parts[k * stride + offset + i];
+    from_f32(s, dst + i);
+  }
 }
 
 }  // namespace
 
 extern "C" {
 
+int dimbench_scan_abi() { return ABI; }
 int dimbench_scan_chunk() { return CHUNK; }
 int dimbench_scan_lanes() { return W; }
 int dimbench_scan_max_dstate() { return MAXN; }
+int dimbench_scan_flushes_denormals() { return kFlushes; }
+int dimbench_scan_native_bf16() {
+#if defined(__AVX512BF16__)
+  return 1;
+#else
+  return 0;
+#endif
+}
+// This thread's floating-point control word (MXCSR on x86, FPCR on Arm; 0 elsewhere).
+uint64_t dimbench_fp_control() { return fp_control(); }
 
-// Units [unit_begin, unit_end) of the forward. ckpt: (B, ceil(D/16), nchunk, N, 16) or null.
-void dimbench_scan_fwd(int64_t batch, int64_t dim, int64_t length, int64_t dstate, int64_t groups,
-                       const float* u, const float* delta, const float* A, const float* B,
-                       const float* C, const float* D, const float* z, const float* delta_bias,
-                       int32_t softplus, float* out, float* ckpt, int64_t unit_begin,
-                       int64_t unit_end) {
-  const Params p = make_params(batch, dim, length, dstate, groups, u, delta, A, B, C, D, z,
-                               delta_bias, softplus);
-  const int64_t nchunk = (length + CHUNK - 1) / CHUNK;
-  for (int64_t unit = unit_begin; unit < unit_end; ++unit) {
-    const Unit w = make_unit(p, unit);
-    float* ck = ckpt ? ckpt + unit * nchunk * dstate * W : nullptr;
-    if (dstate == 16)
-      fwd_unit<16>(p, w, out, ck);
+// Floats of one thread's backward partial sums (see dimbench_scan_bwd).
+int64_t dimbench_scan_partial_size(const ScanArgs* a) { return Partial::size(*a); }
+
+// Units [unit_begin, unit_end) of the forward: out (and ckpt when not null).
+void dimbench_scan_fwd(const ScanArgs* a, int64_t unit_begin, int64_t unit_end) {
+  with_denormals_flushed([&] {
+    if (a->bf16)
+      fwd_units<bf16>(*a, unit_begin, unit_end);
     else
-      fwd_unit<0>(p, w, out, ck);
-  }
+      fwd_units<float>(*a, unit_begin, unit_end);
+  });
 }
 
-// Units [unit_begin, unit_end) of the backward. du/ddelta/dz are written for the units' rows;
-// dA (D, N), dD, ddelta_bias (D), dB, dC (B, G, N, L) are accumulated (the caller zeroes them
-// and gives each thread its own).
-void dimbench_scan_bwd(int64_t batch, int64_t dim, int64_t length, int64_t dstate, int64_t groups,
-                       const float* u, const float* delta, const float* A, const float* B,
-                       const float* C, const float* D, const float* z, const float* delta_bias,
-                       int32_t softplus, const float* dout, const float* ckpt, float* du,
-                       float* ddelta, float* dz, float* dA, float* dD, float* ddelta_bias,
-                       float* dB, float* dC, int64_t unit_begin, int64_t unit_end) {
-  const Params p = make_params(batch, dim, length, dstate, groups, u, delta, A, B, C, D, z,
-                               delta_bias, softplus);
-  Grads g{du, ddelta, dz, dA, dD, ddelta_bias, dB, dC};
-  Scratch sc(dstate);
-  const int64_t nchunk = (length + CHUNK - 1) / CHUNK;
-  for (int64_t unit = unit_begin; unit < unit_end; ++unit) {
-    const Unit w = make_unit(p, unit);
-    const float* ck = ckpt + unit * nchunk * dstate * W;
-    if (dstate == 16)
-      bwd_unit<16>(p, w, dout, ck, g, sc);
+// Units [unit_begin, unit_end) of the backward: du, ddelta, dz in full for the units' rows, and
+// this thread's sums of dA, dD, ddelta_bias, dB, dC in partial (dimbench_scan_partial_size
+// floats; overwritten, no zeroing needed). dimbench_scan_bwd_reduce adds the threads' up.
+void dimbench_scan_bwd(const ScanArgs* a, float* partial, int64_t unit_begin, int64_t unit_end) {
+  with_denormals_flushed([&] {
+    if (a->bf16)
+      bwd_units<bf16>(*a, partial, unit_begin, unit_end);
     else
-      bwd_unit<0>(p, w, dout, ck, g, sc);
-  }
+      bwd_units<float>(*a, partial, unit_begin, unit_end);
+  });
+}
+
+// Sum nparts partials into dA (D, N), dD, ddelta_bias (D) float32 and dB, dC (B, G, N, L),
+// float32 or bfloat16 (dB_bf16, dC_bf16). Any output pointer may be null (not wanted).
+void dimbench_scan_bwd_reduce(const ScanArgs* a, const float* parts, int64_t nparts, float* dA,
+                              float* dD, float* ddelta_bias, void* dB, int64_t dB_bf16, void* dC,
+                              int64_t dC_bf16) {
+  with_denormals_flushed([&] {
+    const ScanArgs& p = *a;
+    const int64_t stride = Partial::size(p);
+    const int64_t nbc = p.batch * p.groups * p.dstate * p.length;
+    const int64_t oD = p.dim * p.dstate, oB = oD + 2 * p.dim, oC = oB + nbc;
+    if (dA) sum_parts(parts, nparts, stride, 0, oD, dA);
+    if (dD) sum_parts(parts, nparts, stride, oD, p.dim, dD);
+    if (ddelta_bias) sum_parts(parts, nparts, stride, oD + p.dim, p.dim, ddelta_bias);
+    for (auto [dst, is_bf16, off] : {std::tuple{dB, dB_bf16, oB}, std::tuple{dC, dC_bf16, oC}}) {
+      if (!dst) continue;
+      if (is_bf16)
+        sum_parts(parts, nparts, stride, off, nbc, static_cast<bf16*>(dst));
+      else
+        sum_parts(parts, nparts, stride, off, nbc, static_cast<float*>(dst));
+    }
+  });
 }
 
 }  // extern "C"

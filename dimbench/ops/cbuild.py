@@ -1,0 +1,111 @@
+"""Build, cache and thread the plain C++ CPU kernels in csrc/ (no torch headers, called by ctypes).
+
+``build(source)`` compiles one source file with the system compiler at first use
+(``-O3 -march=native``, portable flags if that fails) into a shared library cached under
+``$DIMBENCH_CACHE_DIR`` (default ``~/.cache/dimbench``), keyed by source, compiler, flags and CPU;
+concurrent processes build once. ctypes releases the GIL during a call, so ``run`` spreads a
+kernel's work units over ``torch.get_num_threads()`` Python threads.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=fast"]
+ARCH_FLAGS = (["-march=native"], [])  # tried in order: native first, portable if it fails
+
+
+class KernelUnavailable(RuntimeError):
+    pass
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("DIMBENCH_CACHE_DIR") or Path.home() / ".cache" / "dimbench"
+    return Path(root) / "kernels"
+
+
+def _cpu_signature() -> str:
+    """What -march=native depends on: the CPU model and its feature flags."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        keep = [ln for ln in lines if ln.startswith(("model name", "flags", "Features"))][:2]
+        return "\n".join(keep)
+    except OSError:
+        return platform.processor()
+
+
+def _compiler() -> str:
+    for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
+        if name and shutil.which(name):
+            return name
+    raise KernelUnavailable("no C++ compiler found (set CXX or install g++)")
+
+
+def build(source: Path, flags: Sequence[str] = FLAGS) -> Path:
+    """Compile ``source`` if it is not cached yet; return the shared library's path."""
+    cxx = _compiler()
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
+    src = source.read_bytes()
+    key = hashlib.sha256(
+        b"\0".join([src, version.encode(), " ".join(flags).encode(), _cpu_signature().encode()])
+    ).hexdigest()[:16]
+    out_dir = cache_dir()
+    lib = out_dir / f"{source.stem}_{platform.machine()}_{key}.so"
+    if lib.exists():
+        return lib
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / ".lock", "w") as lock:  # concurrent processes build once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if lib.exists():
+            return lib
+        errors = []
+        for arch in ARCH_FLAGS:
+            fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".so")
+            os.close(fd)
+            cmd = [cxx, *flags, *arch, str(source), "-o", tmp]
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            if res.returncode == 0:
+                os.replace(tmp, lib)
+                return lib
+            os.unlink(tmp)
+            errors.append(f"{' '.join(cmd)}: {res.stderr.strip()[-500:]}")
+        raise KernelUnavailable(f"compiling {source.name} failed:\n" + "\n".join(errors))
+
+
+@functools.cache
+def _pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dimbench-kernel")
+
+
+def ranges(units: int, min_units_per_thread: int) -> list[tuple[int, int]]:
+    """``units`` split into contiguous [lo, hi) ranges, one per thread of this process (fewer
+    when a thread would get under ``min_units_per_thread``)."""
+    threads = max(1, min(torch.get_num_threads(), units // min_units_per_thread))
+    bounds = [units * i // threads for i in range(threads + 1)]
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
+
+
+def run(
+    fn: Callable[..., object],
+    work: list[tuple[int, int]],
+    args_for: Callable[[int, int, int], Sequence[object]],
+) -> None:
+    """Call ``fn(*args_for(i, lo, hi))`` for each range of ``work``, on threads when several."""
+    if len(work) == 1:
+        fn(*args_for(0, *work[0]))
+        return
+    futures = [_pool(len(work)).submit(fn, *args_for(i, lo, hi)) for i, (lo, hi) in enumerate(work)]
+    for f in futures:
+        f.result()
