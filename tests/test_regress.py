@@ -370,7 +370,7 @@ def test_gate_cases_cover_the_kernels_and_run():
     cases = gate_cases("cpu")
     names = {c.name for c in cases}
     assert {"scan/forward[cpu]", "scan/forward+backward[cpu]"} <= names
-    assert {"attention/forward[sdpa]", "causal-conv/forward[torch]"} <= names
+    assert {"attention/forward[sdpa]", "causal-conv/forward[cpu]"} <= names
     assert {"dim-block/forward+backward", "dit-block/forward+backward"} <= names
     assert len(names) == len(cases)
     cuda = {c.name for c in gate_cases("cuda")}

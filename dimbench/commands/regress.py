@@ -22,13 +22,13 @@ REGRESS_HELP = "\n\n".join(
         "each side runs in its own worker process that imports dimbench from its own tree (the "
         "base is checked out as a temporary git worktree, its C++ kernel built from its own "
         "source).",
-        "Benchmarks (the head's): the selective scan forward and forward+backward (the cpu "
-        "backend; triton on CUDA), the causal conv, attention, one DiM and one DiT block "
-        "forward+backward, at sizes of milliseconds per call, on one torch thread. Each round "
-        "runs every benchmark and three calibration kernels (an fp32 matmul, a small MLP "
-        "training step, a softmax) once on each side, in one shuffled order; every sample is "
-        "divided by its side's calibration of the round. The clock is CPU time on the CPU, "
-        "CUDA events on a GPU.",
+        "Benchmarks (the head's): the selective scan forward and forward+backward and the "
+        "causal conv (the cpu C++ backends; triton and auto on CUDA), attention, one DiM and "
+        "one DiT block forward+backward, at sizes of milliseconds per call, on one torch "
+        "thread. Each round runs every benchmark and three calibration kernels (an fp32 "
+        "matmul, a small MLP training step, a softmax) once on each side, in one shuffled "
+        "order; every sample is divided by its side's calibration of the round. The clock is "
+        "CPU time on the CPU, CUDA events on a GPU.",
         "A benchmark regresses when the head's normalised median is more than --threshold "
         "above the base's AND a one-sided Mann-Whitney U test gives p < --alpha; then both "
         "sides are measured again in fresh processes and rounds, and it fails only if the "
@@ -57,7 +57,7 @@ def regress(
     base: str | None = typer.Option(
         None,
         "--base",
-        help="Base revision (any git revision) \\[default: the merge base with the upstream "
+        help="Base revision (any git revision) [default: the merge base with the upstream "
         "branch when that is not HEAD itself, else HEAD~1]",
         show_default=False,
     ),
@@ -71,7 +71,7 @@ def regress(
     update: bool = typer.Option(
         False,
         "--update",
-        help="Record the head as the baseline of this machine class \\[default file: "
+        help="Record the head as the baseline of this machine class [default file: "
         "results/baselines/<machine-class>.json in the source tree, or --baseline]",
     ),
     threshold: float = typer.Option(

@@ -270,12 +270,13 @@ CALIBRATION = (
 def gate_cases(device: str | torch.device = "cpu") -> list[Case]:
     """Every benchmark the gate compares on ``device`` (calibration excluded), in a fixed order.
 
-    On the CPU: the ``cpu`` scan forward and forward+backward, the causal conv (``torch``),
-    attention (``sdpa``), a DiM and a DiT block forward+backward. On CUDA the scan is the
-    ``triton`` one and the conv the default (``auto``)."""
+    On the CPU: the ``cpu`` (C++) scan forward and forward+backward and causal conv (a base that
+    predates the conv kernel cannot run that case: it is reported as new), attention
+    (``sdpa``), a DiM and a DiT block forward+backward. On CUDA the scan is the ``triton`` one
+    and the conv the default (``auto``)."""
     cuda = torch.device(device).type == "cuda"
     scan = "triton" if cuda else "cpu"
-    conv = "auto" if cuda else "torch"
+    conv = "auto" if cuda else "cpu"
     blocks = "auto" if cuda else "cpu"
     return [
         Case(
