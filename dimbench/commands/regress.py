@@ -1,34 +1,46 @@
-"""`dimbench regress`: speed gate, exit 1 when a kernel or block got slower than its baseline."""
+"""`dimbench regress`: speed gate, exit 1 when a kernel or block got slower than on the base."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import typer
 
 REGRESS_HELP = "\n\n".join(
     [
-        "Run the gate's benchmarks and compare them with the stored baseline of this machine "
-        "class (CPU model and cores, or GPU name). Exit 1 on a regression, 0 otherwise.",
-        "Benchmarks: every available selective-scan backend (forward, forward+backward), the "
-        "attention backends, the causal conv, one DiM and one DiT block forward+backward, at "
-        "sizes of milliseconds per call, on one torch thread. Each round runs all of them and "
-        "three calibration kernels (an fp32 matmul, a small MLP training step and a softmax) in "
-        "a shuffled order; every "
-        "sample is divided by its round's calibration, so a slower or busier machine does not "
-        "read as a regression. CPU time is the clock on the CPU.",
-        "A benchmark regresses when its median is more than --threshold slower than the "
-        "baseline's AND a one-sided Mann-Whitney U test on both runs' samples gives p < --alpha; "
-        "a suspect is measured again in fresh rounds and fails only if the re-run agrees.",
-        "No baseline for this machine class: reported, exit 0. --update records one "
-        "(results/baselines/<machine-class>.json: raw samples, machine, commit).",
+        "Measure the source tree this is run from (the head, uncommitted edits included) "
+        "against a base revision, side by side in one run, and exit 1 when a benchmark got "
+        "slower (0 otherwise, 2 on bad input). It does not matter which dimbench is installed: "
+        "each side runs in its own worker process that imports dimbench from its own tree (the "
+        "base is checked out as a temporary git worktree, its C++ kernel built from its own "
+        "source).",
+        "Benchmarks (the head's): the selective scan forward and forward+backward and the "
+        "causal conv (the cpu C++ backends; triton and auto on CUDA), attention, one DiM and "
+        "one DiT block forward+backward, at sizes of milliseconds per call, on one torch "
+        "thread. Each round runs every benchmark and three calibration kernels (an fp32 "
+        "matmul, a small MLP training step, a softmax) once on each side, in one shuffled "
+        "order; every sample is divided by its side's calibration of the round. The clock is "
+        "CPU time on the CPU, CUDA events on a GPU.",
+        "A benchmark regresses when the head's normalised median is more than --threshold "
+        "above the base's AND a one-sided Mann-Whitney U test gives p < --alpha; then both "
+        "sides are measured again in fresh processes and rounds, and it fails only if the "
+        "re-run agrees.",
+        "--baseline FILE compares the head with a stored baseline's samples instead; --update "
+        "records one (results/baselines/<machine-class>.json unless --baseline names it).",
     ]
 )
 
 VERDICT_STYLE = {
     "regression": "bold red",
+    "error": "bold red",
     "noisy": "yellow",
     "unconfirmed": "yellow",
     "faster": "green",
@@ -38,40 +50,53 @@ VERDICT_STYLE = {
     "missing": "cyan",
     "recorded": "cyan",
 }
+UNWRITABLE_ROOTS = ("/proc", "/sys", "/dev")
 
 
 def regress(
+    base: str | None = typer.Option(
+        None,
+        "--base",
+        help="Base revision (any git revision) [default: the merge base with the upstream "
+        "branch when that is not HEAD itself, else HEAD~1]",
+        show_default=False,
+    ),
     baseline: Path | None = typer.Option(
         None,
         "--baseline",
-        help="Baseline .json file, or a folder holding <machine-class>.json "
-        "[results/baselines/ in the dimbench checkout]",
+        help="Compare with this stored baseline (.json, or a folder holding "
+        "<machine-class>.json) instead of a base revision",
         show_default=False,
     ),
+    update: bool = typer.Option(
+        False,
+        "--update",
+        help="Record the head as the baseline of this machine class [default file: "
+        "results/baselines/<machine-class>.json in the source tree, or --baseline]",
+    ),
     threshold: float = typer.Option(
-        0.15, "--threshold", help="Slowdown that fails the gate: 0.15 = more than 15% slower"
+        0.08, "--threshold", help="Slowdown that fails the gate: 0.08 = more than 8% slower"
     ),
     alpha: float = typer.Option(
         0.01, "--alpha", help="Significance level of the one-sided Mann-Whitney U test"
     ),
     rounds: int = typer.Option(
-        60, "--rounds", help="Interleaved rounds (samples per benchmark), at least 5"
-    ),
-    update: bool = typer.Option(
-        False, "--update", help="Record this run as the baseline of this machine class"
+        60, "--rounds", help="Interleaved rounds (samples per benchmark and side), at least 5"
     ),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N"),
-    seed: int = typer.Option(0, "--seed", help="Seed of the shuffled order within rounds"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the shuffled order of the rounds"),
     json_out: Path | None = typer.Option(
         None,
         "--json",
-        help="Also write the full report (verdicts, statistics, raw samples) to this file",
+        help="Also write the full report (revisions, machine, verdicts, statistics, raw "
+        "samples) to this file",
         show_default=False,
     ),
 ) -> None:
     started = time.perf_counter()
     from rich.console import Console
 
+    from dimbench import regress as gate
     from dimbench.errors import UsageError
 
     if not 0 < threshold < 10:
@@ -80,63 +105,46 @@ def regress(
         raise UsageError(f"--alpha must be in (0, 1), got {alpha}")
     if rounds < 5:
         raise UsageError(f"--rounds must be >= 5 (fewer cannot reach significance), got {rounds}")
-    _check_device(device)
-    if baseline is not None and not update and not baseline.exists():
+    if base is not None and (baseline is not None or update):
         raise UsageError(
-            f"--baseline {baseline}: no such file or folder "
-            f"(record one with `dimbench regress --update --baseline {baseline}`)"
+            "--base compares with a revision, --baseline/--update with a file: not both"
         )
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-    from dimbench.measure.regress import run_gate
+    _check_device(device)
+    root = gate.source_tree()
+    head = gate.head_revision(root)
+    config = gate.Config(threshold=threshold, alpha=alpha, rounds=rounds, device=device, seed=seed)
+    if json_out is not None:
+        check_writable(json_out, "--json")
+    if baseline is not None or update:
+        path = gate.baseline_path(baseline, gate.machine_class(device), root)
+        if update:
+            check_writable(path, "--baseline" if baseline is not None else "--update")
+        else:
+            if not path.exists():
+                raise UsageError(
+                    f"--baseline {baseline}: no such file ({path}; record one with "
+                    f"`dimbench regress --update --baseline {baseline}`)"
+                )
+            gate.check_baseline(head, path, config)
+    else:
+        base_rev = gate.resolve_base(root, base)
 
     console = Console()
     if not console.is_terminal:  # a CI log: wide enough for the whole table
         console = Console(width=120)
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    ) as bar:
-        tasks: dict[str, int] = {}
-
-        def on_round(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(f"{stage} rounds", total=total)
-            bar.update(tasks[stage], completed=done)
-
-        result = run_gate(
-            baseline=baseline,
-            threshold=threshold,
-            alpha=alpha,
-            rounds=rounds,
-            update=update,
-            device=device,
-            seed=seed,
-            on_round=on_round,
-        )
+    try:
+        with _progress_bar() as on_round, _sigterm_as_interrupt():
+            if update:
+                result = gate.record_baseline(head, path, config, on_round)
+            elif baseline is not None:
+                result = gate.run_baseline(head, path, config, on_round)
+            else:
+                result = gate.run_ab(head, base_rev, config, on_round)
+    except gate.WorkerError as e:
+        Console(stderr=True).print(f"error: {e}", highlight=False, markup=False)
+        raise typer.Exit(1) from None
     elapsed = time.perf_counter() - started
-
-    if result.rows:
-        console.print(_table(result))
-    if result.machine_ratio is not None:
-        console.print(
-            f"calibration kernels ran {result.machine_ratio:.2f}x the baseline's time "
-            "(every ratio above is already divided by this)"
-        )
-    base_load, now_load = result.load
-    if base_load is not None and now_load is not None:
-        # cache and memory contention slows memory-bound kernels more than the calibration
-        console.print(
-            f"load average: {base_load:.1f} when the baseline was recorded, {now_load:.1f} now",
-            highlight=False,
-        )
-    style = {"regression": "bold red", "pass": "green"}.get(result.status, "cyan")
-    console.print(f"[{style}]{result.status}[/]: {result.message}", highlight=False)
-    console.print(f"gate took {elapsed:.1f} s", highlight=False)
+    _report(console, result, elapsed)
     if json_out is not None:
         report = {**result.to_dict(), "elapsed_s": elapsed}
         json_out.parent.mkdir(parents=True, exist_ok=True)
@@ -157,6 +165,103 @@ def _check_device(device: str) -> None:
             raise UsageError(f"--device {device}: no CUDA device on this machine")
 
 
+def check_writable(path: Path, option: str) -> None:
+    """That ``path`` can be written (its folder created if needed), checked before measuring."""
+    from dimbench.errors import UsageError
+
+    target = Path(os.path.abspath(path))
+    if any(target == Path(r) or Path(r) in target.parents for r in UNWRITABLE_ROOTS):
+        raise UsageError(f"{option} {path}: cannot write a file under {target.parts[1]}/")
+    if target.is_dir():
+        raise UsageError(f"{option} {path}: is a folder, not a file")
+    folder = target.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UsageError(f"{option} {path}: {folder} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+        if target.exists() and not os.access(target, os.W_OK):
+            raise PermissionError(13, "permission denied")
+    except OSError as e:
+        raise UsageError(f"{option} {path}: not writable ({e.strerror or e})") from None
+
+
+@contextlib.contextmanager
+def _progress_bar() -> Iterator:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        tasks: dict[str, int] = {}
+
+        def on_round(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(f"{stage} rounds", total=total)
+            bar.update(tasks[stage], completed=done)
+
+        yield on_round
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """A SIGTERM (a CI timeout) unwinds like Ctrl-C: the base worktree and workers go away."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def _report(console, result, elapsed: float) -> None:
+    if result.rows:
+        console.print(_table(result))
+    for row in result.rows:
+        if row.note:
+            console.print(f"{row.name}: {row.note}", highlight=False, markup=False)
+    for label, side in (("base", result.base), ("head", result.head)):
+        workers = side.get("workers") or []
+        if workers:
+            kernels = ", ".join(Path(k).name for k in workers[0].get("kernels", [])) or "none"
+            console.print(
+                f"{label}: dimbench from {workers[0].get('dimbench_file')} (kernel: {kernels})",
+                highlight=False,
+                markup=False,
+            )
+    if result.calibration_ratio is not None:
+        console.print(
+            f"calibration kernels: head/base time {result.calibration_ratio:.3f} "
+            "(every ratio above is already divided by it)",
+            highlight=False,
+        )
+    start, end = result.machine.get("load_avg_1m_start"), result.machine.get("load_avg_1m_end")
+    if start is not None and end is not None:
+        # cache and memory contention slows memory-bound kernels more than the calibration
+        console.print(
+            f"load average: {start:.1f} at the start, {end:.1f} at the end", highlight=False
+        )
+    style = {"regression": "bold red", "error": "bold red", "pass": "green"}.get(
+        result.status, "cyan"
+    )
+    console.print(f"[{style}]{result.status}[/]: ", end="", highlight=False)
+    console.print(result.message, highlight=False, markup=False)
+    console.print(f"gate took {elapsed:.1f} s", highlight=False)
+
+
 def _table(result):
     from rich.table import Table
     from rich.text import Text
@@ -164,14 +269,24 @@ def _table(result):
     def ms(seconds: float | None) -> str:
         return "-" if seconds is None else f"{seconds * 1e3:.3f}"
 
+    base, head = result.base, result.head
+    against = (
+        f"base {base.get('label', '')} ({base.get('rev', '')})"
+        if result.mode == "ab"
+        else f"baseline {base.get('baseline', '')} ({base.get('label') or 'no commit'})"
+        if result.mode == "baseline"
+        else "recorded"
+    )
     table = Table(
-        title=f"speed gate, {result.machine_class} "
-        f"(threshold {result.threshold:.0%}, alpha {result.alpha:g})",
+        title=Text(
+            f"speed gate, {result.machine.get('machine_class', '')}: head {head.get('label', '')}"
+            f" vs {against} (threshold {result.threshold:.0%}, alpha {result.alpha:g})"
+        ),
         title_justify="left",
     )
     table.add_column("benchmark")
-    table.add_column("baseline ms", justify="right")
-    table.add_column("now ms", justify="right")
+    table.add_column("base ms", justify="right")
+    table.add_column("head ms", justify="right")
     table.add_column("ratio", justify="right")
     table.add_column("p", justify="right")
     table.add_column("verdict")
@@ -183,18 +298,17 @@ def _table(result):
         if row.confirmation is not None:
             ratio += f" / {row.confirmation.ratio:.3f}"
             p += f" / {row.confirmation.p_slower:.2g}"
-        verdict = row.verdict
         table.add_row(
             Text(row.name),
-            ms(row.baseline_s),
-            ms(row.now_s),
+            ms(row.base_s),
+            ms(row.head_s),
             ratio,
             p,
-            Text(verdict, style=VERDICT_STYLE.get(verdict, "")),
+            Text(row.verdict, style=VERDICT_STYLE.get(row.verdict, "")),
         )
     table.caption = (
-        "ms: median per call; ratio: now / baseline of calibration-normalised medians; "
-        "p: one-sided Mann-Whitney U (now slower); a / b: first run / re-run"
+        "ms: median per call; ratio: head / base of calibration-normalised medians; "
+        "p: one-sided Mann-Whitney U (head slower); a / b: first run / re-run"
     )
     return table
 

@@ -1,20 +1,21 @@
 """The speed gate's benchmarks under pytest-benchmark: small sizes, milliseconds per call.
 
-The same cases as `dimbench regress` (dimbench/measure/regress_cases.py), on one torch thread
-with glibc keeping its heap, as the gate runs them; the calibration kernels are included so a
+The same cases as `dimbench regress` (dimbench/regress/cases.py), on one torch thread with glibc
+keeping its heap, as the gate's workers run them; the calibration kernels are included so a
 pytest-benchmark JSON can be normalised the same way. Run:
 
     pytest tests/bench/test_bench_gate.py -m bench --benchmark-enable --benchmark-json=FILE
 
-pytest-benchmark times each case on its own (no interleaving) with the wall clock; the gate's
-verdicts come from `dimbench regress`, which interleaves rounds and uses CPU time.
+pytest-benchmark times each case on its own (no interleaving, the installed dimbench only) with
+the wall clock; the gate's verdicts come from `dimbench regress`, which measures the head and the
+base revision in interleaved rounds and uses CPU time.
 """
 
 import pytest
 import torch
 
-from dimbench.measure.regress_cases import CALIBRATION, gate_cases
-from dimbench.measure.regress_run import keep_heap, torch_threads
+from dimbench.regress.cases import CALIBRATION, gate_cases
+from dimbench.regress.worker import keep_heap
 
 pytestmark = pytest.mark.bench  # also without tests/bench/conftest.py: never in the default run
 
@@ -24,8 +25,10 @@ CASES = [*gate_cases("cpu"), *CALIBRATION]
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     keep_heap()
-    with torch_threads(1):
-        yield
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])

@@ -1,6 +1,8 @@
 """Stored speed baselines: one JSON file per machine class, ``results/baselines/<class>.json``.
 
-A machine class is the CPU model and core count (``amd-epyc-2c``) or the GPU name
+The gate compares against the base revision measured in the same run; a stored baseline is the
+alternative for ``--baseline FILE`` (and ``--update`` records one). A machine class is the CPU
+model and core count (``amd-epyc-2c``) or the GPU name
 (``nvidia-h100-80gb-hbm3``): times are compared only within one class. A file keeps the raw
 samples of every benchmark and calibration kernel (seconds per call, one per round), the
 benchmark signatures (sizes), the measurement settings, the machine's metadata and the commit.
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dimbench.errors import UsageError
-from dimbench.measure.regress_run import Samples
+from dimbench.regress.rounds import Samples
 
 SCHEMA = "dimbench.regress/1"
 BASELINE_DIR = Path("results") / "baselines"
@@ -41,17 +43,11 @@ def machine_class(device: str = "cpu") -> str:
     return machine_slug(device)
 
 
-def repo_root() -> Path:
-    """The dimbench checkout when running from one (editable install, CI), else the cwd."""
-    root = Path(__file__).resolve().parents[2]
-    return root if (root / "pyproject.toml").is_file() else Path.cwd()
-
-
-def baseline_path(path: Path | None, machine: str) -> Path:
+def baseline_path(path: Path | None, machine: str, root: Path) -> Path:
     """``path`` if it names a .json file; ``<path>/<machine>.json`` for a folder; the default
-    ``<repo>/results/baselines/<machine>.json`` when ``path`` is None."""
+    ``<root>/results/baselines/<machine>.json`` when ``path`` is None (``root``: the tree)."""
     if path is None:
-        return repo_root() / BASELINE_DIR / f"{machine}.json"
+        return root / BASELINE_DIR / f"{machine}.json"
     if path.suffix.lower() == ".json":
         return path
     return path / f"{machine}.json"

@@ -1,15 +1,22 @@
 """The speed gate's benchmarks: small kernel and block workloads, each a named callable with set-up.
 
-Defined once, used twice: ``tests/bench/test_bench_gate.py`` hands them to pytest-benchmark, and
-``dimbench regress`` runs them in interleaved rounds (``dimbench.measure.regress``). Sizes are
-chosen so a call takes milliseconds on a 2-core CPU with one thread; ``repeat`` calls make one
-sample, so a sample is a few milliseconds, long against the clock's resolution and short against a
-scheduler time slice. Changing a case's sizes changes its ``signature``, and a baseline recorded
-with other sizes is then reported as changed rather than compared.
+The head's cases measure both sides (asv's model: the benchmarks come from the tree under test,
+the library from each revision). This file is loaded by its path into each side's worker
+process, where ``dimbench`` is that side's source tree, so it imports nothing from
+``dimbench.regress`` and calls only the public API that older revisions have too:
+``dimbench.ops.selective_scan`` / ``causal_conv1d`` / ``attention`` and
+``dimbench.registry.create_model`` (one block of a tiny model, forward+backward).
+
+Sizes are chosen so a call takes milliseconds on a 2-core CPU with one thread; ``repeat`` calls
+make one sample, so a sample is a few milliseconds, long against the clock's resolution and short
+against a scheduler time slice. Changing a case's sizes changes its ``signature``, and a stored
+baseline recorded with other sizes is then reported as changed rather than compared.
 
 The calibration cases measure the machine itself (an fp32 matmul, a small MLP training step, a
 softmax; plain torch) in the same rounds, so a slower or busier machine does not read as a
 regression.
+
+``tests/bench/test_bench_gate.py`` hands the same cases to pytest-benchmark.
 """
 
 from __future__ import annotations
@@ -35,12 +42,24 @@ class Case:
 
     @property
     def signature(self) -> str:
-        """What the case measures; a baseline sample is comparable only under the same one."""
+        """What the case measures; a stored sample is comparable only under the same one."""
         return json.dumps({"repeat": self.repeat, **self.params}, sort_keys=True)
 
 
 def _gen(device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(0)
+
+
+def _train_step(module: torch.nn.Module, *inputs: torch.Tensor, **kwargs: object) -> Workload:
+    """Forward, then the gradients of every parameter and of the first input."""
+    params = [p for p in module.parameters() if p.requires_grad]
+
+    def run() -> object:
+        out = module(*inputs, **kwargs)
+        out = out[0] if isinstance(out, tuple) else out
+        return torch.autograd.grad(out, params + [inputs[0]], torch.ones_like(out))
+
+    return run
 
 
 # ---------------------------------------------------------------------- kernels
@@ -94,8 +113,7 @@ def _scan_train(backend: str) -> Callable[[torch.device], Workload]:
 
         def run() -> object:
             out = selective_scan(**inputs, delta_softplus=True, backend=backend)
-            grads = torch.autograd.grad(out, params, torch.ones_like(out))
-            return grads
+            return torch.autograd.grad(out, params, torch.ones_like(out))
 
         return run
 
@@ -139,50 +157,68 @@ def _conv_forward(backend: str) -> Callable[[torch.device], Workload]:
 
 
 # ---------------------------------------------------------------------- blocks
+# One block of a registered model, built by create_model (the public way to get one), fed the
+# inputs the model itself hands its first block: captured by a forward pre-hook, so the gate
+# needs to know neither the block's signature nor the model's token layout.
 
-DIM_BLOCK = dict(batch=2, hidden=128, d_state=16, expand=2, d_conv=3, grid=16)
-DIT_BLOCK = dict(batch=2, hidden=128, heads=4, grid=16)
-
-
-def _train_step(module: torch.nn.Module, *inputs: torch.Tensor) -> Workload:
-    params = [p for p in module.parameters() if p.requires_grad]
-
-    def run() -> object:
-        out = module(*inputs)
-        grads = torch.autograd.grad(out, params + [inputs[0]], torch.ones_like(out))
-        return grads
-
-    return run
+BLOCK = dict(batch=2, image_size=256, hidden_size=128, depth=1)  # a 16x16 token grid
+DIM_BLOCK = dict(model="DiM-T/2", **BLOCK)
+DIT_BLOCK = dict(model="DiT-T/2", **BLOCK)
 
 
-def _dim_block_train(device: torch.device) -> Workload:
-    from dimbench.models.dim import DiMBlock
-    from dimbench.models.mamba_mixer import MambaMixer
+class _Captured(Exception):
+    """Stops the model's forward once its first block's inputs are seen."""
 
-    cfg = DIM_BLOCK
-    torch.manual_seed(0)
-    hidden = cfg["hidden"]
-    mixer = MambaMixer(hidden, cfg["d_state"], cfg["d_conv"], cfg["expand"])
-    block = DiMBlock(hidden, mixer).to(device)
-    # DiM's token count for a grid x grid latent: 2 cond + 3 split tokens + (grid + 3)^2 padded
-    pad = cfg["d_conv"]
-    tokens = 2 + pad + (cfg["grid"] + pad) ** 2
+
+def first_block_inputs(
+    model: torch.nn.Module, batch: int, image_size: int, device: torch.device
+) -> tuple[tuple, dict]:
+    """The (args, kwargs) the model passes ``model.blocks[0]`` on a random latent batch."""
     g = _gen(device)
-    stream = torch.randn(cfg["batch"], tokens, hidden, generator=g, device=device)
-    modulation = 0.1 * torch.randn(cfg["batch"], 3, hidden, generator=g, device=device)
-    return _train_step(block, stream.requires_grad_(True), modulation)
+    latent = image_size // 8  # the public interface: an R-px image is an (R/8)^2 x 4 latent
+    x = torch.randn(batch, 4, latent, latent, generator=g, device=device)
+    t = torch.randint(0, 1000, (batch,), generator=g, device=device)
+    y = torch.zeros(batch, dtype=torch.long, device=device)
+    seen: dict = {}
+
+    def hook(module, args, kwargs):
+        seen["args"], seen["kwargs"] = args, kwargs
+        raise _Captured
+
+    handle = model.blocks[0].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model(x, t, y)
+    except _Captured:
+        pass
+    finally:
+        handle.remove()
+    if "args" not in seen:
+        raise RuntimeError(f"{type(model).__name__}.forward never called blocks[0]")
+
+    def fresh(v: object) -> object:
+        return v.detach().clone() if isinstance(v, torch.Tensor) else v
+
+    return tuple(map(fresh, seen["args"])), {k: fresh(v) for k, v in seen["kwargs"].items()}
 
 
-def _dit_block_train(device: torch.device) -> Workload:
-    from dimbench.baselines.dit import DiTBlock
+def _block_train(config: dict, scan_backend: str) -> Callable[[torch.device], Workload]:
+    def setup(device: torch.device) -> Workload:
+        from dimbench.registry import create_model
 
-    cfg = DIT_BLOCK
-    torch.manual_seed(0)
-    block = DiTBlock(cfg["hidden"], cfg["heads"]).to(device)
-    g = _gen(device)
-    x = torch.randn(cfg["batch"], cfg["grid"] ** 2, cfg["hidden"], generator=g, device=device)
-    c = torch.randn(cfg["batch"], cfg["hidden"], generator=g, device=device)
-    return _train_step(block, x.requires_grad_(True), c)
+        torch.manual_seed(0)
+        model = create_model(
+            config["model"],
+            image_size=config["image_size"],
+            device=device,
+            scan_backend=scan_backend,
+            hidden_size=config["hidden_size"],
+            depth=config["depth"],
+        )
+        args, kwargs = first_block_inputs(model, config["batch"], config["image_size"], device)
+        return _train_step(model.blocks[0], args[0].requires_grad_(True), *args[1:], **kwargs)
+
+    return setup
 
 
 # ---------------------------------------------------------------------- calibration
@@ -232,53 +268,55 @@ CALIBRATION = (
 
 
 def gate_cases(device: str | torch.device = "cpu") -> list[Case]:
-    """Every benchmark the gate compares on ``device`` (calibration excluded), in a fixed order:
-    each available scan backend forward and forward+backward, each attention and conv backend
-    forward, a DiM block and a DiT block forward+backward."""
-    from dimbench.ops import attention_backends, conv_backends, scan_backends
+    """Every benchmark the gate compares on ``device`` (calibration excluded), in a fixed order.
 
-    device = torch.device(device)
-    cases: list[Case] = []
-    for backend in scan_backends(device):
-        fast = backend != "ref"  # the reference scan is a Python loop over the sequence
-        cases += [
-            Case(
-                f"scan/forward[{backend}]",
-                "kernel",
-                _scan_forward(backend),
-                repeat=16 if fast else 1,
-                params={**SCAN, "backend": backend},
-            ),
-            Case(
-                f"scan/forward+backward[{backend}]",
-                "kernel",
-                _scan_train(backend),
-                repeat=8 if fast else 1,
-                params={**SCAN, "backend": backend},
-            ),
-        ]
-    for backend in attention_backends(device):
-        cases.append(
-            Case(
-                f"attention/forward[{backend}]",
-                "kernel",
-                _attention_forward(backend),
-                repeat=4,
-                params={**ATTN, "backend": backend},
-            )
-        )
-    for backend in conv_backends(device):
-        cases.append(
-            Case(
-                f"causal-conv/forward[{backend}]",
-                "kernel",
-                _conv_forward(backend),
-                repeat=4,
-                params={**CONV, "backend": backend},
-            )
-        )
-    cases += [
-        Case("dim-block/forward+backward", "block", _dim_block_train, params=DIM_BLOCK),
-        Case("dit-block/forward+backward", "block", _dit_block_train, params=DIT_BLOCK),
+    On the CPU: the ``cpu`` (C++) scan forward and forward+backward and causal conv (a base that
+    predates the conv kernel cannot run that case: it is reported as new), attention
+    (``sdpa``), a DiM and a DiT block forward+backward. On CUDA the scan is the ``triton`` one
+    and the conv the default (``auto``)."""
+    cuda = torch.device(device).type == "cuda"
+    scan = "triton" if cuda else "cpu"
+    conv = "auto" if cuda else "cpu"
+    blocks = "auto" if cuda else "cpu"
+    return [
+        Case(
+            f"scan/forward[{scan}]",
+            "kernel",
+            _scan_forward(scan),
+            repeat=16,
+            params={**SCAN, "backend": scan},
+        ),
+        Case(
+            f"scan/forward+backward[{scan}]",
+            "kernel",
+            _scan_train(scan),
+            repeat=8,
+            params={**SCAN, "backend": scan},
+        ),
+        Case(
+            f"causal-conv/forward[{conv}]",
+            "kernel",
+            _conv_forward(conv),
+            repeat=4,
+            params={**CONV, "backend": conv},
+        ),
+        Case(
+            "attention/forward[sdpa]",
+            "kernel",
+            _attention_forward("sdpa"),
+            repeat=4,
+            params={**ATTN, "backend": "sdpa"},
+        ),
+        Case(
+            "dim-block/forward+backward",
+            "block",
+            _block_train(DIM_BLOCK, blocks),
+            params={**DIM_BLOCK, "scan_backend": blocks},
+        ),
+        Case(
+            "dit-block/forward+backward",
+            "block",
+            _block_train(DIT_BLOCK, blocks),
+            params=DIT_BLOCK,
+        ),
     ]
-    return cases
