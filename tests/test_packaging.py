@@ -1,7 +1,10 @@
 """The wheel holds every package of the source tree (a normal `pip install .` is what users get)."""
 
-import tomllib
 from pathlib import Path
+
+import pytest
+
+tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
 ROOT = Path(__file__).resolve().parents[1]
 
