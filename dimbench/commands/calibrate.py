@@ -39,7 +39,7 @@ def calibrate(
         "shared machine; compare with forward times taken the same way)",
     ),
     budget: float = typer.Option(
-        0.03, "--budget", help="Timed seconds per operator (at least three calls each)"
+        0.03, "--budget", help="Timed seconds per ceiling (at least three calls each)"
     ),
 ) -> None:
     """Measure this device's ceilings and the cost of the models' operators, once.
@@ -113,12 +113,6 @@ def calibrate(
         profile = run_calibration(opts, progress=report)
     profile.save(target)
     typer.echo(dp.describe(profile))
-    skipped = profile.measured.get("skipped") or []
-    if skipped:
-        console.print(
-            f"[yellow]{len(skipped)} operators could not be replayed[/yellow] "
-            f"(priced by their category's curve): {', '.join(skipped[:5])}"
-        )
 
 
 def register(app: typer.Typer) -> None:

@@ -5,17 +5,17 @@ default models run, once, into a device profile (``device_profile``).
    bandwidth over sizes (``dst.copy_(src)``, 16 KB to 256 MB: the cache levels show), the
    elementwise throughput of a fresh ``a + b`` over the same sizes per dtype, the cost of one
    tiny operator called from Python (dispatch) and of a view.
-2. The models' operators: each default model's forward at each default resolution and dtype is
-   recorded on fake tensors (``op_recorder``), and every distinct operator (overload, argument
-   layouts and values) is replayed on real tensors of that layout: first call untimed, then
-   timed until a small budget is spent (median). Index arguments get valid random indices; the
-   selective scan gets Mamba-like inputs (A < 0, softplus(delta) in 1e-3..1e-1) so its states
-   stay normal floats, as in a model.
-
-3. Framework time: each model also runs, for real, at its smallest resolution (one patch),
-   where its operators cost next to nothing; what its forward takes beyond the sum of its
-   replayed operators, per operator, is the host time a model adds to each operator (module
-   calls, Python between them): ``framework_us``, the one fitted ceiling (median over models).
+2. The models' operators, timed where they run: each default model's forward at each default
+   resolution and dtype runs for real (after one warm-up forward) under a recorder that times
+   every operator (``OpTimer``: the op recorder's categories, FLOPs, bytes and shapes, plus
+   the time of the operator's own call; CUDA events on a GPU). An operator's time is the
+   median over its calls in the step (the blocks repeat it), so the cache and allocator state
+   is the model's own: replayed in isolation, an operator finds its weights in cache and runs
+   faster than in a model.
+3. Framework time: at each model's smallest resolution its plain forward is timed too; what it
+   takes beyond the sum of its operators, per operator, is the host time a model adds to each
+   operator (module calls, Python between operators): ``framework_us``, the one fitted
+   ceiling (median over the models).
 
 The points keep each operator's category, dtype, shape (``dims``), FLOPs and bytes: the cost
 model interpolates between them (``cost_model``).
@@ -23,17 +23,16 @@ model interpolates between them (``cost_model``).
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
-from torch.utils._pytree import tree_map
 
 from dimbench.measure.device_profile import DeviceProfile
-from dimbench.measure.op_recorder import OpRecord, TensorSpec, record_step
+from dimbench.measure.op_recorder import OpRecord, OpRecorder, OpStream, record_step
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CLOCKS = ("wall", "process")
@@ -50,27 +49,20 @@ class Options:
     mode: str = "forward"
     batch_size: int = 1
     clock: str = "wall"
-    budget_s: float = 0.03  # timed seconds per operator (at least 3 calls)
-    flush_bytes: int | None = None  # written between timed calls (default: 4 MB on a CPU)
+    budget_s: float = 0.03  # timed seconds per ceiling measurement (at least 3 calls)
     sweep_bytes: tuple[int, ...] = tuple(SWEEP_BYTES)
     gemm_size: int | None = None  # square GEMM side (default: 2048 CPU, 8192 GPU)
 
 
 class Timer:
-    """Times a call on ``device`` with the chosen clock (CUDA: synchronised events). On a CPU
-    a ``flush_bytes`` buffer is written before each call, so the call finds its inputs in the
-    shared cache but not in the core's own, as an operator inside a model does (its inputs
-    were written a few operators before)."""
+    """Times a call on ``device`` with the chosen clock (CUDA: synchronised events)."""
 
-    def __init__(self, device: str, clock: str = "wall", flush_bytes: int = 0) -> None:
+    def __init__(self, device: str, clock: str = "wall") -> None:
         self.cuda = device.startswith("cuda")
         self.device = device
         self.now = time.process_time if clock == "process" else time.perf_counter
-        self.flush = torch.empty(flush_bytes // 4) if flush_bytes and not self.cuda else None
 
     def once(self, fn: Callable[[], object]) -> float:
-        if self.flush is not None:
-            self.flush.add_(1.0)
         if self.cuda:
             start = torch.cuda.Event(enable_timing=True)
             end = torch.cuda.Event(enable_timing=True)
@@ -95,81 +87,80 @@ class Timer:
         return statistics.median(samples) * 1e3
 
 
-# ---- replaying recorded operators
+# ---- operators timed inside the models
 
 
-def _fill(t: torch.Tensor) -> torch.Tensor:
-    """Floats uniform in [-1, 1]; integers and booleans zero (indices are fixed up after)."""
-    return t.uniform_(-1.0, 1.0) if t.is_floating_point() else t.zero_()
+class OpTimer(OpRecorder):
+    """An op recorder on real tensors that also times each operator's own call."""
+
+    def __init__(self, device: str) -> None:
+        super().__init__()
+        self.cuda = device.startswith("cuda")
+        self.now = time.perf_counter  # process_time is a system call: 1.6 us here
+        self._events: list = []
+
+    def run(self, func, args, kwargs):
+        if self.cuda:
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            out = func(*args, **kwargs)
+            end.record()
+            self._events.append((len(self.ops), start, end))
+            return out, None
+        t0 = self.now()
+        out = func(*args, **kwargs)
+        return out, (self.now() - t0) * 1e3
+
+    def resolve(self) -> None:
+        """Fill in the CUDA operators' times once their events have completed."""
+        if self._events:
+            torch.cuda.synchronize()
+            for i, start, end in self._events:
+                self.ops[i].ms = start.elapsed_time(end)
+            self._events.clear()
 
 
-def _materialize(spec: TensorSpec, device: str) -> torch.Tensor:
-    storage = torch.empty(max(spec.storage_numel, 1), dtype=spec.dtype, device=device)
-    _fill(storage)
-    return storage.as_strided(spec.shape, spec.stride, spec.offset)
+def timed_step(model: str, res: int, dtype: str, opts, backends: dict) -> OpStream:
+    """One forward of ``model`` for real, every operator timed (after a warm-up forward)."""
+    record_step(model, res, opts.batch_size, dtype, opts.mode, opts.device, backends, real=True)
+    timer = OpTimer(opts.device)
+    stream = record_step(
+        model, res, opts.batch_size, dtype, opts.mode, opts.device, backends,
+        recorder=timer, real=True,
+    )  # fmt: skip
+    timer.resolve()
+    return stream
 
 
-def _valid_indices(name: str, args: list) -> None:
-    """Index arguments in range (random), where the operator reads them as indices."""
-
-    def rand(index, bound):
-        if isinstance(index, torch.Tensor) and not index.is_floating_point() and bound > 0:
-            if index.dtype != torch.bool:
-                index.random_(0, bound)
-
-    if name in ("aten::index_select", "aten::gather", "aten::index_add", "aten::scatter"):
-        rand(args[2], args[0].shape[args[1]])
-    elif name == "aten::embedding":
-        rand(args[1], args[0].shape[0])
-    elif name == "aten::index" and len(args) > 1:
-        for i, index in enumerate(args[1]):
-            rand(index, args[0].shape[i])
-
-
-def _mamba_scan_inputs(args: list) -> None:
-    """The scan's (u, delta, A, B, C, D, z, delta_bias, ...) as a Mamba layer feeds it."""
-    u, delta, A = args[0], args[1], args[2]
-    if not (isinstance(A, torch.Tensor) and A.dim() == 2):
-        return
-    with torch.no_grad():
-        n = A.shape[1]
-        A.copy_(-torch.arange(1, n + 1, dtype=A.dtype, device=A.device).expand_as(A))
-        delta.normal_(0.0, 0.1)
-        for t in (u, args[3], args[4]):
-            t.normal_()
-        if isinstance(args[5], torch.Tensor):
-            args[5].fill_(1.0)
-        if isinstance(args[6], torch.Tensor):
-            args[6].normal_()
-        bias = args[7]
-        if isinstance(bias, torch.Tensor):
-            dt = torch.exp(torch.empty_like(bias).uniform_(math.log(1e-3), math.log(1e-1)))
-            bias.copy_(dt + torch.log(-torch.expm1(-dt)))
-
-
-def replay_call(record: OpRecord, device: str) -> Callable[[], object]:
-    """A zero-argument call of ``record``'s operator on fresh real tensors of its layout."""
-    args, kwargs = tree_map(
-        lambda a: _materialize(a, device) if isinstance(a, TensorSpec) else a, record.args
-    )
-    if isinstance(kwargs, dict) and "device" in kwargs and kwargs["device"] is not None:
-        kwargs = {**kwargs, "device": torch.device(device)}
-    args = list(args)
-    _valid_indices(record.name, args)
-    if record.name in ("dimbench::selective_scan", "dimbench::selective_scan_bwd"):
-        _mamba_scan_inputs(args if record.name.endswith("scan") else args[1:])
-    func = record.func
-    return lambda: func(*args, **kwargs)
-
-
-def distinct_ops(streams: Iterable) -> dict[tuple, OpRecord]:
-    """The operators of the streams that move data, one per signature."""
-    out: dict[tuple, OpRecord] = {}
+def op_points(streams: Iterable[OpStream], overhead_ms: float = 0.0) -> list[dict]:
+    """One point per distinct operator (name, dtype, shape, work): the median of its calls,
+    less the timing recorder's own cost per call (``overhead_ms``)."""
+    calls: dict[tuple, list[float]] = defaultdict(list)
+    meta: dict[tuple, OpRecord] = {}
     for stream in streams:
         for op in stream.ops:
-            if not op.view and op.func is not None:
-                out.setdefault(op.signature, op)
-    return out
+            if op.view or op.ms is None:
+                continue
+            key = (op.name, op.dtype, op.category, op.dims, op.flops, op.bytes)
+            calls[key].append(op.ms)
+            meta.setdefault(key, op)
+    points = []
+    for key, times in calls.items():
+        op = meta[key]
+        points.append(
+            {
+                "op": op.name,
+                "category": op.category,
+                "dtype": op.dtype,
+                "dims": list(op.dims) if op.dims else None,
+                "flops": op.flops,
+                "bytes": op.bytes,
+                "ms": max(statistics.median(times) - overhead_ms, 1e-4),
+                "calls": len(times),
+            }
+        )
+    return points
 
 
 # ---- ceilings
@@ -243,47 +234,25 @@ def calibrate(opts: Options, progress: Callable[[str, int, int], None] | None = 
     load_start = load_average()
     device = opts.device
     on_gpu = device.startswith("cuda")
-    flush = opts.flush_bytes if opts.flush_bytes is not None else (0 if on_gpu else 4 << 20)
-    timer = Timer(device, opts.clock, flush)
+    timer = Timer(device, opts.clock)
     backends_used: dict[str, str] = {}
+    forwards: dict[str, float] = {}
 
     streams = []
-    smallest = {m: 8 * get_model(m).patch_size for m in opts.models}
+    smallest = min(opts.resolutions)
     todo = [(m, r, d) for m in opts.models for d in opts.dtypes for r in opts.resolutions]
-    todo += [(m, smallest[m], "fp32") for m in opts.models if smallest[m] not in opts.resolutions]
-    for i, (model, res, dtype) in enumerate(todo):
-        report(f"recording {model} @ {res}px {dtype}", i, len(todo))
-        backends = {}
-        for kernel in get_model(model).kernels:
-            backends[KERNELS[kernel]] = resolve(kernel, "auto", device, dtype)
-            backends_used[kernel] = backends[KERNELS[kernel]]
-        streams.append(
-            record_step(
-                model, res, opts.batch_size, dtype, opts.mode, device, backends, keep_args=True
-            )
-        )
-    ops = distinct_ops(streams)
-    points, skipped = [], []
     with torch.inference_mode():
-        for i, op in enumerate(ops.values()):
-            report(f"{op.name} {op.dtype}", i, len(ops))
-            try:
-                ms = timer.median_ms(replay_call(op, device), opts.budget_s)
-            except Exception as exc:  # an operator that cannot be replayed is priced by its curve
-                skipped.append(f"{op.name}: {type(exc).__name__}")
-                continue
-            points.append(
-                {
-                    "op": op.name,
-                    "category": op.category,
-                    "dtype": op.dtype,
-                    "dims": list(op.dims) if op.dims else None,
-                    "flops": op.flops,
-                    "bytes": op.bytes,
-                    "ms": ms,
-                }
-            )
-        report("ceilings", len(ops), len(ops))
+        for i, (model, res, dtype) in enumerate(todo):
+            report(f"timing {model} @ {res}px {dtype}", i, len(todo))
+            backends = {}
+            for kernel in get_model(model).kernels:
+                backends[KERNELS[kernel]] = resolve(kernel, "auto", device, dtype)
+                backends_used[kernel] = backends[KERNELS[kernel]]
+            streams.append(timed_step(model, res, dtype, opts, backends))
+            if res == smallest and dtype == opts.dtypes[0]:
+                forwards[model] = model_forward_ms(model, res, dtype, opts, backends, timer)
+    with torch.inference_mode():
+        report("ceilings", len(todo), len(todo))
         sizes = opts.sweep_bytes
         copy = sweep_copy(timer, device, sizes, opts.budget_s)
         elementwise = {
@@ -293,8 +262,12 @@ def calibrate(opts: Options, progress: Callable[[str, int, int], None] | None = 
         gemm = opts.gemm_size or (8192 if on_gpu else 2048)
         matmul = {d: gemm_gflops(timer, device, TORCH_DTYPES[d], gemm) for d in opts.dtypes}
         dispatch, view = dispatch_us(timer, device)
-        report("framework time", len(ops), len(ops))
-        forwards = {m: model_forward_ms(m, smallest[m], device, timer) for m in opts.models}
+    # The recorder's Python between operators leaves each one's call colder (caches, branch
+    # history) than in a model: what the smallest operators take beyond a tight loop's tiny op
+    # is that cost, taken off every operator.
+    tiny = [op.ms for st in streams for op in st.ops if not op.view and op.ms and op.bytes < 4096]
+    timing_us = max(0.0, statistics.median(tiny) * 1e3 - dispatch) if tiny else 0.0
+    points = op_points(streams, timing_us / 1e3)
     for p in points:
         if p["category"] == "matmul" and p["flops"]:
             rate = p["flops"] / (p["ms"] * 1e6)
@@ -329,7 +302,6 @@ def calibrate(opts: Options, progress: Callable[[str, int, int], None] | None = 
             "batch_size": opts.batch_size,
             "load_avg_1m_start": load_start,
             "load_avg_1m_end": load_average(),
-            "skipped": skipped,
         },
     )
     from dimbench.measure.cost_model import CostModel
@@ -337,7 +309,9 @@ def calibrate(opts: Options, progress: Callable[[str, int, int], None] | None = 
     cost = CostModel(profile)
     per_op = []
     for stream in streams:
-        if stream.dtype == "fp32" and stream.image_size == smallest[stream.model]:
+        if stream.model in forwards and stream.image_size == smallest:
+            if stream.dtype != opts.dtypes[0]:
+                continue
             ops_ms = sum(cost.op_ms(op, framework=False) for op in stream.ops)
             n = sum(1 for op in stream.ops if not op.view)
             per_op.append(max(0.0, forwards[stream.model] - ops_ms) * 1e3 / max(n, 1))
@@ -345,19 +319,27 @@ def calibrate(opts: Options, progress: Callable[[str, int, int], None] | None = 
     profile.fits = {
         "matmul": {d: m.to_dict() for d, m in cost.matmul.items() if m is not None},
         "framework_us": {"per_model": dict(zip(opts.models, per_op, strict=False))},
+        "timing_overhead_us": timing_us,
     }
     return profile
 
 
-def model_forward_ms(name: str, image_size: int, device: str, timer: Timer) -> float:
-    """Median forward time of a registered model, for real (inference mode, batch 1)."""
+def model_forward_ms(name: str, res: int, dtype: str, opts, backends: dict, timer) -> float:
+    """Median time of a plain forward of a registered model (no recorder), warm."""
     from dimbench.registry import create_model, get_model
 
     torch.manual_seed(0)
-    model = create_model(name, image_size=image_size, device=device).eval()
-    latent = get_model(name).input_size(image_size)
-    x = torch.randn(1, model.in_channels, *latent, device=device)
-    t = torch.full((1,), 500.0, device=device)
-    y = torch.zeros(1, dtype=torch.long, device=device)
-    with torch.inference_mode():
-        return timer.median_ms(lambda: model(x, t, y), 0.1, max_calls=30)
+    device = opts.device
+    model = create_model(name, image_size=res, device=device, **backends).eval()
+    latent = get_model(name).input_size(res)
+    x = torch.randn(opts.batch_size, model.in_channels, *latent, device=device)
+    t = torch.full((opts.batch_size,), 500.0, device=device)
+    y = torch.zeros(opts.batch_size, dtype=torch.long, device=device)
+    amp = TORCH_DTYPES.get(dtype) if dtype != "fp32" else None
+    autocast = torch.autocast(torch.device(device).type, dtype=amp, enabled=amp is not None)
+
+    def forward():
+        with autocast:
+            model(x, t, y)
+
+    return timer.median_ms(forward, 0.2, max_calls=10)

@@ -76,10 +76,11 @@ class TensorSpec:
     stride: tuple[int, ...]
     offset: int
     dtype: torch.dtype
+    param: bool = False  # a view of a model parameter or buffer (read from memory each step)
 
     @classmethod
-    def of(cls, t: torch.Tensor) -> TensorSpec:
-        return cls(tuple(t.shape), tuple(t.stride()), int(t.storage_offset()), t.dtype)
+    def of(cls, t: torch.Tensor, param: bool = False) -> TensorSpec:
+        return cls(tuple(t.shape), tuple(t.stride()), int(t.storage_offset()), t.dtype, param)
 
     @property
     def storage_numel(self) -> int:
@@ -120,6 +121,7 @@ class OpRecord:
     bytes: int
     view: bool  # moves no data (a view, a permute, a no-op)
     dims: tuple[int, ...] | None = None  # see ``op_dims``
+    ms: float | None = None  # its time, where it ran for real under a timing recorder
     func: object = None  # the OpOverload (kept when args are)
     args: object = None  # (args, kwargs) with tensors as TensorSpec, for replay (keep_args)
 
@@ -265,6 +267,7 @@ class OpRecorder(TorchDispatchMode):
         self.peak = 0
         self._tracked: set[int] = set()
         self.registry = flop_formulas()
+        self.param_storages: set[int] = set()  # ids of the model's parameter/buffer storages
 
     # ---- memory
     def _track(self, t: torch.Tensor) -> None:
@@ -321,11 +324,15 @@ class OpRecorder(TorchDispatchMode):
                 self.scopes.pop()
             if out is not NotImplemented:
                 return out
-        out = func(*args, **kwargs)
-        self._record(func, name, packet, args, kwargs, out)
+        out, ms = self.run(func, args, kwargs)
+        self._record(func, name, packet, args, kwargs, out, ms)
         return out
 
-    def _record(self, func, name, packet, args, kwargs, out) -> None:
+    def run(self, func, args, kwargs) -> tuple[object, float | None]:
+        """Run one recorded operator: its output and, in a timing recorder, milliseconds."""
+        return func(*args, **kwargs), None
+
+    def _record(self, func, name, packet, args, kwargs, out, ms=None) -> None:
         inputs = _tensors((args, kwargs))
         outputs = _tensors(out)
         in_storages = {id(t.untyped_storage()) for t in inputs}
@@ -352,11 +359,18 @@ class OpRecorder(TorchDispatchMode):
             bytes=nbytes,
             view=view,
             dims=op_dims(category, name, inputs, args),
+            ms=ms,
         )
         if self.keep_args:
             record.func = func
+            params = self.param_storages
             record.args = tree_map(
-                lambda a: TensorSpec.of(a) if isinstance(a, torch.Tensor) else a, (args, kwargs)
+                lambda a: (
+                    TensorSpec.of(a, id(a.untyped_storage()) in params)
+                    if isinstance(a, torch.Tensor)
+                    else a
+                ),
+                (args, kwargs),
             )
         self.ops.append(record)
         for t in fresh:
@@ -455,70 +469,80 @@ def record_step(
     device: str = "cpu",
     backends: dict[str, str] | None = None,
     keep_args: bool = False,
+    recorder: OpRecorder | None = None,
+    real: bool = False,
 ) -> OpStream:
     """Record one forward (or train step: forward, MSE loss, backward, AdamW) of a registered
-    model on fake tensors of ``device``; ``dtype`` bf16/fp16 runs under autocast, as the
-    benchmark workloads do. Nothing is allocated."""
+    model; ``dtype`` bf16/fp16 runs under autocast, as the benchmark workloads do. On fake
+    tensors of ``device`` (nothing is allocated), or with ``real`` on real ones (a timing
+    ``recorder`` then measures each operator where it runs)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
+    recorder = recorder or OpRecorder(keep_args=keep_args)
+    if real:
+        return _record_step(model_name, image_size, batch_size, dtype, mode, device, backends,
+                            recorder)  # fmt: skip
+    with isolated_caches(), FakeTensorMode(allow_non_fake_inputs=True):
+        return _record_step(model_name, image_size, batch_size, dtype, mode, device, backends,
+                            recorder)  # fmt: skip
+
+
+def _record_step(model_name, image_size, batch_size, dtype, mode, device, backends, recorder):
     from dimbench.registry import create_model, get_model
 
-    spec = get_model(model_name)
-    latent = spec.input_size(image_size)
+    latent = get_model(model_name).input_size(image_size)
     dev = torch.device(device)
-    recorder = OpRecorder(keep_args=keep_args)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype)
-    with isolated_caches(), FakeTensorMode(allow_non_fake_inputs=True):
-        torch.manual_seed(0)
-        model = create_model(model_name, image_size=image_size, device=dev, **(backends or {}))
-        params = sum(p.numel() * p.element_size() for p in model.parameters())
-        params += sum(b.numel() * b.element_size() for b in model.buffers())
-        x = torch.randn(batch_size, model.in_channels, *latent, device=dev)
-        t = torch.randint(0, 1000, (batch_size,), device=dev).float()
-        y = torch.randint(0, model.num_classes, (batch_size,), device=dev)
-        blocks = [name for name, _ in block_modules(model)]
-        handles = hook_blocks(
-            model, recorder.block_stack.append, lambda name: recorder.block_stack.pop()
-        )
-        amp = (
-            torch.autocast(device_type=dev.type, dtype=amp_dtype)
-            if amp_dtype is not None
-            else contextlib.nullcontext()
-        )
-        try:
-            if mode == "forward":
-                model.eval()
-                with recorder, torch.inference_mode(), amp:
-                    model(x, t, y)
-            else:
-                model.train()
-                noise = torch.randn_like(x)
-                state = _adamw_state(list(model.parameters()))  # made by the warm-up step
-                params += sum(2 * p.numel() * p.element_size() for p in model.parameters())
-                with recorder:
-                    with amp:
-                        out = model(x, t, y)
-                    loss = torch.nn.functional.mse_loss(out[:, : model.in_channels].float(), noise)
-                    loss.backward()
-                    with recorder.scope("Optimizer.step#AdamW.step"), torch.no_grad():
-                        _adamw_step(state)
-        finally:
-            for h in handles:
-                h.remove()
-        stream = OpStream(
-            model=model_name,
-            image_size=image_size,
-            batch_size=batch_size,
-            dtype=dtype,
-            mode=mode,
-            device=str(dev),
-            ops=recorder.ops,
-            params_bytes=params,
-            peak_live_bytes=recorder.peak,
-            blocks=blocks,
-        )
-        del model
-    return stream
+    torch.manual_seed(0)
+    model = create_model(model_name, image_size=image_size, device=dev, **(backends or {}))
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    params += sum(b.numel() * b.element_size() for b in model.buffers())
+    x = torch.randn(batch_size, model.in_channels, *latent, device=dev)
+    t = torch.randint(0, 1000, (batch_size,), device=dev).float()
+    y = torch.randint(0, model.num_classes, (batch_size,), device=dev)
+    blocks = [name for name, _ in block_modules(model)]
+    tensors = [*model.parameters(), *model.buffers()]
+    recorder.param_storages = {id(p.untyped_storage()) for p in tensors}
+    handles = hook_blocks(
+        model, recorder.block_stack.append, lambda name: recorder.block_stack.pop()
+    )
+    amp = (
+        torch.autocast(device_type=dev.type, dtype=amp_dtype)
+        if amp_dtype is not None
+        else contextlib.nullcontext()
+    )
+    try:
+        if mode == "forward":
+            model.eval()
+            with recorder, torch.inference_mode(), amp:
+                model(x, t, y)
+        else:
+            model.train()
+            noise = torch.randn_like(x)
+            state = _adamw_state(list(model.parameters()))  # made by the warm-up step
+            params += sum(2 * p.numel() * p.element_size() for p in model.parameters())
+            with recorder:
+                with amp:
+                    out = model(x, t, y)
+                loss = torch.nn.functional.mse_loss(out[:, : model.in_channels].float(), noise)
+                loss.backward()
+                with recorder.scope("Optimizer.step#AdamW.step"), torch.no_grad():
+                    _adamw_step(state)
+    finally:
+        for h in handles:
+            h.remove()
+    return OpStream(
+        model=model_name,
+        image_size=image_size,
+        batch_size=batch_size,
+        dtype=dtype,
+        mode=mode,
+        device=str(dev),
+        ops=recorder.ops,
+        params_bytes=params,
+        peak_live_bytes=recorder.peak,
+        blocks=blocks,
+    )
 
 
 def _adamw_state(params: list[torch.Tensor]) -> dict:
