@@ -56,7 +56,7 @@ def calibrate(
     from dimbench.measure import device_profile as dp
     from dimbench.paths import writable_file
     from dimbench.registry import get_model
-    from dimbench.suites.spec import DEFAULT_RESOLUTIONS, DTYPES, MODES, Sweep  # noqa: F401
+    from dimbench.suites.spec import DEFAULT_RESOLUTIONS, DTYPES
 
     device = parse_device(device)
     target = out if out is not None else dp.default_path(device)

@@ -33,8 +33,8 @@ from dimbench.measure.device_profile import DeviceProfile
 from dimbench.measure.op_categories import CATEGORIES
 from dimbench.measure.op_recorder import OpRecord, OpStream
 
-KERNEL_SIGMA = 0.35  # width of the shape-correction kernel, in log units (a factor of ~1.4)
-PRIOR_WEIGHT = 0.05  # pulls the correction to the fit far from every measured shape
+KERNEL_SIGMA = 0.25  # width of the shape-correction kernel, in log units (a factor of ~1.3)
+PRIOR_WEIGHT = 0.01  # pulls the correction to the fit far from every measured shape
 BY_FLOPS = ("attention", "scan", "conv")  # priced over FLOPs; the rest over bytes
 
 
