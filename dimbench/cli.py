@@ -45,6 +45,9 @@ def _main_options(
 COMMAND_MODULES = (
     "info",
     "run",
+    "profile",
+    "calibrate",
+    "predict",
     "plot",
     "train",
     "sample",

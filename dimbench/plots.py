@@ -31,6 +31,8 @@ SIZE_ORDER = ["T", "S", "B", "M", "L", "XL", "H"]
 # Sizes of comparable parameter count: DiM-H/2 (860M) is compared with DiT-XL/2 and U-ViT-H/2.
 SIZE_CLASS = {"T": "T", "S": "S", "B": "B", "M": "B", "L": "L", "XL": "H", "H": "H"}
 FAILED_MARK = {"oom": "OOM", "timeout": "timeout", "error": "error"}
+PREDICTED = "predicted_"  # a panel metric "predicted_<m>" is drawn over the panel of <m>
+PREDICT_SUITE = "predict"
 UNREGISTERED = "other"  # rows of a model no module registers any more
 
 
@@ -248,9 +250,11 @@ def _plot_ratio(ax, cross: list[Crossover]) -> None:
         style = model_style(c.baseline, names)
         higher = c.ratio.higher_is_better
         label = f"{c.model} / {c.baseline}" if higher else f"{c.baseline} / {c.model}"
+        predicted = c.kind == PREDICT_SUITE
         ax.plot(
-            c.resolutions, c.ratios, label=label, linewidth=1.8, markersize=5,
-            linestyle="-" if higher else "--", **style,
+            c.resolutions, c.ratios, label=label + (" predicted" if predicted else ""),
+            linewidth=1.4 if predicted else 1.8, markersize=4 if predicted else 5,
+            linestyle="-." if predicted else "-" if higher else "--", **style,
         )  # fmt: skip
         sizes += c.resolutions
         if c.crossover_px is not None:
@@ -332,7 +336,9 @@ def plot_scaling(results_dir: str | Path, formats: tuple[str, ...] = ("png", "sv
         raise FileNotFoundError(f"no result CSVs in {results_dir}")
     df["image_size"] = df["image_size"].astype(int)
     df["batch_size"] = df["batch_size"].astype(int)
-    suites = {s.name: s for s in all_suites() if not df[df["suite"] == s.name].empty}
+    with_rows = {s.name: s for s in all_suites() if not df[df["suite"] == s.name].empty}
+    # suites drawn here: those with panels or a ratio (the profile suite has a figure of its own)
+    suites = {n: s for n, s in with_rows.items() if s.panels or s.ratio}
     by_suite = {name: df[df["suite"] == name] for name in suites}
     ungrouped = {n: _ungrouped_rows(rows) for n, rows in by_suite.items() if not suites[n].grouped}
     grouped = {n: _groups(rows) for n, rows in by_suite.items() if suites[n].grouped}
@@ -345,15 +351,29 @@ def plot_scaling(results_dir: str | Path, formats: tuple[str, ...] = ("png", "sv
         return grouped.get(name, {}).get(key, df.iloc[0:0])
 
     panels = [(suite, panel) for suite in suites.values() for panel in suite.panels]
+    # a "predicted_<metric>" panel is drawn (dashed) over the panel of <metric>, if there is one
+    metrics = {panel.metric for _, panel in panels}
+    overlays = {
+        panel.metric.removeprefix(PREDICTED): (suite, panel)
+        for suite, panel in panels
+        if panel.metric.startswith(PREDICTED) and panel.metric.removeprefix(PREDICTED) in metrics
+    }
+    panels = [(s, p) for s, p in panels if (s, p) not in overlays.values()]
     side_cross = {
         n: crossovers(rows, suites[n]) for n, rows in ungrouped.items() if suites[n].ratio
     }
     figures, all_cross = [], {}
     for key in group_keys:
-        cross = []
+        cross, predicted_cross = [], []
         for name, groups in grouped.items():
             if suites[name].ratio and key in groups and not cross:
                 cross = crossovers(groups[key], suites[name])
+        if PREDICT_SUITE in grouped and key in grouped[PREDICT_SUITE]:
+            for _, rows in _by_profile(grouped[PREDICT_SUITE][key]):
+                found = crossovers(rows, suites[PREDICT_SUITE])
+                if cross and cross[0].kind == PREDICT_SUITE:
+                    break  # the group has predictions only: they are its crossovers
+                predicted_cross += found
         n = len(panels) + 1
         cols = 2 if n > 1 else 1
         fig, axes = plt.subplots(
@@ -366,15 +386,22 @@ def plot_scaling(results_dir: str | Path, formats: tuple[str, ...] = ("png", "sv
             title = panel.title
             if not suite.grouped and not rows.empty:
                 title += f" ({rows['mode'].iloc[0]})"
+            overlay = overlays.get(panel.metric)
+            predicted = rows_of(overlay[0], key) if overlay else df.iloc[0:0]
+            if overlay and not predicted.empty:
+                title += " (dashed: predicted)" if not rows.empty else " (predicted)"
             ax.set_title(title)
-            if rows.empty:
+            if rows.empty and predicted.empty:
                 _empty(ax, f"no {suite.name} rows")
-            else:
-                ylabel = panel.ylabel_for(key[0] if key else None) + source
+                continue
+            ylabel = panel.ylabel_for(key[0] if key else None) + source
+            if not rows.empty:
                 _plot_metric(ax, rows, panel.metric, ylabel, panel.per_image)
+            if not predicted.empty:
+                _plot_predicted(ax, predicted, overlay[1].metric, ylabel, rows.empty)
         ax_ratio = axes[len(panels)]
         ratio_cross = cross or next(iter(side_cross.values()), [])
-        _plot_ratio(ax_ratio, ratio_cross)
+        _plot_ratio(ax_ratio, ratio_cross + predicted_cross)
         models = _families(c.model for c in ratio_cross) or "models"
         ax_ratio.set_title(f"{models} over baselines (>1: {models} ahead)")
         for ax in axes[len(panels) + 1 :]:
@@ -389,11 +416,50 @@ def plot_scaling(results_dir: str | Path, formats: tuple[str, ...] = ("png", "sv
             figures.append(path)
         plt.close(fig)
         all_cross[label] = cross
+        if predicted_cross:
+            all_cross[label + ", predicted"] = predicted_cross
     for name, items in side_cross.items():
         if items:
             all_cross[f"{suites[name].ratio.name}, {ungrouped[name]['mode'].iloc[0]}"] = items
-    (results_dir / "summary.md").write_text(summary_markdown(df, all_cross, figures, suites))
+    if "profile" in with_rows:
+        from dimbench.plots_profile import plot_profile
+
+        figures += plot_profile(results_dir, formats, df)
+    (results_dir / "summary.md").write_text(summary_markdown(df, all_cross, figures, with_rows))
     return {"figures": figures, "crossovers": all_cross}
+
+
+def _by_profile(rows):
+    """Prediction rows split by the device profile that made them."""
+    if "device_profile" not in rows or rows["device_profile"].isna().all():
+        return [("", rows)]
+    return list(rows.groupby("device_profile", sort=True))
+
+
+def _plot_predicted(ax, rows, metric: str, ylabel: str, alone: bool) -> None:
+    """Predicted values as dashed lines in a measured panel (labelled by profile)."""
+    groups = _by_profile(rows)
+    names = sorted(rows["model"].unique(), key=lambda n: (model_family(n), n))
+    for profile, sub in groups:
+        for name in names:
+            ok = sub[(sub["model"] == name) & (sub["status"] == "ok")].sort_values("image_size")
+            if ok.empty:
+                continue
+            style = model_style(name, list(names))
+            tag = f" ({profile})" if len(groups) > 1 and profile else ""
+            ax.plot(
+                ok["image_size"], ok[metric].astype(float), label=f"{name} predicted{tag}",
+                linewidth=1.4, linestyle="--", markersize=4, markerfacecolor="none", **style,
+            )  # fmt: skip
+    if alone:
+        _log_axes(ax, rows["image_size"])
+        _plain_y_labels(ax)
+        ax.set_ylabel(ylabel)
+    else:
+        sizes = sorted({int(x) for x in ax.get_xticks()} | {int(s) for s in rows["image_size"]})
+        _log_axes(ax, sizes)
+        _plain_y_labels(ax)
+    ax.legend(fontsize=7, frameon=False)
 
 
 def _first(*frames, column: str = "device_name") -> str:
@@ -427,6 +493,11 @@ def summary_markdown(
             f"{values(rows, 'threads')} threads, OMP_WAIT_POLICY "
             f"{values(rows, 'omp_wait_policy') or 'unset'})"
         )  # fmt: skip
+        if name == PREDICT_SUITE:
+            where = (
+                "predicted by the cost model, nothing run (device profiles: "
+                f"{values(rows, 'device_profile')})"
+            )
         lines.append(
             f"- `{name}.csv`: {len(rows)} rows, {where}; torch {values(rows, 'torch_version')}, "
             f"dimbench {values(rows, 'git_sha')}, "

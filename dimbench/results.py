@@ -57,9 +57,18 @@ METRIC_COLUMNS: dict[str, str] = {}  # registered by the suites (dimbench.suites
 COLUMNS: dict[str, str] = {**HEAD_COLUMNS, **TAIL_COLUMNS}  # kept in CSV order, updated in place
 
 
-def register_columns(columns: dict[str, str]) -> None:
+def register_columns(
+    columns: dict[str, str], keys: tuple[str, ...] = (), row_keys: tuple[str, ...] = ()
+) -> None:
     """Add a suite's metric columns to the one schema every result CSV has. A name another
-    suite registered with another meaning is an error; the same meaning is shared."""
+    suite registered with another meaning is an error; the same meaning is shared.
+
+    Of ``columns``, ``keys`` join a measurement's identity beside KEY_COLUMNS (e.g. the device
+    profile a prediction used), and ``row_keys`` tell apart the rows one measurement writes
+    (e.g. one per operator category): a rerun replaces all of a measurement's rows."""
+    unknown = [k for k in (*keys, *row_keys) if k not in columns]
+    if unknown:
+        raise ValueError(f"key columns {unknown} are not among the columns registered")
     for name, meaning in columns.items():
         known = {**HEAD_COLUMNS, **TAIL_COLUMNS, **METRIC_COLUMNS}.get(name)
         if known is not None and known != meaning:
@@ -68,6 +77,8 @@ def register_columns(columns: dict[str, str]) -> None:
     ordered = {**HEAD_COLUMNS, **METRIC_COLUMNS, **TAIL_COLUMNS}
     COLUMNS.clear()
     COLUMNS.update(ordered)
+    for target, names in ((EXTRA_KEY_COLUMNS, keys), (ROW_KEY_COLUMNS, row_keys)):
+        target.extend(k for k in names if k not in target)
 
 
 # What identifies a measurement: a rerun with the same key is the same measurement.
@@ -85,6 +96,10 @@ KEY_COLUMNS = (
     "compile",
     "weights",
 )
+# Registered by suites (register_columns): more columns of a measurement's identity, and the
+# columns that tell apart the rows of one measurement. A row's identity is all three.
+EXTRA_KEY_COLUMNS: list[str] = []
+ROW_KEY_COLUMNS: list[str] = []
 STATUSES = ("ok", "oom", "timeout", "error")
 # Rows that a rerun does not repeat; timeouts and errors are retried unless asked not to.
 FINAL_STATUSES = frozenset({"ok", "oom"})
@@ -115,8 +130,15 @@ def key_part(value) -> str:
 
 
 def row_key(row: dict) -> tuple[str, ...]:
-    """The identity of a row, as strings so CSV-read and fresh rows compare equal."""
+    """The identity of a row's configuration, as strings so CSV-read and fresh rows compare
+    equal: a configuration is measured (or not) as a whole, however many rows it wrote."""
     return tuple(key_part(row.get(c)) for c in KEY_COLUMNS)
+
+
+def full_key(row: dict) -> tuple[str, ...]:
+    """The identity of one row: its configuration plus the suites' extra key columns."""
+    extra = EXTRA_KEY_COLUMNS + ROW_KEY_COLUMNS
+    return row_key(row) + tuple(key_part(row.get(c)) for c in extra)
 
 
 def _cell(value) -> str:
@@ -284,7 +306,16 @@ def load_results(paths: Iterable[str | Path] | str | Path):
     for c in COLUMNS:
         if c not in df.columns:
             df[c] = None
-    keys = df[list(KEY_COLUMNS)].astype(str)
+    # a configuration's rows are those of its latest measurement (the rows written with its
+    # last row's timestamp): a rerun replaces them all, whatever rows the earlier run wrote
+    measurement = list(KEY_COLUMNS) + EXTRA_KEY_COLUMNS
+    config = pd.Series(
+        ["\x1f".join(k) for k in zip(*(df[c].map(key_part) for c in measurement), strict=True)],
+        index=df.index,
+    )
+    stamp = df["timestamp"].map(key_part)
+    df = df.loc[stamp == stamp.groupby(config).transform("last")].reset_index(drop=True)
+    keys = df[measurement + ROW_KEY_COLUMNS].astype(str)
     df = df.loc[~keys.duplicated(keep="last")].reset_index(drop=True)
     return df
 

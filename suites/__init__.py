@@ -2,8 +2,9 @@
 
 A suite is a ``dimbench.suites.spec.Suite`` that a module registers with ``register_suite``:
 its measurement of one configuration, the result columns it writes, its summary and row line,
-and its plot panels. The built-in ones (``throughput``, ``memory``, ``flops``) live in this
-package; others register the same way from a module named by ``--import`` / ``DIMBENCH_IMPORT``.
+and its plot panels. The built-in ones (``throughput``, ``memory``, ``flops``, ``profile``,
+``predict``) live in this package; others register the same way from a module named by
+``--import`` / ``DIMBENCH_IMPORT``.
 ``runner.run_sweep`` runs a ``Sweep`` of configurations, each in its own process.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 
-BUILTIN_SUITES = ("throughput", "memory", "flops")
+BUILTIN_SUITES = ("throughput", "memory", "flops", "profile", "predict")
 _SUITES: dict = {}
 
 

@@ -140,9 +140,22 @@ def result_row(cfg: Config, result: dict) -> dict:
         status=result.get("status", "error"),
         error=result.get("error"),
         wall_s=result.get("wall_s"),
+        timestamp=result.get("timestamp"),
         **metrics,
         **meta,
     )
+
+
+def result_rows(cfg: Config, result: dict) -> list[dict]:
+    """The CSV rows of one configuration: one, or one per entry of ``result["rows"]`` (a
+    suite that writes several rows per configuration), all with one timestamp."""
+    from dimbench.results import utc_timestamp
+
+    many = result.get("rows") if result.get("status", "error") == "ok" else None
+    if not many:
+        return [result_row(cfg, result)]
+    stamp = utc_timestamp()
+    return [result_row(cfg, {**result, "metrics": m, "timestamp": stamp}) for m in many]
 
 
 def run_sweep(
@@ -202,12 +215,13 @@ def run_sweep(
                     result = run_isolated(cfg, sweep.suite)
                 else:
                     result = run_inline(cfg, sweep.suite)
-                row = result_row(cfg, result)
-                store.append(row, raw=result.get("raw"))
+                rows = result_rows(cfg, result)
+                for i, row in enumerate(rows):
+                    store.append(row, raw=result.get("raw") if i == 0 else None)
                 kept += 1
                 if result.get("stderr"):
                     _log_error(store, cfg, result["stderr"])
-                console.print(_row_line(sweep.suite, row))
+                console.print(_row_line(sweep.suite, rows[0]))
                 progress.advance(task)
     except KeyboardInterrupt:
         raise Interrupted(

@@ -2,8 +2,10 @@
 
 Runs one configuration and writes one JSON object to RESULT.json:
 ``{"status": "ok"|"oom"|"error", "error": str|None, "metrics": {...}, "raw": {...},
-"meta": {...}}``. A process that dies before writing it (killed by the
-kernel's OOM killer, a segfault in a kernel, a timeout) is classified by the parent.
+"meta": {...}}``; a suite that writes several rows per configuration returns them as
+``"rows": [{...metrics...}, ...]`` instead of ``"metrics"``. A process that dies before
+writing it (killed by the kernel's OOM killer, a segfault in a kernel, a timeout) is
+classified by the parent.
 """
 
 from __future__ import annotations

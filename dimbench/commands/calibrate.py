@@ -1,0 +1,119 @@
+"""`dimbench calibrate`: this device's ceilings and operator costs, into a device profile."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def calibrate(
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N"),
+    out: Path = typer.Option(
+        None,
+        "--out",
+        help="Profile file [~/.cache/dimbench/devices/<machine>.json, where profile and "
+        "predict look for it]",
+        show_default=False,
+    ),
+    show: bool = typer.Option(
+        False, "--show", help="Print the profile (--out, else this machine's) and exit"
+    ),
+    models: list[str] = typer.Option(
+        None,
+        "--models",
+        help="Models whose operators are measured [the suites' defaults: DiM-S/2 DiT-S/2 "
+        "U-ViT-S/2 on CPU, DiM-H/2 DiT-XL/2 U-ViT-H/2 on a GPU]",
+    ),
+    res: list[int] = typer.Option(
+        None, "--res", help="Their resolutions, space-separated [256 512 1024 1536]"
+    ),
+    dtype: list[str] = typer.Option(
+        ["fp32", "bf16"], "--dtype", help="fp32 | bf16 | fp16 (autocast), space-separated"
+    ),
+    threads: int = typer.Option(None, "--threads", help="torch threads [torch's default]"),
+    clock: str = typer.Option(
+        "wall",
+        "--clock",
+        help="wall | process: process CPU time instead of wall time (with --threads 1 on a "
+        "shared machine; compare with forward times taken the same way)",
+    ),
+    budget: float = typer.Option(
+        0.03, "--budget", help="Timed seconds per ceiling (at least three calls each)"
+    ),
+) -> None:
+    """Measure this device's ceilings and the cost of the models' operators, once.
+
+    Matmul GFLOP/s over the shapes the models use (fp32 and bf16), copy bandwidth and
+    elementwise throughput over sizes, attention and the scan over L, convs, norms, per-operator
+    dispatch cost. About 1-2 minutes on a 2-core CPU. `dimbench profile` reads the profile for
+    each category's share of the roofline, `dimbench predict` to price operators.
+    """
+    from rich.console import Console
+
+    from dimbench.devices import parse_device
+    from dimbench.errors import UsageError
+    from dimbench.measure import device_profile as dp
+    from dimbench.paths import writable_file
+    from dimbench.registry import get_model
+    from dimbench.suites.spec import DEFAULT_RESOLUTIONS, DTYPES
+
+    device = parse_device(device)
+    target = out if out is not None else dp.default_path(device)
+    if show:
+        if not Path(target).is_file():
+            raise UsageError(f"no device profile at {target}; run `dimbench calibrate` first")
+        typer.echo(dp.describe(dp.load(target)))
+        return
+    if clock not in ("wall", "process"):
+        raise UsageError(f"--clock {clock!r}: valid: wall, process")
+    if budget <= 0:
+        raise UsageError("--budget must be positive")
+    if threads is not None and threads < 1:
+        raise UsageError("--threads must be >= 1")
+    for d in dtype:
+        if d not in DTYPES:
+            raise UsageError(f"unknown dtype {d!r}; valid: {', '.join(DTYPES)}")
+    from dimbench.suites import get_suite
+
+    chosen = list(models) if models else list(get_suite("throughput").default_models(device))
+    resolutions = list(res) if res else list(DEFAULT_RESOLUTIONS)
+    for m in chosen:
+        for r in resolutions:
+            get_model(m).input_size(r)
+    writable_file(target, "--out")
+
+    import torch
+
+    from dimbench.measure.calibrate import Options
+    from dimbench.measure.calibrate import calibrate as run_calibration
+
+    if threads:
+        torch.set_num_threads(threads)
+    console = Console(stderr=True)
+    opts = Options(
+        models=chosen,
+        resolutions=resolutions,
+        dtypes=list(dtype),
+        device=device,
+        clock=clock,
+        budget_s=budget,
+    )
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=True,
+    ) as progress:  # fmt: skip
+        task = progress.add_task("calibrating", total=1)
+
+        def report(what: str, done: int, total: int) -> None:
+            progress.update(task, description=what[:60], completed=done, total=max(total, 1))
+
+        profile = run_calibration(opts, progress=report)
+    profile.save(target)
+    typer.echo(dp.describe(profile))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("calibrate")(calibrate)

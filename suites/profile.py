@@ -1,0 +1,202 @@
+"""Profile suite: where one step's time and memory go, per operator category and per block.
+
+Runs in its own process per configuration (``dimbench.suites.worker``): the workload of the
+throughput suite, ``warmup`` unprofiled steps, then ``repeats`` steps under ``torch.profiler``
+(``dimbench.measure.profiler``). The same step is recorded on fake tensors
+(``dimbench.measure.op_recorder``) for each category's FLOPs and bytes, so achieved GFLOP/s and
+GB/s and the share of the device's roofline (from its device profile, ``dimbench calibrate``)
+come out per category.
+
+Rows (long format, ``scope`` and ``category`` tell them apart):
+
+- ``scope=model``: ``category=total`` (the step: profiled time, peak memory) and one row per
+  operator category (``dimbench.measure.op_categories.CATEGORIES``; ``overhead`` is the time
+  outside every operator);
+- ``scope=block:<name>``, ``category=total``: each block of the model (every child of its
+  ``nn.ModuleList``s, e.g. ``block:blocks.3``), forward only;
+- ``scope=memory``: ``category=held`` (parameters and optimizer state before the step) and
+  ``top1``..``top5``, the operators whose allocations are live at the peak (``op``).
+
+The command sets ``DIMBENCH_TRACE_DIR`` (``--trace``: a Chrome/Perfetto trace per
+configuration) and ``DIMBENCH_DEVICE_PROFILE`` (``--device-profile``) for its workers.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from dimbench.results import register_columns
+from dimbench.suites import register_suite
+from dimbench.suites.flops import COLUMNS as FLOPS_COLUMNS
+from dimbench.suites.spec import PARAMS_COLUMN, Config, Suite, SummaryColumn, fmt
+
+TRACE_ENV = "DIMBENCH_TRACE_DIR"
+PROFILE_ENV = "DIMBENCH_DEVICE_PROFILE"
+TOP_HOLDERS = 5
+
+COLUMNS = {
+    "scope": "profile rows: model (the whole step), block:<name> (one block), memory",
+    "category": "profile rows: an operator category, total, or (memory rows) held / top1..top5",
+    "op": "memory rows: the operator whose allocations are live at the peak (its category)",
+    "time_ms": "profiled time per step: self time of the category's operators, or the block's",
+    "share": "time_ms / the step's profiled time",
+    "gflops": FLOPS_COLUMNS["gflops"],
+    "gbytes": "GB moved: bytes read + written by the operators (views: none), counted on fake "
+    "tensors",
+    "ops": "operators that move data, counted on fake tensors",
+    "gflops_s": "achieved GFLOP/s: gflops / time_ms",
+    "gbytes_s": "achieved GB/s: gbytes / time_ms",
+    "roofline_pct": "% of the device's roofline: max(FLOPs / peak matmul GFLOP/s, bytes / "
+    "bandwidth) of its device profile, over time_ms",
+    "mem_mb": "total row: peak memory of the step (held + allocated during it; CUDA: max "
+    "allocated); memory rows: MB held before the step, or live at the peak from op",
+    **PARAMS_COLUMN,
+}
+KEYS = ("scope", "category")
+register_columns(COLUMNS, row_keys=KEYS)
+
+
+def trace_path(cfg: Config, folder: str | Path) -> Path:
+    name = re.sub(r"[^A-Za-z0-9.-]+", "-", cfg.model)
+    stem = f"{name}_{cfg.image_size}px_b{cfg.batch_size}_{cfg.dtype}_{cfg.mode}_{cfg.device}"
+    return Path(folder) / f"{stem.replace(':', '')}.json"
+
+
+def device_profile(device: str):
+    """The profile named by the command, else this machine's cached one, else None."""
+    from dimbench.measure import device_profile as dp
+
+    path = os.environ.get(PROFILE_ENV)
+    return dp.load(path) if path else dp.cached(device)
+
+
+def _rates(time_ms: float, flops: float, nbytes: float, profile, dtype: str) -> dict:
+    out = {"gflops": flops / 1e9, "gbytes": nbytes / 1e9}
+    seconds = time_ms / 1e3
+    if seconds > 0:
+        out["gflops_s"] = flops / 1e9 / seconds
+        out["gbytes_s"] = nbytes / 1e9 / seconds
+        if profile is not None and (flops or nbytes):
+            roof = max(
+                flops / (profile.matmul_gflops(dtype) * 1e9), nbytes / (profile.bandwidth_gbs * 1e9)
+            )
+            out["roofline_pct"] = 100 * roof / seconds
+    return out
+
+
+def measure(cfg: Config) -> dict:
+    import torch
+
+    from dimbench.measure.op_categories import CATEGORIES
+    from dimbench.measure.op_recorder import record_step
+    from dimbench.measure.profiler import profile_step
+    from dimbench.suites.workload import build_workload, warm_up_runtime
+
+    on_gpu = cfg.device.startswith("cuda")
+    profile = device_profile(cfg.device)
+    warm_up_runtime(cfg.device)
+    work = build_workload(cfg)
+    for _ in range(max(1, cfg.warmup)):
+        work.step()
+    params = sum(p.numel() * p.element_size() for p in work.model.parameters())
+    params += sum(b.numel() * b.element_size() for b in work.model.buffers())
+    held = params * (3 if cfg.mode == "train" else 1)  # + AdamW's two moments
+    if on_gpu:
+        torch.cuda.synchronize(cfg.device)
+        held = torch.cuda.memory_allocated(cfg.device)
+        torch.cuda.reset_peak_memory_stats(cfg.device)
+    trace_dir = os.environ.get(TRACE_ENV)
+    trace = trace_path(cfg, trace_dir) if trace_dir else None
+    prof = profile_step(
+        work.step, work.model, cfg.device, steps=max(1, cfg.repeats), trace_path=trace
+    )
+    peak = torch.cuda.max_memory_allocated(cfg.device) if on_gpu else held + prof.peak_bytes
+    stream = record_step(
+        cfg.model, cfg.image_size, cfg.batch_size, cfg.dtype, cfg.mode, cfg.device,
+        cfg.backend_kwargs(),
+    )  # fmt: skip
+    counted = stream.by_category()
+    total_ms = prof.total_s * 1e3
+    rows = [
+        {
+            "scope": "model",
+            "category": "total",
+            "time_ms": total_ms,
+            "share": 1.0,
+            "ops": sum(c["ops"] for c in counted.values()),
+            "mem_mb": peak / 1e6,
+            **_rates(total_ms, stream.flops, stream.bytes, profile, cfg.dtype),
+        }
+    ]
+    for category in CATEGORIES:
+        ms = prof.category_s.get(category, 0.0) * 1e3
+        c = counted[category]
+        rows.append(
+            {
+                "scope": "model",
+                "category": category,
+                "time_ms": ms,
+                "share": ms / total_ms if total_ms else None,
+                "ops": c["ops"],
+                **_rates(ms, c["flops"], c["bytes"], profile, cfg.dtype),
+            }
+        )
+    per_block = stream.by_block()
+    for block in stream.blocks:
+        ms = prof.block_s.get(block, 0.0) * 1e3
+        c = per_block.get(block, {"flops": 0, "bytes": 0, "ops": 0})
+        rows.append(
+            {
+                "scope": f"block:{block}",
+                "category": "total",
+                "time_ms": ms,
+                "share": ms / total_ms if total_ms else None,
+                "ops": c["ops"],
+                **_rates(ms, c["flops"], c["bytes"], profile, cfg.dtype),
+            }
+        )
+    rows.append({"scope": "memory", "category": "held", "mem_mb": held / 1e6})
+    for i, holder in enumerate(prof.holders[:TOP_HOLDERS]):
+        rows.append(
+            {
+                "scope": "memory",
+                "category": f"top{i + 1}",
+                "op": f"{holder.op} ({holder.category})",
+                "mem_mb": holder.bytes / 1e6,
+            }
+        )
+    raw = {
+        "wall_ms": prof.wall_s * 1e3,
+        "steps": prof.steps,
+        "top_ops_ms": {c: [(op, s * 1e3) for op, s in ops] for c, ops in prof.top_ops.items()},
+        "trace": str(trace) if trace else None,
+        "device_profile": profile.label if profile is not None else None,
+        "predicted_peak_mb": stream.peak_bytes / 1e6,
+    }
+    return {"rows": rows, "raw": raw}
+
+
+def row_line(row: dict) -> str:
+    return (
+        f"profiled step {fmt(row.get('time_ms'), '.1f')} ms, "
+        f"{fmt(row.get('gflops_s'), '.3g')} GFLOP/s, peak {fmt(row.get('mem_mb'), '.0f')} MB"
+    )
+
+
+SUITE = register_suite(
+    Suite(
+        name="profile",
+        measure=measure,
+        columns=COLUMNS,
+        summary=(
+            SummaryColumn("time_ms", "ms", ".1f"),
+            SummaryColumn("share", "share", ".1%"),
+            SummaryColumn("gflops_s", "GFLOP/s", ".3g"),
+            SummaryColumn("gbytes_s", "GB/s", ".3g"),
+            SummaryColumn("roofline_pct", "% roofline", ".0f"),
+        ),
+        row_line=row_line,
+    )
+)
