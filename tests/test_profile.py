@@ -232,5 +232,6 @@ def test_a_configurations_latest_rows_replace_its_earlier_ones(tmp_path):
                               timestamp="2026-01-01T00:01:00Z"))  # fmt: skip
     df = load_results(tmp_path)
     assert list(df["category"]) == ["matmul", "total"] and set(df["status"]) == {"ok"}
-    assert store.done_keys() == {tuple(str(v) if v is not None else "" for v in (
-        "profile", "DiT-T/2", 32, 1, "cpu", "fp32", "forward", None, None, None))}  # fmt: skip
+    from dimbench.results import KEY_COLUMNS
+
+    assert store.done_keys() == {tuple(str(key.get(c, "")) for c in KEY_COLUMNS)}
