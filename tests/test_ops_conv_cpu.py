@@ -6,12 +6,25 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from dimbench.ops import causal_conv1d, causal_conv1d_ref, conv_backends, conv_cpu
 from dimbench.ops.conv import resolve_auto
+from dimbench.ops.layout import CHANNEL_LAST, CHANNEL_MAJOR
 
 pytestmark = pytest.mark.skipif(
     "cpu" not in conv_backends("cpu"), reason="no compiled cpu conv kernel here"
 )
 
 LENGTHS = [1, 2, 3, 15, 16, 17, 31, 33, 100, 1230]
+LAYOUTS = (CHANNEL_MAJOR, CHANNEL_LAST)
+
+
+def in_layout(t, layout):
+    """The same values; channel-last as a (B, L, D) tensor seen transposed (channel stride 1)."""
+    return t if layout == CHANNEL_MAJOR else t.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+def assert_layout(t, layout):
+    batch, dim, length = t.shape
+    if min(dim, length) > 1:
+        assert t.stride() == (in_layout(torch.empty(t.shape), layout).stride()), layout
 
 
 def make(batch, dim, length, width, seed=0, scale=2.0):
@@ -42,16 +55,19 @@ def assert_close(actual, expected, rel, what):
 @pytest.mark.parametrize("width", [2, 3, 4])
 @pytest.mark.parametrize("activation", [None, "silu"])
 @pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no-bias"])
-def test_fp32_matches_the_twin_with_gradients(length, width, activation, with_bias):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_fp32_matches_the_twin_with_gradients(length, width, activation, with_bias, layout):
     x, w, b = make(2, 37, length, width, seed=length * 7 + width)
     b = b if with_bias else None
     grad_out = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
-    leaves = [t.clone().requires_grad_() for t in (x, w)]
+    leaves = [in_layout(x, layout).clone().requires_grad_(), w.clone().requires_grad_()]
     bias = b.clone().requires_grad_() if b is not None else None
     out = causal_conv1d(*leaves, bias, activation, backend="cpu")
-    out.backward(grad_out)
+    out.backward(in_layout(grad_out, layout))
     ref, ref_grads = reference(x, w, b, activation, grad_out)
     assert out.dtype == torch.float32
+    assert_layout(out, layout)
+    assert_layout(leaves[0].grad, layout)
     assert_close(out, ref, 2e-6, "out")
     for name, t, g in zip(("dx", "dw", "db"), (*leaves, bias), ref_grads, strict=True):
         if g is None:
@@ -61,10 +77,12 @@ def test_fp32_matches_the_twin_with_gradients(length, width, activation, with_bi
 
 
 @pytest.mark.parametrize("width", [1, 5, 8, 17])
-def test_other_widths_take_the_generic_path(width):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_other_widths_take_the_generic_path(width, layout):
     x, w, b = make(1, 19, 300, width, seed=width)
     grad_out = torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
-    leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+    leaves = [in_layout(x, layout).clone().requires_grad_()]
+    leaves += [t.clone().requires_grad_() for t in (w, b)]
     out = causal_conv1d(*leaves, "silu", backend="cpu")
     out.backward(grad_out)
     ref, ref_grads = reference(x, w, b, "silu", grad_out)
@@ -75,12 +93,13 @@ def test_other_widths_take_the_generic_path(width):
 
 @pytest.mark.parametrize("length", [1, 17, 1230, 9806])
 @pytest.mark.parametrize("activation", [None, "silu"])
-def test_bf16_in_and_out_with_fp32_accumulation(length, activation):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_bf16_in_and_out_with_fp32_accumulation(length, activation, layout):
     """bf16 activations: the result is the fp32 computation on the same inputs, rounded once."""
     x, w, b = make(1, 24, length, 3, seed=length)
     x = x.to(torch.bfloat16)
     grad_out = torch.randn(x.shape, generator=torch.Generator().manual_seed(3)).to(torch.bfloat16)
-    leaves = [x.clone().requires_grad_(), w.clone().requires_grad_()]
+    leaves = [in_layout(x, layout).clone().requires_grad_(), w.clone().requires_grad_()]
     bias = b.clone().requires_grad_()
     out = causal_conv1d(*leaves, bias, activation, backend="cpu")
     out.backward(grad_out)
@@ -94,9 +113,10 @@ def test_bf16_in_and_out_with_fp32_accumulation(length, activation):
     assert_close(bias.grad, ref_grads[2], 1e-5, "db")
 
 
-def test_bf16_output_is_round_to_nearest_even_of_the_fp32_result():
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_bf16_output_is_round_to_nearest_even_of_the_fp32_result(layout):
     x, w, b = make(2, 16, 203, 4, seed=5)
-    xb = x.to(torch.bfloat16)
+    xb = in_layout(x.to(torch.bfloat16), layout)
     out = causal_conv1d(xb, w, b, None, backend="cpu")
     exact = causal_conv1d(xb.float(), w, b, None, backend="cpu")
     assert torch.equal(out, exact.to(torch.bfloat16))
@@ -123,8 +143,47 @@ def test_strided_channel_views_are_read_in_place():
     )
 
 
-def test_weight_gradient_is_deterministic_across_thread_counts():
+def test_channel_last_slices_of_one_projection_are_read_in_place():
+    """x as the first half of a (B, L, 2D) in_proj output seen (B, D, L): out and dx come back
+    channel-last (B, L, D) and equal the channel-major results; grad_out in either layout."""
+    batch, dim, length = 2, 40, 77
+    g = torch.Generator().manual_seed(14)
+    xz = torch.randn(batch, length, 2 * dim, generator=g)
+    x_view = xz[..., :dim].transpose(1, 2)
+    _, w, b = make(batch, dim, length, 3, seed=14)
+    grad = torch.randn(batch, dim, length, generator=g)
+    dense = x_view.contiguous()
+    dx_dense = conv_cpu.conv_backward(grad, dense, w, b, True)[0]
+    ref, ref_grads = reference(dense, w, b, "silu", grad)
+    out = causal_conv1d(x_view, w, b, "silu", backend="cpu")
+    assert_layout(out, CHANNEL_LAST)
+    torch.testing.assert_close(out, causal_conv1d(dense, w, b, "silu", backend="cpu"))
+    assert_close(out, ref, 2e-6, "out")
+    for grad_out in (grad, in_layout(grad, CHANNEL_LAST)):
+        dx, dw, db = conv_cpu.conv_backward(grad_out, x_view, w, b, True)
+        assert_layout(dx, CHANNEL_LAST)
+        torch.testing.assert_close(dx, dx_dense, rtol=0, atol=0)
+        for name, got, want in zip(("dx", "dw", "db"), (dx, dw, db), ref_grads, strict=True):
+            assert_close(got, want, 2e-6, name)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_fake_implementations_give_the_kernels_strides(layout):
+    x, w, b = make(2, 24, 30, 3, seed=15)
+    x = in_layout(x, layout)
+    real = torch.ops.dimbench.causal_conv1d_cpu(x, w, b, True)
+    fake = torch.ops.dimbench.causal_conv1d_cpu(x.to("meta"), w.to("meta"), b.to("meta"), True)
+    assert real.stride() == fake.stride()
+    real_g = torch.ops.dimbench.causal_conv1d_cpu_bwd(real, x, w, b, True)
+    meta = [t.to("meta") for t in (real, x, w, b)]
+    fake_g = torch.ops.dimbench.causal_conv1d_cpu_bwd(*meta, True)
+    assert [t.stride() for t in real_g] == [t.stride() for t in fake_g]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_weight_gradient_is_deterministic_across_thread_counts(layout):
     x, w, b = make(3, 64, 1500, 3, seed=6)
+    x = in_layout(x, layout)
     grad_out = torch.randn(x.shape, generator=torch.Generator().manual_seed(7))
     before = torch.get_num_threads()
     results = []

@@ -7,6 +7,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from dimbench.ops import scan_backends, scan_cpu, scan_flops, selective_scan, selective_scan_ref
+from dimbench.ops.layout import CHANNEL_LAST, CHANNEL_MAJOR
 from dimbench.ops.scan_ref import selective_scan_ref_bwd
 
 CPU_BACKENDS = scan_backends("cpu")
@@ -34,6 +35,31 @@ def make_inputs(batch, dim, length, n, groups=None, delta_range=(1e-4, 10.0), se
 
 def pick(inputs, with_opts):
     return {k: v for k, v in inputs.items() if k not in OPTIONAL or with_opts}
+
+
+LAYOUTS = (CHANNEL_MAJOR, CHANNEL_LAST)
+ACTIVATIONS = ("u", "delta", "z")
+
+
+def channel_last(t):
+    """The same values as a (B, L, D) tensor seen transposed: channel stride 1."""
+    return t.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+def in_layout(inputs, layout):
+    """u, delta and z in ``layout`` (channel-last as a projection's (B, L, D) output)."""
+    if layout == CHANNEL_MAJOR:
+        return inputs
+    return {k: channel_last(v) if k in ACTIVATIONS else v for k, v in inputs.items()}
+
+
+def assert_layout(out, backend, layout):
+    """The cpu kernel returns y in u's layout; the other backends contiguous (B, D, L)."""
+    batch, dim, length = out.shape
+    if backend == "cpu" and layout == CHANNEL_LAST and min(dim, length) > 1:
+        assert out.stride() == (length * dim, 1, dim)
+    elif min(dim, length) > 1:
+        assert out.is_contiguous()
 
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
@@ -81,7 +107,8 @@ CASES = [
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c)))
 @pytest.mark.parametrize("with_opts", [False, True], ids=["bare", "D-z-bias-softplus"])
-def test_backend_matches_float64_reference(backend, case, with_opts):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_backend_matches_float64_reference(backend, case, with_opts, layout):
     batch, dim, length, n, groups = case
     if backend == "ref" and length > 200:
         pytest.skip("the reference checks itself at small sizes")
@@ -89,9 +116,10 @@ def test_backend_matches_float64_reference(backend, case, with_opts):
     softplus = with_opts
     expected, grad_out, expected_grads = reference(inputs, softplus)
 
-    leaves = {k: v.clone().requires_grad_() for k, v in inputs.items()}
+    leaves = {k: v.clone().requires_grad_() for k, v in in_layout(inputs, layout).items()}
     out = selective_scan(**leaves, delta_softplus=softplus, backend=backend)
     assert out.shape == (batch, dim, length) and out.dtype == torch.float32
+    assert_layout(out, backend, layout)
     assert_close(out, expected, what="out")
     out.backward(grad_out.float())
     for name, leaf in leaves.items():
@@ -101,13 +129,14 @@ def test_backend_matches_float64_reference(backend, case, with_opts):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-def test_long_sequence_with_extreme_deltas_is_finite_and_exact(backend):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_long_sequence_with_extreme_deltas_is_finite_and_exact(backend, layout):
     """L = 9216 (DiM at 1536 px); delta from 1e-4 to 10 with softplus; no overflow, no NaN."""
     if backend == "ref":
         pytest.skip("the reference is the oracle here")
     inputs = make_inputs(1, 16, 9216, 4, seed=1)
     expected, grad_out, expected_grads = reference(inputs, True)
-    leaves = {k: v.clone().requires_grad_() for k, v in inputs.items()}
+    leaves = {k: v.clone().requires_grad_() for k, v in in_layout(inputs, layout).items()}
     out = selective_scan(**leaves, delta_softplus=True, backend=backend)
     out.backward(grad_out.float())
     assert torch.isfinite(out).all()
@@ -185,7 +214,8 @@ BF16_CASES = [(2, 37, 100, 16, None), (1, 64, 257, 16, 2), (1, 32, 2048, 5, None
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("case", BF16_CASES, ids=lambda c: "x".join(map(str, c)))
-def test_bfloat16_matches_float64_reference(backend, case):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_bfloat16_matches_float64_reference(backend, case, layout):
     """bf16 in and out, float32 state: against float64 on the same (bf16) values, with the
     tolerance of one bf16 rounding of each output; gradients in the inputs' dtypes."""
     if backend == "ref" and case[2] > 200:
@@ -193,9 +223,10 @@ def test_bfloat16_matches_float64_reference(backend, case):
     inputs = bf16_inputs(case, seed=case[2])
     grad_out = torch.randn(inputs["u"].shape, generator=torch.Generator().manual_seed(1))
     expected, grad_out, expected_grads = reference(inputs, True, grad_out.bfloat16().double())
-    leaves = {k: v.clone().requires_grad_() for k, v in inputs.items()}
+    leaves = {k: v.clone().requires_grad_() for k, v in in_layout(inputs, layout).items()}
     out = selective_scan(**leaves, delta_softplus=True, backend=backend)
     assert out.dtype == torch.bfloat16
+    assert_layout(out, backend, layout)
     assert_close(out.float(), expected, rel=1e-2, what="bf16 out")
     out.backward(grad_out.bfloat16())
     for name, leaf in leaves.items():
@@ -206,10 +237,11 @@ def test_bfloat16_matches_float64_reference(backend, case):
 
 @needs_kernel
 @pytest.mark.parametrize("case", BF16_CASES, ids=lambda c: "x".join(map(str, c)))
-def test_bfloat16_kernel_is_the_float32_kernel_rounded_once(case):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_bfloat16_kernel_is_the_float32_kernel_rounded_once(case, layout):
     """The bf16 path computes exactly what the float32 path computes on the same values and
     rounds each output once, to nearest even (as torch's conversion does)."""
-    inputs = bf16_inputs(case, seed=case[2] + 1)
+    inputs = in_layout(bf16_inputs(case, seed=case[2] + 1), layout)
     grad_out = torch.randn(inputs["u"].shape).bfloat16()
     results = {}
     for dtype in (torch.bfloat16, torch.float32):
@@ -281,6 +313,53 @@ def test_strided_views_give_the_contiguous_results(backend):
     torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
     for k in grads[1]:
         torch.testing.assert_close(grads[0][k], grads[1][k], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_channel_last_views_of_one_projection_give_the_channel_major_results(backend):
+    """What the channel-last mixer passes: u and z as halves of one (B, L, 2E) projection seen
+    (B, E, L), delta a (B, L, E) output seen transposed; mixed layouts (u channel-last, delta
+    channel-major) and grad_out in either layout give the same numbers too."""
+    batch, dim, length, n = 2, 48, 90, 16
+    g = torch.Generator().manual_seed(12)
+    xz = torch.randn(batch, length, 2 * dim, generator=g)
+    base = make_inputs(batch, dim, length, n, seed=12)
+    views = dict(base, u=xz[..., :dim].transpose(1, 2), z=xz[..., dim:].transpose(1, 2))
+    views["delta"] = channel_last(base["delta"])
+    mixed = dict(views, delta=base["delta"])
+    dense = {k: v.contiguous() for k, v in views.items()}
+    grad = torch.randn(batch, dim, length, generator=g)
+    results = []
+    for inputs, grad_out in ((views, channel_last(grad)), (mixed, grad), (dense, grad)):
+        leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items()}
+        out = selective_scan(**leaves, delta_softplus=True, backend=backend)
+        out.backward(grad_out)
+        results.append((out, {k: v.grad for k, v in leaves.items()}))
+    assert_layout(results[0][0], backend, CHANNEL_LAST)
+    for out, grads in results[:2]:
+        torch.testing.assert_close(out, results[2][0], rtol=0, atol=0)
+        for k, g_ in grads.items():  # sums over time: the ref backend's order follows strides
+            assert_close(g_, results[2][1][k].double(), rel=1e-6, what=f"d{k}")
+
+
+@needs_kernel
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_fake_implementations_give_the_kernels_strides(layout):
+    """torch.compile plans with the fake implementations: their outputs' strides must be the
+    cpu kernel's (u's layout for y, du, ddelta, dz)."""
+    inputs = in_layout(make_inputs(2, 32, 40, 16, seed=13), layout)
+    args = [inputs[k] for k in NAMES]
+    real = torch.ops.dimbench.selective_scan(*args[:5], *args[5:], True, "cpu", True)
+    meta = [t.to("meta") for t in args]
+    fake = torch.ops.dimbench.selective_scan(*meta[:5], *meta[5:], True, "cpu", True)
+    assert [t.stride() for t in real] == [t.stride() for t in fake]
+    grad = real[0].detach().clone()
+    real_g = torch.ops.dimbench.selective_scan_bwd(grad, *args, True, "cpu", real[1:])
+    fake_g = torch.ops.dimbench.selective_scan_bwd(
+        grad.to("meta"), *meta, True, "cpu", [t.to("meta") for t in real[1:]]
+    )
+    assert [t.stride() for t in real_g] == [t.stride() for t in fake_g]
+    assert real_g[0].stride() == real[0].stride()
 
 
 def test_ref_backward_matches_autograd_of_the_reference():

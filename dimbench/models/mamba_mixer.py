@@ -4,10 +4,12 @@ in_proj D -> 2E (x and the gate z), causal depthwise conv1d + SiLU on x, x_proj 
 dt_proj, selective scan with D skip and SiLU(z) gate, out_proj E -> D. Parameter names, shapes and
 initialisation follow ``mamba_ssm.modules.mamba_simple.Mamba``, so checkpoints map one to one.
 
-Everything after in_proj runs as one autograd node (``dimbench.ops.mamba_inner``, the design of
-mamba_ssm's ``mamba_inner_fn``) that saves x, z and the small x_proj output and recomputes the
-rest in backward; its twin ``mamba_inner_ref`` (separate ops, plain autograd) runs where the node
-is not used: on the meta device (FLOP counts) and on CUDA unless ``fused=True``.
+in_proj and everything after it run as one autograd node (``dimbench.ops.mamba_inner``, the
+design of mamba_ssm's ``mamba_inner_fn``), channel-last end to end (the (B, L, C) GEMM layouts),
+that saves the mixer's input, x and z (or less) and the small x_proj output and recomputes the
+rest in backward; its twin ``mamba_inner_ref`` (separate ops, plain autograd, channel-major
+between the projections) runs where the node is not used: on the meta device (FLOP counts) and
+on CUDA unless ``fused=True``.
 """
 
 from __future__ import annotations
@@ -27,11 +29,11 @@ class MambaMixer(nn.Module):
 
     ``scan_backend``, ``conv_backend`` and ``fused`` are read at every call, so they can be
     switched on a built model. ``fused``: None (auto: the fused node on CPU tensors, the twin
-    elsewhere), True or False. ``recompute_in_proj`` (fused only): in_proj joins the node, which
-    then keeps the mixer's input instead of x and z (a quarter of their size) for one more
-    in_proj matmul in backward. ``recompute_z`` (a DiM block's node, see ``block``): keep x but
-    not z, recomputed in backward by half of in_proj (a quarter less memory than keeping both
-    for a sixth more matmul work in backward). ``save_scan`` (fused only): keep the scan's output
+    elsewhere), True or False. ``recompute_in_proj`` (fused only): the node keeps the mixer's
+    input but not x and z (a quarter of their size) for one more in_proj matmul in backward.
+    ``recompute_z`` (a DiM block's node, see ``block``): keep x but not z, recomputed in
+    backward by half of in_proj (a quarter less memory than keeping both for a sixth more matmul
+    work in backward). ``save_scan`` (fused only): keep the scan's output
     and states for backward (one (B, E, L) tensor and a quarter) rather than run the scan forward
     again.
     """
@@ -149,21 +151,23 @@ class MambaMixer(nn.Module):
 
     def forward(self, hidden: Tensor) -> Tensor:
         weights = self._weights()
-        fused = self.uses_fused(hidden)
-        if fused:
-            weights["save_scan"] = self.save_scan
-        if fused and self.recompute_in_proj:
+        if self.uses_fused(hidden):  # in_proj inside the node: channel-last end to end
             return mamba_inner(
-                None, None, hidden=hidden, in_proj_weight=self.in_proj.weight, **weights
+                None,
+                None,
+                hidden=hidden,
+                in_proj_weight=self.in_proj.weight,
+                save_scan=self.save_scan,
+                keep="" if self.recompute_in_proj else "xz",
+                **weights,
             )
-        # Channel-major (B, E, L) is what the conv and the scan want. The projections are batched
-        # matmuls on transposed views (BLAS transpose flags), so no activation is ever copied:
-        # torch.matmul / F.linear would copy (B, E, L) outputs or (B, L, E) inputs here.
-        # x and z as two GEMMs (not one and a split) so that both come out contiguous
+        # The twin, channel-major (B, E, L) between the projections: batched matmuls on
+        # transposed views (BLAS transpose flags), so no activation is copied; x and z as two
+        # GEMMs so that both come out contiguous
         w_x, w_z = self.in_proj.weight.chunk(2, dim=0)
         x = _weight_matmul(w_x, hidden.transpose(1, 2))  # (B, E, L)
         z = _weight_matmul(w_z, hidden.transpose(1, 2))
-        return (mamba_inner if fused else mamba_inner_ref)(x, z, **weights)  # (B, L, D)
+        return mamba_inner_ref(x, z, **weights)  # (B, L, D)
 
     def kept(self) -> str:
         """Which in_proj outputs a block node keeps for backward ("xz", "x" or none)."""

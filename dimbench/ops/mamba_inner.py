@@ -6,22 +6,34 @@ D, delta_bias)`` takes the in_proj outputs x, z (B, E, L) and computes
     u = silu(causal_conv1d(x) + conv_bias);  (dt_in, B, C) = x_proj(u)
     dt = dt_proj(dt_in) (bias in the scan);  y = selective_scan(u, dt, A, B, C, D, z,
     delta_bias, softplus) (D skip, silu(z) gate);  out = out_proj(y)  -> (B, L, d_model)
-(``out_proj_weight=None`` returns y, (B, E, L)). Forward touches each (B, E, L) tensor as few
-times as unfused matmuls allow: the conv writes u once where x_proj and the scan read it, dt is
-written once by its matmul, B and C are read from x_proj's output without copies of their own,
-no activation is made contiguous. The node saves only x, z and the small (B, L, R + 2N) x_proj
-output; backward recomputes u, dt and the scan's forward (its output y for out_proj's weight
-gradient and the states the scan's backward reads), so a block keeps little more than its inputs
-for backward where autograd of the unfused sequence keeps about seven (B, E, L) tensors.
-``save_scan=True`` keeps y and the scan's saved states instead: more memory, one scan forward less.
+(``out_proj_weight=None`` returns y, (B, E, L)). Or it takes in_proj's input (``hidden``) or, for
+a DiM block, the residual stream (``stream``, with the pre-norm and the output gate folded in).
+
+Layout: from ``hidden`` or ``stream`` the node is channel-last end to end on the CPU. in_proj is
+one GEMM producing xz (B, L, 2E) (F.linear's layout: MKL runs that shape 30-45% faster on one
+core than the (B, 2E, L) one), x and z are its halves seen (B, E, L) (channel stride 1), the conv
+and the scan read them in place and write u and y as (B, L, E), x_proj, dt_proj (one GEMM
+producing (B, L, E)) and out_proj take and give (B, L, C) rows, and backward runs the same way:
+du, ddelta, dz come back (B, L, E), in_proj's gradients are two GEMMs each on dx and dz (as fast
+as one on a (B, L, 2E) buffer: no concatenation). Given x, z, the node follows their layout.
+Forward touches each (B, E, L) tensor as few times as unfused matmuls allow: the conv writes u
+once where x_proj and the scan read it, dt is written once by its matmul, B and C are read from
+x_proj's output without copies of their own, no activation is made contiguous; big outputs go to
+huge pages (:mod:`dimbench.ops.hugepages`). The node saves only its inputs (and, by ``keep``,
+x or xz) and the small (B, L, R + 2N) x_proj output; backward recomputes u, dt and the scan's
+forward (its output y for out_proj's weight gradient and the states the scan's backward reads),
+so a block keeps little more than its inputs for backward where autograd of the unfused sequence
+keeps about seven (B, E, L) tensors. ``save_scan=True`` keeps y and the scan's saved states
+instead: more memory, one scan forward less.
 
 The scan runs through the custom ops ``dimbench::selective_scan`` / ``selective_scan_bwd`` (any
 backend); the conv through the ``cpu`` kernel's ops or, for other conv backends, autograd of the
 recomputed conv. Under CPU autocast the matmuls and activations run in the autocast dtype
 (explicitly, the same casts autocast makes), the conv weights, A, D and the scan state in fp32.
 
-``mamba_inner_ref`` is the twin: the same sequence as separate ops that autograd differentiates
-(what ``MambaMixer`` ran before the fused path, and still runs on the meta device for FLOPs).
+``mamba_inner_ref`` is the twin: the same sequence as separate ops that autograd differentiates,
+channel-major (what ``MambaMixer`` ran before the fused path, and still runs on the meta device
+for FLOPs: the same matmul, conv and scan FLOPs as the node).
 """
 
 from __future__ import annotations
@@ -29,6 +41,8 @@ from __future__ import annotations
 import torch
 
 from dimbench.ops import conv as conv_mod
+from dimbench.ops import hugepages
+from dimbench.ops import layout as lay
 from dimbench.ops import scan as scan_mod
 from dimbench.ops.conv import causal_conv1d
 from dimbench.ops.scan import selective_scan
@@ -99,6 +113,86 @@ def mamba_inner_ref(
     return _matmul_weight(y.transpose(1, 2), out_proj_weight)  # (B, L, d_model)
 
 
+# ----------------------------------------------------------------------------- the fused node's
+# matmuls: token-major (B, L, C) operands as single (B * L, C) matrices, in the GEMM forms MKL
+# runs fastest on one core (measured at DiM-S/2 widths: in_proj producing (B, L, 2E) at 88-91
+# GFLOP/s where producing (B, 2E, L) runs at 60-66; dt_proj's K = R GEMM 3x faster producing
+# (B, L, E); weight gradients as a^T b), written into huge-page buffers (a fresh 36 MB output
+# otherwise costs ~10% of its GEMM in 4 KiB page faults).
+
+
+def _rows(t: Tensor) -> Tensor | None:
+    """(B, L, C) with unit C stride as one (B * L, C) matrix (a view), else None."""
+    batch, length, width = t.shape
+    if width > 1 and t.stride(2) != 1:
+        return None
+    if length == 1:
+        row = t.stride(0)
+    elif batch == 1 or t.stride(0) == length * t.stride(1):
+        row = t.stride(1)
+    else:
+        return None
+    if row < width and batch * length > 1:
+        return None
+    return t.as_strided((batch * length, width), (row, 1))
+
+
+def _empty(shape: tuple[int, ...], like: Tensor) -> Tensor:
+    if like.device.type == "cpu" and not torch.compiler.is_compiling():
+        return hugepages.empty(shape, like.dtype)
+    return like.new_empty(shape)
+
+
+def _mm(a: Tensor, m: Tensor) -> Tensor:
+    """(B, L, I) @ (I, O) -> (B, L, O) contiguous."""
+    if torch.compiler.is_compiling():
+        return torch.matmul(a, m)
+    batch, length, _ = a.shape
+    out = _empty((batch, length, m.shape[1]), a)
+    flat = _rows(a)
+    if flat is not None:
+        torch.mm(flat, m, out=out.view(batch * length, -1))
+    else:
+        torch.bmm(a, m.expand(batch, -1, -1), out=out)
+    return out
+
+
+def _linear(a: Tensor, weight: Tensor) -> Tensor:
+    """F.linear(a, weight) without a bias: (B, L, I) x (O, I) -> (B, L, O) contiguous."""
+    return _mm(a, weight.t())
+
+
+def _bmm(a: Tensor, b: Tensor) -> Tensor:
+    """(B, L, I) @ (B, I, O) -> (B, L, O) contiguous."""
+    if torch.compiler.is_compiling():
+        return torch.bmm(a, b)
+    return torch.bmm(a, b, out=_empty((a.shape[0], a.shape[1], b.shape[2]), a))
+
+
+def _addmm_(acc: Tensor, a: Tensor, m: Tensor) -> Tensor:
+    """acc += a @ m for (B, L, O), (B, L, I), (I, O), in place."""
+    fa, fc = _rows(a), _rows(acc)
+    if fa is not None and fc is not None and not torch.compiler.is_compiling():
+        fc.addmm_(fa, m)
+        return acc
+    return acc.baddbmm_(a, m.expand(a.shape[0], -1, -1))
+
+
+def _sum_mm(a: Tensor, b: Tensor) -> Tensor:
+    """sum_i a[i]^T @ b[i] for (B, L, I), (B, L, J) -> (I, J) in fp32: one GEMM over the B * L
+    rows where both are row matrices."""
+    fa, fb = _rows(a), _rows(b)
+    if fa is not None and fb is not None:
+        return torch.mm(fa.t(), fb).float()
+    return _batch_mm_sum(a.transpose(1, 2), b)
+
+
+def _split_xz(xz: Tensor) -> tuple[Tensor, Tensor]:
+    """x and z (B, E, L) as channel-last views of in_proj's (B, L, 2E) output."""
+    dim = xz.shape[-1] // 2
+    return xz[..., :dim].transpose(1, 2), xz[..., dim:].transpose(1, 2)
+
+
 class _Conv:
     """The conv's forward and backward for one resolved backend."""
 
@@ -106,7 +200,7 @@ class _Conv:
         self.backend = conv_mod.resolve_auto(x, weight) if backend == "auto" else backend
 
     def forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        if self.backend == "cpu":
+        if self.backend == "cpu":  # u in x's layout
             return torch.ops.dimbench.causal_conv1d_cpu(x, weight, bias, True)
         return causal_conv1d(x, weight, bias, "silu", backend=self.backend)
 
@@ -123,17 +217,24 @@ class _Conv:
 
 
 def _project(u, x_dbl, dt_proj_weight, dt_rank, d_state):
-    """dt (B, E, L) and B, C as (B, N, L) views of x_dbl."""
-    dt = _weight_matmul(dt_proj_weight, x_dbl[..., :dt_rank].transpose(1, 2))
+    """dt (B, E, L) in u's layout (channel-last: one GEMM producing (B, L, E)) and B, C as
+    (B, N, L) views of x_dbl."""
+    dt_in = x_dbl[..., :dt_rank]
+    if lay.layout_of(u) == lay.CHANNEL_LAST:
+        dt = _linear(dt_in, dt_proj_weight).transpose(1, 2)
+    else:
+        dt = _weight_matmul(dt_proj_weight, dt_in.transpose(1, 2))
     B = x_dbl[..., dt_rank : dt_rank + d_state].transpose(1, 2)
     C = x_dbl[..., dt_rank + d_state :].transpose(1, 2)
     return dt, B, C
 
 
-def _in_proj(hidden: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
-    """x, z (B, E, L) from hidden (B, L, D): two GEMMs, so both come out contiguous."""
-    w_x, w_z = weight.chunk(2, dim=0)
-    return _weight_matmul(w_x, hidden.transpose(1, 2)), _weight_matmul(w_z, hidden.transpose(1, 2))
+def _out_proj(y: Tensor, wout: Tensor, gate: Tensor | None) -> Tensor:
+    """out_proj(y) (B, L, d_model), with (1 + gate) folded into one weight per batch element."""
+    if gate is None:
+        return _linear(y.transpose(1, 2), wout)
+    w_gated = wout[None] * (1 + gate.to(wout.dtype))[:, :, None]  # (B, d_model, E)
+    return _bmm(y.transpose(1, 2), w_gated.transpose(1, 2))
 
 
 def _norm_modulate(stream: Tensor, weight: Tensor, shift: Tensor, scale: Tensor, eps: float):
@@ -158,13 +259,23 @@ def _norm_modulate_bwd(dh: Tensor, n: Tensor, rstd: Tensor, a: Tensor, weight: T
     return d_stream, d_weight, d_shift, d_scale
 
 
+def _kept_for_backward(keep: str, xz: Tensor, x: Tensor) -> list[Tensor]:
+    """What of in_proj's output the node keeps: xz itself, a dense copy of x (not the view,
+    which would keep all of xz alive), or nothing."""
+    if keep == "xz":
+        return [xz]
+    if keep == "x":
+        return [lay.new_empty(x, lay.CHANNEL_LAST, huge=True).copy_(x)]
+    return []
+
+
 def _kept_or_recomputed(keep: str, rest: list, hidden: Tensor, w_in: Tensor):
     """x and z for backward: the saved ones (popped from ``rest``), the others from in_proj."""
     if keep == "xz":
-        return rest.pop(0), rest.pop(0)
+        return _split_xz(rest.pop(0))
     if keep == "x":
-        return rest.pop(0), _weight_matmul(w_in.chunk(2, dim=0)[1], hidden.transpose(1, 2))
-    return _in_proj(hidden, w_in)
+        return rest.pop(0), _linear(hidden, w_in.chunk(2, dim=0)[1]).transpose(1, 2)
+    return _split_xz(_linear(hidden, w_in))
 
 
 # What the node's first two inputs are
@@ -202,44 +313,42 @@ class MambaInnerFn(torch.autograd.Function):
     ):
         cdt = _compute_dtype(first if source != FROM_STREAM else second)
         ctx.in_dtypes = (first.dtype, second.dtype)
+        keep = keep if source != FROM_XZ else ""  # x and z are the inputs then
         with torch.autocast("cpu", enabled=False):
             if source == FROM_XZ:
                 x, z = first.to(cdt), second.to(cdt)
                 first, second = x, z
-            else:  # second = in_proj's weight
+                saved_xz = []
+            else:  # second = in_proj's weight; x, z channel-last views of one (B, L, 2E) GEMM
                 if source == FROM_STREAM:
                     hidden = _norm_modulate(first, norm_weight, shift, scale, eps)[0].to(cdt)
                 else:
                     first = hidden = first.to(cdt)
-                x, z = _in_proj(hidden, second.to(cdt))
+                xz = _linear(hidden, second.to(cdt))
                 del hidden
+                x, z = _split_xz(xz)
+                saved_xz = _kept_for_backward(keep, xz, x)
+                del xz
             wx, wdt = x_proj_weight.to(cdt), dt_proj_weight.to(cdt)
             wout = out_proj_weight.to(cdt) if out_proj_weight is not None else None
             conv = _Conv(conv_backend, x, conv_weight)
             scan = scan_mod.resolve_backend(scan_backend, x.device)
             dt_rank, d_state = dt_proj_weight.shape[1], A.shape[1]
 
-            u = conv.forward(x, conv_weight, conv_bias)
-            x_dbl = _matmul_weight(u.transpose(1, 2), wx)  # (B, L, R + 2N)
+            u = conv.forward(x, conv_weight, conv_bias)  # in x's layout (the cpu kernel)
+            x_dbl = _linear(u.transpose(1, 2), wx)  # (B, L, R + 2N)
             dt, B, C = _project(u, x_dbl, wdt, dt_rank, d_state)
             y, *states = torch.ops.dimbench.selective_scan(
                 u, dt, A, B, C, D, z, delta_bias, delta_softplus, scan, save_scan
             )
-            if wout is None:
-                out = y
-            elif gate is None:
-                out = _matmul_weight(y.transpose(1, 2), wout)
-            else:  # (1 + gate) folded into out_proj's weight, one per batch element
-                w_gated = wout[None] * (1 + gate.to(cdt))[:, :, None]  # (B, d_model, E)
-                out = torch.bmm(y.transpose(1, 2), w_gated.transpose(1, 2))
+            del u, dt, x, z
+            out = y if wout is None else _out_proj(y, wout, gate)
 
-        keep = keep if source != FROM_XZ else ""  # x and z are the inputs then
         ctx.cfg = (cdt, conv, scan, delta_softplus, dt_rank, d_state, save_scan, source, keep)
         ctx.eps = eps
         optional = (conv_bias, out_proj_weight, D, delta_bias, norm_weight, shift, scale, gate)
         ctx.has = tuple(t is not None for t in optional)
         kept = [y, *states] if save_scan else []
-        saved_xz = [t for name, t in (("x", x), ("z", z)) if name in keep]
         ctx.save_for_backward(
             first,
             second,
@@ -289,10 +398,10 @@ class MambaInnerFn(torch.autograd.Function):
                 )
             d_gate = None
             if wout is None:
-                d_out_proj, dy = None, dout.contiguous()
+                d_out_proj, dy = None, dout
             elif gate is None:
-                d_out_proj = _batch_mm_sum(dout.transpose(1, 2), y.transpose(1, 2))
-                dy = _weight_matmul(wout.t(), dout.transpose(1, 2))  # (B, E, L)
+                d_out_proj = _sum_mm(dout, y.transpose(1, 2))  # (d_model, E)
+                dy = _mm(dout, wout).transpose(1, 2)  # (B, L, E) seen (B, E, L)
             else:
                 # M_b = dout_b^T y_b gives both the weight's gradient, sum_b (1 + g_b) M_b,
                 # and the gate's, sum_e W * M_b (= sum over tokens of dout * out_proj(y))
@@ -303,24 +412,26 @@ class MambaInnerFn(torch.autograd.Function):
                     m = torch.mm(dout[b].t(), y[b].t()).float()  # (d_model, E)
                     d_out_proj.addcmul_(g1[b, :, None], m)
                     d_gate[b] = (m * wout.float()).sum(1)
-                w_gated = wout[None] * g1.to(cdt)[:, :, None]
-                dy = torch.bmm(w_gated.transpose(1, 2), dout.transpose(1, 2))  # (B, E, L)
+                w_gated = wout[None] * g1.to(cdt)[:, :, None]  # (B, d_model, E)
+                dy = _bmm(dout, w_gated).transpose(1, 2)
             del y
+            if not scan_mod.follows_layout(scan):
+                dy = dy.contiguous()
             du, ddt, dA, dB, dC, dD, dz, dbias = torch.ops.dimbench.selective_scan_bwd(
                 dy, u, dt, A, B, C, D, z, delta_bias, softplus, scan, states
             )
             del dy, dt, states, z
-            ddt = ddt.to(cdt)
+            ddt = ddt.to(cdt).transpose(1, 2)  # (B, L, E)
             dt_in = x_dbl[..., :dt_rank]
-            d_dt_proj = _batch_mm_sum(ddt, dt_in)  # (E, R)
-            d_dt_in = _matmul_weight(ddt.transpose(1, 2), wdt.t())  # (B, L, R)
+            d_dt_proj = _sum_mm(dt_in, ddt).t()  # (E, R)
+            d_dt_in = _mm(ddt, wdt)  # (B, L, R)
             del ddt
             dx_dbl = torch.cat(
                 [d_dt_in, dB.transpose(1, 2).to(cdt), dC.transpose(1, 2).to(cdt)], -1
             )
-            d_x_proj = _batch_mm_sum(dx_dbl.transpose(1, 2), u.transpose(1, 2))  # (R + 2N, E)
+            d_x_proj = _sum_mm(dx_dbl, u.transpose(1, 2))  # (R + 2N, E)
             del u
-            du = du.to(cdt).baddbmm_(wx.t().expand(du.shape[0], -1, -1), dx_dbl.transpose(1, 2))
+            du = _addmm_(du.to(cdt).transpose(1, 2), dx_dbl, wx).transpose(1, 2)
             dx, dconv_w, dconv_b = conv.backward(du, x, conv_weight, conv_bias)
             del du, x
             d_norm = (None, None, None)
@@ -328,10 +439,9 @@ class MambaInnerFn(torch.autograd.Function):
                 d_first, d_second = dx, dz
             else:  # through in_proj: d hidden = dx^T W_x + dz^T W_z, and W's gradient
                 w_x, w_z = w_in.chunk(2, dim=0)
-                dz = dz.to(cdt)
-                d_hidden = _matmul_weight(dx.transpose(1, 2), w_x.t())  # (B, L, D)
-                d_hidden.baddbmm_(dz.transpose(1, 2), w_z.expand(dz.shape[0], -1, -1))
-                d_second = torch.cat([_batch_mm_sum(dx, hidden), _batch_mm_sum(dz, hidden)])
+                dx, dz = dx.transpose(1, 2), dz.to(cdt).transpose(1, 2)  # (B, L, E)
+                d_hidden = _addmm_(_mm(dx, w_x), dz, w_z)  # (B, L, D)
+                d_second = torch.cat([_sum_mm(dx, hidden), _sum_mm(dz, hidden)])
                 del dx, dz, hidden
                 if source == FROM_STREAM:
                     d_first, *d_norm = _norm_modulate_bwd(d_hidden, n, rstd, a, norm_weight, scale)
@@ -394,7 +504,8 @@ def mamba_inner(
     """conv + SiLU -> x_proj -> dt_proj -> scan (z gate, D skip, delta bias, softplus) ->
     out_proj as one autograd node that recomputes rather than stores (see the module docstring).
 
-    x, z (B, E, L) with L contiguous; conv_weight (E, K); x_proj_weight (R + 2N, E);
+    x, z (B, E, L), channel-major or channel-last (e.g. halves of a (B, L, 2E) projection seen
+    (B, E, L)); conv_weight (E, K); x_proj_weight (R + 2N, E);
     dt_proj_weight (E, R); out_proj_weight (d_model, E) or None; A (E, N); D, delta_bias (E,).
 
     Or x = z = None with ``hidden`` (B, L, d_model) and ``in_proj_weight`` (2E, d_model): in_proj

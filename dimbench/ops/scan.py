@@ -4,6 +4,11 @@
 backend="auto")`` has mamba_ssm's ``selective_scan_fn`` shapes and semantics:
 u, delta, z (B, D, L); A (D, N) real; B, C (B, N, L) or (B, G, N, L); D, delta_bias (D,).
 
+Layouts: u, delta, z may be any strided views. The ``cpu`` backend reads channel-last ones
+(``(B, L, D).transpose(1, 2)``, a projection's output) in place as well as channel-major ones and
+returns y (and du, ddelta, dz) in u's layout (:mod:`dimbench.ops.layout`); the other backends
+return contiguous (B, D, L) tensors.
+
 Dtypes (every backend): the output is in u's dtype and each gradient in its input's dtype; the
 state and the sums are float32 (float64 for float64 inputs on ``ref``). What a backend reads and
 writes in between is its own affair: the ``cpu`` kernel works on bfloat16 activations directly
@@ -34,6 +39,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
+from dimbench.ops import layout as lay
 from dimbench.ops import scan_ref
 from dimbench.ops.backends import Op, register_op
 
@@ -51,6 +57,8 @@ class ScanBackend:
     forward: Callable[..., list[Tensor]]
     backward: Callable[..., list[Tensor | None]]
     saved_shapes: Callable[..., list[tuple[tuple[int, ...], torch.dtype]]]
+    # the layout of the output and of du, ddelta, dz for a given u; None: contiguous (B, D, L)
+    output_layout: Callable[[Tensor], str] | None = None
     _reason: str | None = field(default=None, init=False)
     _probed: bool = field(default=False, init=False)
 
@@ -107,6 +115,12 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
+def follows_layout(backend: str) -> bool:
+    """Whether ``backend`` reads channel-last u, delta, z, grad_out in place and returns y, du,
+    ddelta, dz in u's layout (else it returns contiguous (B, D, L) tensors)."""
+    return _BACKENDS[backend].output_layout is not None
+
+
 register_op(
     Op(
         "scan",
@@ -138,9 +152,15 @@ def _scan_fwd_op(
     )
 
 
+def _activation_like(u: Tensor, backend: str) -> Tensor:
+    """What ``backend`` returns for an output or activation gradient of a scan of ``u``."""
+    layout = _BACKENDS[backend].output_layout
+    return lay.new_empty(u, layout(u) if layout is not None else lay.CHANNEL_MAJOR)
+
+
 @_scan_fwd_op.register_fake
 def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend, save_for_backward):
-    outs = [u.new_empty(u.shape)]
+    outs = [_activation_like(u, backend)]
     if save_for_backward:
         shapes = _BACKENDS[backend].saved_shapes(u, A, z)
         outs += [u.new_empty(shape, dtype=dt) for shape, dt in shapes]
@@ -174,7 +194,19 @@ def _(grad_out, u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend, sa
     def like(t):
         return t.new_empty(t.shape) if t is not None else u.new_empty(0)
 
-    return [like(u), like(delta), like(A), like(B), like(C), like(D), like(z), like(delta_bias)]
+    def activation(t):  # the backend's layout, in the input's dtype
+        return _activation_like(u, backend).to(t.dtype) if t is not None else u.new_empty(0)
+
+    return [
+        activation(u),
+        activation(delta),
+        like(A),
+        like(B),
+        like(C),
+        like(D),
+        activation(z),
+        like(delta_bias),
+    ]
 
 
 def _setup_context(ctx, inputs, output):
@@ -202,8 +234,10 @@ def _backward(ctx, grad_outputs):
     for present in ctx.has:
         opt.append(rest.pop(0) if present else None)
     D, z, delta_bias = opt
+    if _BACKENDS[ctx.backend].output_layout is None:
+        grad_out = grad_out.contiguous()
     grads = _scan_bwd_op(
-        grad_out.contiguous(),
+        grad_out,
         u,
         delta,
         A,

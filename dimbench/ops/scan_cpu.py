@@ -13,8 +13,13 @@ state dimension contiguous: in place when they are already (a time-major slice o
 output, say), else through one small copy. A, D and delta_bias are float32. The output comes
 back in u's dtype and each gradient in its input's dtype.
 
-Strides: u, delta, z and grad_out may have any batch and channel strides (channel slices of
-one projection need no copy) as long as time is contiguous.
+Layouts (:mod:`dimbench.ops.layout`): u decides. Channel-major u (time contiguous, any batch
+and channel strides: channel slices of one (B, 2E, L) projection) or channel-last u (channels
+contiguous, any batch and time strides: ``(B, L, E).transpose(1, 2)``, or a channel slice of a
+(B, L, 2E) projection, as the fused mixer passes them) is read in place; delta, z and grad_out
+are read in place where they have u's layout and copied into it where not. The output and
+du, ddelta, dz come back in u's layout (dense: channel-last ones are (B, L, E) tensors seen
+transposed); u in neither layout is copied to channel-major first.
 
 Denormals: every kernel call runs with flush-to-zero and denormals-are-zero set in its own
 thread and restores the caller's mode (decays exp(delta * A) drive states subnormal, which costs
@@ -35,6 +40,7 @@ from pathlib import Path
 import torch
 
 from dimbench.ops import cbuild, hugepages, scan
+from dimbench.ops import layout as lay
 from dimbench.ops.cbuild import KernelUnavailable
 
 SOURCE = Path(__file__).parent / "csrc" / "selective_scan.cpp"
@@ -50,23 +56,27 @@ def build() -> Path:
     return cbuild.build(SOURCE)
 
 
+ACTIVATIONS = "u delta z dout out du ddelta dz".split()  # (B, D, L), one layout for all
+
+
 class ScanArgs(ctypes.Structure):
     """The kernel's ``struct ScanArgs`` (same fields, same order)."""
 
-    _fields_ = [
-        (name, ctypes.c_int64)
-        for name in (
-            "batch dim length dstate groups bf16 softplus "
-            "u_sb u_sd delta_sb delta_sd z_sb z_sd dout_sb dout_sd "
-            "B_sb B_sg B_st C_sb C_sg C_st"
-        ).split()
-    ] + [
-        (name, ctypes.c_void_p)
-        for name in "u delta z dout A B C D delta_bias out du ddelta dz ckpt".split()
-    ]
+    _fields_ = (
+        [
+            (name, ctypes.c_int64)
+            for name in "batch dim length dstate groups bf16 softplus channel_last".split()
+        ]
+        + [(f"{name}_s", ctypes.c_int64 * 3) for name in ACTIVATIONS]
+        + [(name, ctypes.c_int64) for name in "B_sb B_sg B_st C_sb C_sg C_st".split()]
+        + [
+            (name, ctypes.c_void_p)
+            for name in "u delta z dout A B C D delta_bias out du ddelta dz ckpt".split()
+        ]
+    )
 
 
-ABI = 2  # the kernel's ABI constant: ScanArgs and the entry points as declared here
+ABI = 3  # the kernel's ABI constant: ScanArgs and the entry points as declared here
 
 
 def load(path: str | Path) -> ctypes.CDLL:
@@ -142,13 +152,10 @@ def compute_dtype(*rows: Tensor | None) -> torch.dtype:
     return torch.bfloat16 if dtypes == {torch.bfloat16} else torch.float32
 
 
-def _rows(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
-    """(B, D, L) in ``dtype`` with unit time stride: a view where it is one already."""
-    if t is None:
-        return None
-    if t.dtype != dtype:
-        t = t.to(dtype)
-    return t if t.stride(-1) == 1 or t.shape[-1] <= 1 else t.contiguous()
+def layout_for(u: Tensor) -> str:
+    """The layout the kernel reads u, delta, z in and writes the outputs in: u's own, or
+    channel-major for a u in neither."""
+    return lay.layout_of(u) or lay.CHANNEL_MAJOR
 
 
 def _time_major(M: Tensor) -> Tensor:
@@ -188,16 +195,17 @@ class Prepared:
             raise ValueError(f"the cpu scan backend supports d_state <= {max_n}")
         self.dtype = compute_dtype(u, delta, z)
         self.shape = (batch, dim, length, n, groups)
-        rows = {k: _rows(t, self.dtype) for k, t in (("u", u), ("delta", delta), ("z", z))}
-        rows["dout"] = _rows(dout, self.dtype)
+        self.layout = layout_for(u)
+        rows = {
+            k: None if t is None else lay.to_layout(t, self.layout, self.dtype)
+            for k, t in (("u", u), ("delta", delta), ("z", z), ("dout", dout))
+        }
         params = {"A": _f32(A), "D": _f32(D), "delta_bias": _f32(delta_bias)}
         self._keep = [*rows.values(), *params.values(), Bt, Ct]
-        a = ScanArgs(batch, dim, length, n, groups, self.dtype == torch.bfloat16, delta_softplus)
+        bf16, cl = self.dtype == torch.bfloat16, self.layout == lay.CHANNEL_LAST
+        a = ScanArgs(batch, dim, length, n, groups, bf16, delta_softplus, cl)
         for name, t in rows.items():
-            setattr(a, name, _ptr(t))
-            if t is not None:
-                setattr(a, f"{name}_sb", t.stride(0))
-                setattr(a, f"{name}_sd", t.stride(1))
+            self._set(a, name, t)
         for name, t in (("B", Bt), ("C", Ct)):
             setattr(a, name, _ptr(t))
             for field, stride in zip(("sb", "sg", "st"), t.stride()[:3], strict=True):
@@ -207,9 +215,22 @@ class Prepared:
         self.args = a
         self.ranges = thread_ranges(self.shape)
 
+    def _set(self, a: ScanArgs, name: str, t: Tensor | None) -> None:
+        if t is not None and not lay.fits(t, self.layout):
+            raise ValueError(f"{name} {tuple(t.stride())} is not {self.layout}")
+        setattr(a, name, _ptr(t))
+        if t is not None:
+            getattr(a, f"{name}_s")[:] = t.stride()
+
+    def empty(self, like: Tensor) -> Tensor:
+        """An output or activation gradient for the kernel: (B, D, L) in its layout and dtype."""
+        return lay.new_empty(like, self.layout, dtype=self.dtype, huge=True)
+
     def forward(self, out: Tensor, ckpt: Tensor | None) -> None:
-        """Write ``out`` (contiguous (B, D, L) in ``self.dtype``) and, when given, ``ckpt``."""
-        self.args.out, self.args.ckpt = _ptr(out), _ptr(ckpt)
+        """Write ``out`` ((B, D, L) in ``self.layout`` and ``self.dtype``) and, when given,
+        ``ckpt``."""
+        self._set(self.args, "out", out)
+        self.args.ckpt = _ptr(ckpt)
         ref, fn = ctypes.byref(self.args), _lib().dimbench_scan_fwd
         _run(fn, self.ranges, lambda i, lo, hi: (ref, lo, hi))
 
@@ -219,10 +240,12 @@ class Prepared:
         return torch.empty((len(self.ranges), size), dtype=torch.float32)
 
     def backward(self, ckpt, du, ddelta, dz, partials) -> None:
-        """Write du, ddelta, dz (contiguous, ``self.dtype``; dz None without z) in full and each
-        thread's sums of the other gradients in its row of ``partials``."""
+        """Write du, ddelta, dz ((B, D, L) in ``self.layout`` and ``self.dtype``; dz None without
+        z) in full and each thread's sums of the other gradients in its row of ``partials``."""
         a = self.args
-        a.ckpt, a.du, a.ddelta, a.dz = _ptr(ckpt), _ptr(du), _ptr(ddelta), _ptr(dz)
+        a.ckpt = _ptr(ckpt)
+        for name, t in (("du", du), ("ddelta", ddelta), ("dz", dz)):
+            self._set(a, name, t)
         ref, fn, rows = ctypes.byref(a), _lib().dimbench_scan_bwd, partials.data_ptr()
         step = partials.stride(0) * partials.element_size()
         _run(fn, self.ranges, lambda i, lo, hi: (ref, rows + i * step, lo, hi))
@@ -251,7 +274,7 @@ def _native(dtype: torch.dtype) -> torch.dtype:
 
 def forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, save):
     prep = Prepared(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-    out = hugepages.empty(u.shape, prep.dtype)
+    out = prep.empty(u)
     ckpt = hugepages.empty(saved_shapes(u, A, z)[0][0], torch.float32) if save else None
     if out.numel():
         prep.forward(out, ckpt)
@@ -263,8 +286,8 @@ def backward(grad_out, u, delta, A, B, C, D, z, delta_bias, delta_softplus, save
     batch, dim, length, n, groups = prep.shape
     (ckpt,) = saved
     # the kernel writes every element of these: no zero fill
-    du, ddelta = (hugepages.empty(u.shape, prep.dtype) for _ in range(2))
-    dz = hugepages.empty(u.shape, prep.dtype) if z is not None else None
+    du, ddelta = prep.empty(u), prep.empty(u)
+    dz = prep.empty(u) if z is not None else None
     f32 = torch.float32
     dA = torch.empty((dim, n), dtype=f32)
     dD = torch.empty(dim, dtype=f32) if D is not None else None
@@ -301,5 +324,6 @@ scan.register_backend(
         forward=forward,
         backward=backward,
         saved_shapes=saved_shapes,
+        output_layout=layout_for,
     )
 )

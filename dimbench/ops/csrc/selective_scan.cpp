@@ -2,10 +2,12 @@
 //
 // Layout: 16 channels ride in one vector (GCC/clang vector extensions: one zmm register with
 // AVX-512, two ymm with AVX2, NEON quads on Arm), the N state dimensions are unrolled, and the
-// exponentials are a vectorised Cephes-style polynomial. u, delta, z and the output gradient are
-// (B, D, L) rows with L contiguous (any batch and channel strides), so 16x16 tiles are
-// transposed in registers on the way in and out. They are float32 or bfloat16 (one type for
-// all of them and for out, du, ddelta, dz); the state and every sum are float32.
+// exponentials are a vectorised Cephes-style polynomial. u, delta, z, the output gradient and
+// the outputs (out, du, ddelta, dz) are (B, D, L) with any batch stride and one of two layouts,
+// the same for all of them: channel-major (unit time stride: rows of L, read and written as
+// 16x16 tiles transposed in registers) or channel-last (unit channel stride, as a (B, L, D)
+// projection output: the 16 channels of a step are one contiguous vector, no transposes).
+// They are float32 or bfloat16 (one type for all of them); the state and every sum are float32.
 // A work unit is (batch b, block of 16 channels); the Python side spreads units over threads.
 // The backward recomputes the forward chunk by chunk (CHUNK steps) from the states the forward
 // saved at chunk starts, so it needs O(CHUNK) scratch per unit rather than O(L).
@@ -39,7 +41,7 @@ constexpr int T = 16;      // time tile (16x16 transposes)
 constexpr int CHUNK = 128;  // time steps between saved states; a multiple of T
 constexpr int MAXN = 64;   // largest d_state of the generic path
 constexpr int NB = 8;      // vectors per backward block: 8 state dims of 1 unit, 4 of 2
-constexpr int ABI = 2;     // bumped whenever ScanArgs or an entry point changes
+constexpr int ABI = 3;     // bumped whenever ScanArgs or an entry point changes
 
 // ----------------------------------------------------------------------- floating-point mode
 
@@ -303,17 +305,33 @@ inline vf hsum16(vf* v) {
   return __builtin_shufflevector(s, s, 0, 2, 1, 3, 8, 10, 9, 11, 4, 6, 5, 7, 12, 14, 13, 15);
 }
 
-// dst[t] (lane c) = src[c * ld + t] for c < nc, t < nt; zero elsewhere.
+// One activation tensor of a unit: element (channel c0 + c, step t) at p[c * cs + t * ts]. One
+// of the strides is 1: ts (channel-major rows) or cs (channel-last steps).
 template <typename E>
-inline void load_tile(const E* src, int64_t ld, int nc, int nt, vf* dst) {
-  if (nc == W && nt == T) {
-    for (int c = 0; c < W; ++c) dst[c] = load16(src + c * ld);
+struct Act {
+  E* p = nullptr;
+  int64_t cs = 0, ts = 0;
+  E* at(int64_t t) const { return p + t * ts; }
+  explicit operator bool() const { return p != nullptr; }
+};
+
+// dst[t] (lane c) = element (c, t0 + t) of a for c < nc, t < nt; zero elsewhere.
+template <typename E>
+inline void load_tile(const Act<const E>& a, int64_t t0, int nc, int nt, vf* dst) {
+  const E* src = a.at(t0);
+  if (nc == W && a.cs == 1) {  // channel-last: one vector per step
+    for (int t = 0; t < nt; ++t) dst[t] = load16(src + t * a.ts);
+    for (int t = nt; t < T; ++t) dst[t] = splat(0.0f);
+    return;
+  }
+  if (nc == W && nt == T && a.ts == 1) {
+    for (int c = 0; c < W; ++c) dst[c] = load16(src + c * a.cs);
     transpose16(dst);
     return;
   }
   for (int t = 0; t < T; ++t) dst[t] = splat(0.0f);
   for (int c = 0; c < nc; ++c)
-    for (int t = 0; t < nt; ++t) dst[t][c] = to_f32(src[c * ld + t]);
+    for (int t = 0; t < nt; ++t) dst[t][c] = to_f32(src[c * a.cs + t * a.ts]);
 }
 
 // Streaming (non-temporal) stores of 16 elements: no read-for-ownership of the line, and the
@@ -337,22 +355,34 @@ inline void store16_stream(bf16* p, vf v) {
 #endif
 }
 
-// dst[c * ld + t] = src[t] (lane c) for c < nc, t < nt. src is clobbered. stream: use
-// streaming stores where the rows are aligned for them (outputs too big to stay cached).
+// Element (c, t0 + t) of a = src[t] (lane c) for c < nc, t < nt. src is clobbered. stream: use
+// streaming stores where the vectors are aligned for them (outputs too big to stay cached) and
+// fill whole cache lines (a channel-last bfloat16 vector is half a line: the other half is the
+// next unit's, written much later, so those are plain stores).
 template <typename E>
-inline void store_tile(E* dst, int64_t ld, int nc, int nt, vf* src, bool stream = false) {
-  if (nc == W && nt == T) {
-    transpose16(src);
-    constexpr uintptr_t align = 16 * sizeof(E);
-    if (stream && reinterpret_cast<uintptr_t>(dst) % align == 0 && (ld * sizeof(E)) % align == 0) {
-      for (int c = 0; c < W; ++c) store16_stream(dst + c * ld, src[c]);
+inline void store_tile(const Act<E>& a, int64_t t0, int nc, int nt, vf* src, bool stream = false) {
+  E* dst = a.at(t0);
+  constexpr uintptr_t align = 16 * sizeof(E);
+  const bool aligned = reinterpret_cast<uintptr_t>(dst) % align == 0;
+  if (nc == W && a.cs == 1) {
+    if (stream && sizeof(E) == 4 && aligned && (a.ts * sizeof(E)) % align == 0) {
+      for (int t = 0; t < nt; ++t) store16_stream(dst + t * a.ts, src[t]);
     } else {
-      for (int c = 0; c < W; ++c) store16(dst + c * ld, src[c]);
+      for (int t = 0; t < nt; ++t) store16(dst + t * a.ts, src[t]);
+    }
+    return;
+  }
+  if (nc == W && nt == T && a.ts == 1) {
+    transpose16(src);
+    if (stream && aligned && (a.cs * sizeof(E)) % align == 0) {
+      for (int c = 0; c < W; ++c) store16_stream(dst + c * a.cs, src[c]);
+    } else {
+      for (int c = 0; c < W; ++c) store16(dst + c * a.cs, src[c]);
     }
     return;
   }
   for (int c = 0; c < nc; ++c)
-    for (int t = 0; t < nt; ++t) from_f32(src[t][c], dst + c * ld + t);
+    for (int t = 0; t < nt; ++t) from_f32(src[t][c], dst + c * a.cs + t * a.ts);
 }
 
 // Ask for the lines of row[0, n) in L2 ahead of their use (rows of 16 channels lie L elements
@@ -361,6 +391,14 @@ template <typename E>
 inline void prefetch_row(const E* row, int64_t n) {
   const char* a = reinterpret_cast<const char*>(row);
   for (int64_t b = 0; b < n * (int64_t)sizeof(E); b += 64) __builtin_prefetch(a + b, 0, 2);
+}
+
+// The 16 channels of step t of a channel-last tensor (one line, two when not aligned).
+template <typename E>
+inline void prefetch_step(const Act<const E>& a, int64_t t) {
+  const E* q = a.at(t);
+  __builtin_prefetch(q, 0, 2);
+  __builtin_prefetch(q + W - 1, 0, 2);
 }
 
 // The same for a row about to be read and written.
@@ -381,13 +419,15 @@ inline vf gather_lanes(const float* p, int64_t stride, int nc) {
 extern "C" {
 
 // One scan's tensors, filled by scan_cpu.py (a ctypes.Structure of the same layout).
-// Strides are in elements. u, delta, z, dout: (B, D, L) with unit time stride; out, du,
-// ddelta, dz: contiguous (B, D, L). B and C: float32 (B, G, L, N) with unit state stride.
+// Strides are in elements, (batch, channel, time) for the (B, D, L) activations u, delta, z,
+// dout, out, du, ddelta, dz: all of them channel-major (time stride 1) or, with channel_last,
+// all channel-last (channel stride 1). B and C: float32 (B, G, L, N) with unit state stride.
 struct ScanArgs {
   int64_t batch, dim, length, dstate, groups;
-  int64_t bf16;      // 1: u, delta, z, dout, out, du, ddelta, dz are bfloat16; 0: float32
-  int64_t softplus;  // apply softplus to delta (+ delta_bias)
-  int64_t u_sb, u_sd, delta_sb, delta_sd, z_sb, z_sd, dout_sb, dout_sd;
+  int64_t bf16;          // 1: u, delta, z, dout, out, du, ddelta, dz are bfloat16; 0: float32
+  int64_t softplus;      // apply softplus to delta (+ delta_bias)
+  int64_t channel_last;  // the activations' layout (see above)
+  int64_t u_s[3], delta_s[3], z_s[3], dout_s[3], out_s[3], du_s[3], ddelta_s[3], dz_s[3];
   int64_t B_sb, B_sg, B_st, C_sb, C_sg, C_st;
   const void *u, *delta, *z, *dout;  // z may be null
   const float *A, *B, *C, *D, *delta_bias;  // D, delta_bias may be null
@@ -417,26 +457,30 @@ inline Unit make_unit(const ScanArgs& p, int64_t unit) {
 
 inline int64_t nchunks(int64_t length) { return (length + CHUNK - 1) / CHUNK; }
 
-// The tensors of one unit: row pointers (channel c0 of batch b) and their row strides.
+template <typename E, typename P>
+inline Act<E> act(P* base, const int64_t* s, const Unit& w) {
+  Act<E> a;
+  if (base) a.p = static_cast<E*>(base) + w.b * s[0] + w.c0 * s[1], a.cs = s[1], a.ts = s[2];
+  return a;
+}
+
+// The tensors of one unit (channels c0.. of batch b).
 template <typename E>
 struct Rows {
-  const E *u, *delta, *z, *dout;
-  int64_t lu, ldelta, lz, ldout;
-  E *out, *du, *ddelta, *dz;  // contiguous: row stride L
-  const float *B, *C;         // (L, N) of the unit's batch and group, time stride B_st / C_st
+  Act<const E> u, delta, z, dout;
+  Act<E> out, du, ddelta, dz;
+  const float *B, *C;  // (L, N) of the unit's batch and group, time stride B_st / C_st
   int64_t sB, sC;
 
   Rows(const ScanArgs& p, const Unit& w) {
-    const int64_t orow = (w.b * p.dim + w.c0) * p.length;
-    u = static_cast<const E*>(p.u) + w.b * p.u_sb + w.c0 * p.u_sd;
-    delta = static_cast<const E*>(p.delta) + w.b * p.delta_sb + w.c0 * p.delta_sd;
-    z = p.z ? static_cast<const E*>(p.z) + w.b * p.z_sb + w.c0 * p.z_sd : nullptr;
-    dout = p.dout ? static_cast<const E*>(p.dout) + w.b * p.dout_sb + w.c0 * p.dout_sd : nullptr;
-    lu = p.u_sd, ldelta = p.delta_sd, lz = p.z_sd, ldout = p.dout_sd;
-    out = p.out ? static_cast<E*>(p.out) + orow : nullptr;
-    du = p.du ? static_cast<E*>(p.du) + orow : nullptr;
-    ddelta = p.ddelta ? static_cast<E*>(p.ddelta) + orow : nullptr;
-    dz = p.dz ? static_cast<E*>(p.dz) + orow : nullptr;
+    u = act<const E>(p.u, p.u_s, w);
+    delta = act<const E>(p.delta, p.delta_s, w);
+    z = act<const E>(p.z, p.z_s, w);
+    dout = act<const E>(p.dout, p.dout_s, w);
+    out = act<E>(p.out, p.out_s, w);
+    du = act<E>(p.du, p.du_s, w);
+    ddelta = act<E>(p.ddelta, p.ddelta_s, w);
+    dz = act<E>(p.dz, p.dz_s, w);
     B = p.B + w.b * p.B_sb + w.g * p.B_sg;
     C = p.C + w.b * p.C_sb + w.g * p.C_sg;
     sB = p.B_st, sC = p.C_st;
@@ -470,8 +514,8 @@ void fwd_unit(const ScanArgs& p, const Unit& w, float* ckpt, bool stream) {
   for (int n = 0; n < N; ++n) x[n] = splat(0.0f);
   const vf Dv = p.D ? gather_lanes(p.D + w.c0, 1, w.nc) : splat(0.0f);
   const vf bias = p.delta_bias ? gather_lanes(p.delta_bias + w.c0, 1, w.nc) : splat(0.0f);
-  const E* prefetched[3] = {r.u, r.delta, r.z};
-  const int64_t lds[3] = {r.lu, r.ldelta, r.lz};
+  const Act<const E>* prefetched[3] = {&r.u, &r.delta, &r.z};
+  const bool cl = p.channel_last != 0;
   vf tu[T], td[T], tz[T], ty[T];
   for (int64_t t0 = 0; t0 < L; t0 += T) {
     const int nt = (int)std::min<int64_t>(T, L - t0);
@@ -479,9 +523,9 @@ void fwd_unit(const ScanArgs& p, const Unit& w, float* ckpt, bool stream) {
       float* s = ckpt + (t0 / CHUNK) * N * W;
       for (int n = 0; n < N; ++n) stream ? store16_stream(s + n * W, x[n]) : storeu(s + n * W, x[n]);
     }
-    load_tile(r.u + t0, r.lu, w.nc, nt, tu);
-    load_tile(r.delta + t0, r.ldelta, w.nc, nt, td);
-    if (r.z) load_tile(r.z + t0, r.lz, w.nc, nt, tz);
+    load_tile(r.u, t0, w.nc, nt, tu);
+    load_tile(r.delta, t0, w.nc, nt, td);
+    if (r.z) load_tile(r.z, t0, w.nc, nt, tz);
     // elementwise work first, as independent chains the CPU overlaps, then the recurrence
     for (int tt = 0; tt < nt; ++tt) {
       td[tt] = load_dt(td[tt], bias, p.delta_bias != nullptr, p.softplus);
@@ -489,10 +533,13 @@ void fwd_unit(const ScanArgs& p, const Unit& w, float* ckpt, bool stream) {
     }
     const int64_t tp = t0 + PF_TILES * T;
     for (int tt = 0; tt < nt; ++tt) {
-      if (tp < L) {  // rows 3tt..3tt+2 of the three inputs' tile PF_TILES ahead
+      if (cl && tp + tt < L) {  // step tt of the three inputs' tile PF_TILES ahead
+        for (const Act<const E>* a : prefetched)
+          if (*a) prefetch_step(*a, tp + tt);
+      } else if (!cl && tp < L) {  // rows 3tt..3tt+2 of the three inputs' tile PF_TILES ahead
         for (int q = 3 * tt; q < 3 * tt + 3; ++q) {
-          const E* row = prefetched[q / W];
-          if (row && q % W < w.nc) prefetch_row(row + (q % W) * lds[q / W] + tp, T);
+          const Act<const E>& a = *prefetched[q / W];
+          if (a && q % W < w.nc) prefetch_row(a.p + (q % W) * a.cs + tp, T);
         }
       }
       const vf dt = td[tt];
@@ -509,7 +556,7 @@ void fwd_unit(const ScanArgs& p, const Unit& w, float* ckpt, bool stream) {
       if (r.z) y *= tz[tt];
       ty[tt] = y;
     }
-    store_tile(r.out + t0, L, w.nc, nt, ty, stream);
+    store_tile(r.out, t0, w.nc, nt, ty, stream);
   }
 }
 
@@ -618,6 +665,7 @@ void bwd_unit(const ScanArgs& p, const Unit* ws, const float* const* ckpts, Part
   // rows to prefetch per chunk: 4 inputs x 16 channels x V units, then the N rows of dB and dC
   constexpr int NIN = 4 * W * V;
   const int nrows = NIN + 2 * N;
+  const bool cl = p.channel_last != 0;
 
   for (int64_t k = nchunks(L) - 1; k >= 0; --k) {
     const int64_t cs = k * CHUNK;
@@ -628,10 +676,10 @@ void bwd_unit(const ScanArgs& p, const Unit* ws, const float* const* ckpts, Part
       for (int j = 0; j < clen; j += T) {
         const int nt = std::min(T, clen - j);
         vf tu[T], td[T], tg[T], tz[T];
-        load_tile(rv.u + cs + j, rv.lu, nc, nt, tu);
-        load_tile(rv.delta + cs + j, rv.ldelta, nc, nt, td);
-        load_tile(rv.dout + cs + j, rv.ldout, nc, nt, tg);
-        if (rv.z) load_tile(rv.z + cs + j, rv.lz, nc, nt, tz);
+        load_tile(rv.u, cs + j, nc, nt, tu);
+        load_tile(rv.delta, cs + j, nc, nt, td);
+        load_tile(rv.dout, cs + j, nc, nt, tg);
+        if (rv.z) load_tile(rv.z, cs + j, nc, nt, tz);
         for (int q = 0; q < nt; ++q) {
           const int i = at(j + q, v);
           const vf raw = p.delta_bias ? td[q] + bias[v] : td[q];
@@ -666,7 +714,14 @@ void bwd_unit(const ScanArgs& p, const Unit* ws, const float* const* ckpts, Part
       for (int j0 = 0; j0 < clen; j0 += T) {
         const int nt = std::min(T, clen - j0);
         for (int tt = j0; tt < j0 + nt; ++tt) {
-          if (n0 == 0 && k > 0) {  // rows tt, tt + clen, ... of chunk k - 1
+          if (n0 == 0 && k > 0 && cl) {  // steps tt, tt + clen, ... of chunk k - 1
+            for (int s = tt; s < CHUNK; s += clen)
+              for (int v = 0; v < V; ++v)
+                for (const Act<const E>* a : {&r[v].u, &r[v].delta, &r[v].dout, &r[v].z})
+                  if (*a) prefetch_step(*a, cs - CHUNK + s);
+            for (int q = tt; q < 2 * N; q += clen)
+              prefetch_row_rw((q < N ? g.dC : g.dB) + bg + (q % N) * L + cs - CHUNK, CHUNK);
+          } else if (n0 == 0 && k > 0) {  // rows tt, tt + clen, ... of chunk k - 1
             for (int q = tt; q < nrows; q += clen) {
               if (q >= NIN) {
                 const int n = (q - NIN) % N;
@@ -675,11 +730,11 @@ void bwd_unit(const ScanArgs& p, const Unit* ws, const float* const* ckpts, Part
               }
               const Rows<E>& rv = r[q / (4 * W)];
               const int c = q % W, which = (q / W) % 4;
-              const E* row = which == 0 ? rv.u + c * rv.lu
-                             : which == 1 ? rv.delta + c * rv.ldelta
-                             : which == 2 ? rv.dout + c * rv.ldout
-                             : rv.z ? rv.z + c * rv.lz : nullptr;
-              if (row && c < nc) prefetch_row(row + cs - CHUNK, CHUNK);
+              const Act<const E>& a = which == 0   ? rv.u
+                                      : which == 1 ? rv.delta
+                                      : which == 2 ? rv.dout
+                                                   : rv.z;
+              if (a && c < nc) prefetch_row(a.p + c * a.cs + cs - CHUNK, CHUNK);
             }
           }
           const float* Bt = r[0].B + (cs + tt) * r[0].sB + n0;
@@ -769,9 +824,9 @@ void bwd_unit(const ScanArgs& p, const Unit* ws, const float* const* ckpts, Part
               tdz[q] = sc.cg[i] * y * sg * (1.0f + zz * (1.0f - sg));
             }
           }
-          store_tile(rv.du + cs + j0, L, nc, nt, tdu, stream);
-          store_tile(rv.ddelta + cs + j0, L, nc, nt, tdd, stream);
-          if (rv.z) store_tile(rv.dz + cs + j0, L, nc, nt, tdz, stream);
+          store_tile(rv.du, cs + j0, nc, nt, tdu, stream);
+          store_tile(rv.ddelta, cs + j0, nc, nt, tdd, stream);
+          if (rv.z) store_tile(rv.dz, cs + j0, nc, nt, tdz, stream);
         }
       }
       for (int i = 0; i < nb; ++i)
