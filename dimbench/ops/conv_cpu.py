@@ -24,10 +24,10 @@ import functools
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import register_flop_formula
 
 from dimbench.ops import cbuild
 from dimbench.ops import layout as lay
+from dimbench.ops.conv_autograd import register_conv_op
 
 SOURCE = Path(__file__).parent / "csrc" / "causal_conv1d.cpp"
 DTYPES = (torch.float32, torch.bfloat16)  # activation dtypes the kernel reads and writes
@@ -197,37 +197,7 @@ def _(grad_out, x, weight, bias, silu):
     return [lay.new_empty(x, layout_for(x)), weight.new_empty(weight.shape), gbias]
 
 
-def _setup_context(ctx, inputs, output):
-    x, weight, bias, silu = inputs
-    ctx.silu = silu
-    ctx.has_bias = bias is not None
-    ctx.save_for_backward(x, weight, *([bias] if bias is not None else []))
-
-
-def _backward(ctx, grad_out):
-    x, weight, *rest = ctx.saved_tensors
-    bias = rest[0] if ctx.has_bias else None
-    dx, dw, db = _conv_bwd_op(grad_out, x, weight, bias, ctx.silu)
-    return dx, dw, db if ctx.has_bias else None, None
-
-
-_conv_op.register_autograd(_backward, setup_context=_setup_context)
-
-
-def conv_flops(x_shape, w_shape) -> int:
-    """Forward FLOPs as torch.utils.flop_counter counts a depthwise conv: 2 * B*D*L * K."""
-    batch, dim, length = x_shape
-    return 2 * batch * dim * length * w_shape[1]
-
-
-@register_flop_formula(torch.ops.dimbench.causal_conv1d_cpu)
-def _conv_flop(x, weight, *args, **kwargs) -> int:
-    return conv_flops(x, weight)
-
-
-@register_flop_formula(torch.ops.dimbench.causal_conv1d_cpu_bwd)
-def _conv_bwd_flop(grad_out, x, weight, *args, **kwargs) -> int:
-    return 2 * conv_flops(x, weight)
+register_conv_op(_conv_op, _conv_bwd_op, "causal_conv1d_cpu")
 
 
 def causal_conv1d_cpu(

@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.utils.flop_counter import register_flop_formula
+
+from dimbench.ops.conv_autograd import register_conv_op
 
 Tensor = torch.Tensor
 
@@ -213,37 +214,7 @@ def _(grad_out, x, weight, bias, silu):
     return [torch.empty_like(x), torch.empty_like(weight), gbias]
 
 
-def _setup_context(ctx, inputs, output):
-    x, weight, bias, silu = inputs
-    ctx.silu = silu
-    ctx.has_bias = bias is not None
-    ctx.save_for_backward(x, weight, *([bias] if bias is not None else []))
-
-
-def _backward(ctx, grad_out):
-    x, weight, *rest = ctx.saved_tensors
-    bias = rest[0] if ctx.has_bias else None
-    gx, gw, gb = _conv_bwd_op(grad_out, x, weight, bias, ctx.silu)
-    return gx, gw, gb if ctx.has_bias else None, None
-
-
-_conv_op.register_autograd(_backward, setup_context=_setup_context)
-
-
-def conv_flops(x_shape, w_shape) -> int:
-    """Forward FLOPs as torch.utils.flop_counter counts a depthwise conv: 2 * B*D*L * K."""
-    batch, dim, length = x_shape
-    return 2 * batch * dim * length * w_shape[1]
-
-
-@register_flop_formula(torch.ops.dimbench.causal_conv1d)
-def _conv_flop(x, weight, *args, **kwargs) -> int:
-    return conv_flops(x, weight)
-
-
-@register_flop_formula(torch.ops.dimbench.causal_conv1d_bwd)
-def _conv_bwd_flop(grad_out, x, weight, *args, **kwargs) -> int:
-    return 2 * conv_flops(x, weight)
+register_conv_op(_conv_op, _conv_bwd_op, "causal_conv1d")
 
 
 def causal_conv1d_triton(
