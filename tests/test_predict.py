@@ -278,3 +278,18 @@ def test_unwritable_out_and_missing_profile_are_one_line_exit_2(tmp_path, capsys
             main(argv)
         err = capsys.readouterr().err
         assert info.value.code == 2 and len(err.strip().splitlines()) == 1, (argv, err)
+
+
+def test_a_matmul_into_out_is_keyed_by_its_operands_not_its_destination():
+    """torch.mm(a, b, out=c), as the fused mixer writes its GEMMs, is (m, n, k) of a and b: keyed
+    by b and c it lost the token count, and every resolution priced like the first."""
+    import torch
+
+    from dimbench.measure.op_recorder import OpRecorder
+
+    a, b = torch.randn(96, 8), torch.randn(8, 32)
+    with OpRecorder() as recorder:
+        torch.mm(a, b, out=torch.empty(96, 32))
+        torch.addmm(torch.zeros(32), a, b)
+    mm, addmm = (op for op in recorder.ops if op.category == "matmul")
+    assert mm.dims == addmm.dims == (1, 96, 32, 8)

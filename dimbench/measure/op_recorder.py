@@ -217,6 +217,12 @@ def _touched_bytes(t: torch.Tensor) -> int:
     return n * t.element_size() if t.numel() else 0
 
 
+def _operands(args, kwargs) -> list[torch.Tensor]:
+    """The tensors an operator computes from: its inputs less an ``out=`` destination (a
+    ``torch.mm(a, b, out=c)`` is keyed by a and b, not b and c)."""
+    return _tensors((args, {k: v for k, v in (kwargs or {}).items() if k != "out"}))
+
+
 def op_dims(category: str, name: str, tensors: list[torch.Tensor], args) -> tuple[int, ...] | None:
     """The shape a pricing curve is keyed by: matmul (batch, m, n, k); attention
     (batch*heads, Lq, Lk, head dim); scan (batch, D, L, N); conv (batch, Cin, Cout, groups,
@@ -358,7 +364,7 @@ class OpRecorder(TorchDispatchMode):
             flops=flops,
             bytes=nbytes,
             view=view,
-            dims=op_dims(category, name, inputs, args),
+            dims=op_dims(category, name, _operands(args, kwargs), args),
             ms=ms,
         )
         if self.keep_args:
