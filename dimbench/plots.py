@@ -98,7 +98,8 @@ class Crossover:
         measured = zip(self.resolutions, self.ratios, strict=True)
         pairs = ", ".join(f"{res}: {q:.2f}x" for res, q in measured)
         lo, hi = self.resolutions[0], self.resolutions[-1]
-        fields = dict(b=self.baseline, x=self.crossover_px, lo=lo, hi=hi)
+        span = f"{lo} px" if lo == hi else f"{lo}-{hi} px"
+        fields = dict(b=self.baseline, x=self.crossover_px, lo=lo, hi=hi, span=span)
         if self.crossover_px is not None:
             head = f"{self.model} " + r.crossing.format(**fields)
         elif all(q >= 1 for q in self.ratios):

@@ -57,7 +57,7 @@ SUITE = register_suite(
             label="baseline/{model} GFLOPs",
             heading="needs fewer FLOPs",
             crossing="needs fewer GFLOPs than {b} from about {x:.0f} px",
-            ahead="needs fewer GFLOPs than {b} at every resolution ({lo}-{hi} px)",
+            ahead="needs fewer GFLOPs than {b} at every resolution ({span})",
             behind="needs more GFLOPs than {b} up to {hi} px",
         ),
         isolated=False,

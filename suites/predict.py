@@ -108,7 +108,7 @@ SUITE = register_suite(
             label="{model}/baseline predicted throughput",
             heading="is predicted to overtake the baselines",
             crossing="is predicted to overtake {b} at about {x:.0f} px",
-            ahead="is predicted faster than {b} at every resolution ({lo}-{hi} px)",
+            ahead="is predicted faster than {b} at every resolution ({span})",
             behind="is predicted slower than {b} up to {hi} px (no crossover)",
         ),
     )

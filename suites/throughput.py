@@ -139,7 +139,7 @@ SUITE = register_suite(
             label="{model}/baseline throughput",
             heading="overtakes the baselines",
             crossing="overtakes {b} at about {x:.0f} px",
-            ahead="is faster than {b} at every resolution ({lo}-{hi} px)",
+            ahead="is faster than {b} at every resolution ({span})",
             behind="is slower than {b} up to {hi} px (no crossover)",
         ),
     )

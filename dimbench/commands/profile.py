@@ -152,6 +152,7 @@ def profile_tables(df) -> list:
     shares = Table(title="time per category (share of the profiled step)", title_justify="left")
     shares.add_column("category")
     columns = []
+    varying = [f for f in ("batch_size", "dtype", "mode", "device") if configs[f].nunique() > 1]
     for cfg in configs.to_dict("records"):
         rows = ok[(ok[list(cfg)] == list(cfg.values())).all(axis=1)]
         model_rows = rows[rows["scope"] == "model"].set_index("category")
@@ -201,7 +202,9 @@ def profile_tables(df) -> list:
         t.caption = "\n".join(notes) or None
         t.caption_justify = "left"
         tables.append(t)
-        columns.append((label + extra if len(configs) <= 4 else label, model_rows))
+        # side by side: what tells the columns apart (b1, fp32 and bf16 under each other)
+        parts = [f"b{cfg[f]}" if f == "batch_size" else str(cfg[f]) for f in varying]
+        columns.append((" ".join([label, *parts]), model_rows))
     for label, _ in columns:
         shares.add_column(label, justify="right")
     for category in CATEGORIES:
