@@ -71,6 +71,7 @@ from pathlib import Path
 import torch
 
 from dimbench.errors import UsageError
+from dimbench.registry import LATENT_CHANNELS, LATENT_DOWNSAMPLE, SD_LATENT_SCALE
 from dimbench.torch_files import load_torch_file
 
 Tensor = torch.Tensor
@@ -78,7 +79,6 @@ Tensor = torch.Tensor
 DDP_PREFIX = "module."
 EXTRA_TOKENS = 2  # Mamba2DModel.extra_len: the time and class tokens ahead of the patches
 TIMESTEP_SHIFT = 1  # official timestep n is dimbench's n - 1
-LATENT_CHANNELS, LATENT_DOWNSAMPLE, LATENT_SCALE = 4, 8, 0.18215
 FINETUNE_512 = (1536, 49, (32, 32))  # width, depth, grid of the cyclic-pad 512-px release
 
 _TOP = {
@@ -443,7 +443,7 @@ def as_dimbench_checkpoint(obj: Mapping, path: str | Path | None = None) -> dict
         "schedule": "scaled_linear",
         "loss": "mse",
         "latent": True,
-        "latent_scale": LATENT_SCALE,
+        "latent_scale": SD_LATENT_SCALE,
         "vae": None,
         "data": None,
         "data_kind": "official",

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from dimbench.compile import check_compiler
 from dimbench.errors import UsageError
+from dimbench.registry import SD_LATENT_SCALE
 
 # The DiM paper's ImageNet recipe (REFERENCE.md section 1); ``warmup`` is 5000 steps there and
 # defaults here to min(5000, steps // 10) so that short runs reach the peak learning rate.
@@ -25,7 +26,7 @@ PAPER_DEFAULTS = {
     "label_dropout": 0.1,
     "bf16": False,
     "seed": 0,
-    "latent_scale": 0.18215,
+    "latent_scale": SD_LATENT_SCALE,
 }
 PAPER_WARMUP = 5000
 

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from dimbench.errors import UsageError
+from dimbench.registry import SD_LATENT_SCALE
 
-SD_LATENT_SCALE = 0.18215  # Stable Diffusion's KL-VAE latent scale
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
 
 # Colour photographs that ship inside scikit-image (skimage.data) and scikit-learn

@@ -24,6 +24,7 @@ from dimbench.diffusion.upsample import UPSAMPLE_FACTORS, UpsampleGuidance
 from dimbench.errors import UsageError
 from dimbench.metrics.structure import lag1_autocorrelation
 from dimbench.paths import writable_dir
+from dimbench.registry import SD_LATENT_SCALE
 from dimbench.threads import omp_policy_in_effect
 from dimbench.train import distributed as D
 from dimbench.train.build import build_model, check_backends
@@ -241,7 +242,7 @@ def _decoder(meta: dict, vae: str | None, device: torch.device):
     from dimbench.train.vae import decode, load_vae
 
     model = load_vae(path, device)
-    scale = meta.get("latent_scale", 0.18215)
+    scale = meta.get("latent_scale", SD_LATENT_SCALE)
     return lambda z: decode(model, z, scale)
 
 

@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 
 from dimbench.diffusion.schedule import NoiseSchedule
 from dimbench.errors import UsageError
+from dimbench.registry import SD_LATENT_SCALE
 from dimbench.train import distributed as D
 from dimbench.train.compare.config import CompareConfig
 from dimbench.train.data import DataInfo, mix_seed
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
 HELDOUT_SALT = 0x4E1D
 REF_SALT = 0x4EF0
 GEN_SEED_SALT = 0x6E5D
-LATENT_SCALE = 0.18215  # SD VAE latents, as the trainer scales them
 
 
 class Excluding(Dataset):
@@ -152,7 +152,7 @@ class PointEvaluator:
             g = torch.Generator().manual_seed(mix_seed(self.cfg.seed, HELDOUT_SALT, 1))
             h, w = (s // self.downsample for s in held.x0.shape[-2:])
             noise = torch.randn((held.size, self.channels, h, w), generator=g)
-            x0 = encode(vae, held.x0.to(self.device), noise.to(self.device), LATENT_SCALE).cpu()
+            x0 = encode(vae, held.x0.to(self.device), noise.to(self.device), SD_LATENT_SCALE).cpu()
             noise_t = torch.randn((len(ts), *x0.shape), generator=g)
             held = HeldOutSet(x0, held.y, held.timesteps, noise_t, what)
         return held
@@ -179,7 +179,7 @@ class PointEvaluator:
             from dimbench.train.vae import decode, load_vae
 
             vae = load_vae(cfg.vae, self.device)
-            probe.decoder = lambda z: decode(vae, z, LATENT_SCALE)
+            probe.decoder = lambda z: decode(vae, z, SD_LATENT_SCALE)
         ref = cfg.fid_ref
         if ref is None:
             if self.info.latent:
