@@ -293,3 +293,14 @@ def test_a_matmul_into_out_is_keyed_by_its_operands_not_its_destination():
         torch.addmm(torch.zeros(32), a, b)
     mm, addmm = (op for op in recorder.ops if op.category == "matmul")
     assert mm.dims == addmm.dims == (1, 96, 32, 8)
+
+
+def test_recording_never_touches_a_fake_tensors_memory():
+    """The fused mixer asks for huge pages under its big outputs; on the fake tensors the cost
+    model records with there is no memory, so nothing may read a data pointer."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*data pointer of FakeTensor.*")
+        stream = record_step("DiM-T/2", 1024)
+    assert stream.ops

@@ -39,10 +39,18 @@ def _madvise() -> Callable[[int, int, int], int] | None:
     return fn
 
 
+def _real(t: torch.Tensor) -> bool:
+    """Whether ``t`` has memory behind it (a fake tensor, as the cost model records a model
+    with, has no address to advise)."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return not isinstance(t, FakeTensor)
+
+
 def advise(t: torch.Tensor) -> torch.Tensor:
     """Ask for huge pages under ``t``'s 2 MiB-aligned interior (before it is first written)."""
     madvise = _madvise()
-    if madvise is not None and t.device.type == "cpu" and t.nbytes >= MIN_BYTES:
+    if madvise is not None and t.device.type == "cpu" and t.nbytes >= MIN_BYTES and _real(t):
         start = t.data_ptr()
         lo = -(-start // HUGE_PAGE) * HUGE_PAGE
         hi = (start + t.nbytes) // HUGE_PAGE * HUGE_PAGE
