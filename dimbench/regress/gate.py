@@ -312,43 +312,49 @@ def run_ab(
         with checkout(base, work) as base_tree:
             result.base = base_tree.to_dict()
             trees = [("base", base_tree), ("head", head)]
-            b, h = measure(
-                trees,
-                cases,
-                listed,
-                config,
-                config.seed,
-                work,
-                _progress(on_round, "measure", config.rounds),
-            )
-            _record(result, b, h, "first")
-            result.settings = h.samples.settings
-            result.calibration_ratio = calibration_ratio(h.samples, b.samples)
-            result.rows = compare_runs(
-                h.samples,
-                b.samples,
-                listed.benchmarks,
-                config.threshold,
-                config.alpha,
-                h.errors,
-                b.errors,
-            )
-            if any(row.verdict == REGRESSION for row in result.rows):
-                # everything again, not only the suspects: a benchmark's time depends on what
-                # ran next to it (caches), so the re-run keeps the company of the first
-                b2, h2 = measure(
-                    trees,
-                    cases,
-                    listed,
-                    config,
-                    config.seed + 1,
-                    work,
-                    _progress(on_round, "confirm", config.rounds),
-                )
-                _record(result, b2, h2, "confirmation")
-                confirm(result.rows, h2.samples, b2.samples, config.threshold, config.alpha)
+            _measure_and_judge(result, trees, cases, listed, config, work, on_round)
     _finish_machine(result)
     return conclude(result, f"base {base.sha[:12]} ({base.rev})")
+
+
+def _measure_and_judge(
+    result: GateResult,
+    trees: Sequence[tuple[str, Revision]],
+    cases: Path,
+    listed: CaseList,
+    config: Config,
+    work: Path,
+    on_round: Progress | None,
+    stored: Samples | None = None,
+) -> None:
+    """Measure ``trees`` (base and head, or the head alone against ``stored`` samples), judge
+    each benchmark, and measure everything again to confirm or clear any regression."""
+
+    def run(seed: int, stage: str, name: str) -> tuple[Measured, Measured | None, Samples]:
+        *base, head_side = measure(
+            trees, cases, listed, config, seed, work, _progress(on_round, stage, config.rounds)
+        )
+        base_side = base[0] if base else None
+        _record(result, base_side, head_side, name)
+        return head_side, base_side, (stored if base_side is None else base_side.samples)
+
+    h, b, reference = run(config.seed, "measure", "first")
+    result.settings = h.samples.settings
+    result.calibration_ratio = calibration_ratio(h.samples, reference)
+    result.rows = compare_runs(
+        h.samples,
+        reference,
+        listed.benchmarks,
+        config.threshold,
+        config.alpha,
+        h.errors,
+        b.errors if b is not None else None,
+    )
+    if any(row.verdict == REGRESSION for row in result.rows):
+        # everything again, not only the suspects: a benchmark's time depends on what ran next
+        # to it (caches), so the re-run keeps the company of the first
+        h2, _, reference2 = run(config.seed + 1, "confirm", "confirmation")
+        confirm(result.rows, h2.samples, reference2, config.threshold, config.alpha)
 
 
 def _record(result: GateResult, base: Measured | None, head: Measured, run: str) -> None:
@@ -408,34 +414,9 @@ def run_baseline(
         "load_avg_1m": stored.machine.get("load_avg_1m"),
     }
     with tempfile.TemporaryDirectory(prefix="dimbench-regress-") as tmp:
+        trees = [("head", head)]
         work = Path(tmp)
-        (h,) = measure(
-            [("head", head)],
-            cases,
-            listed,
-            config,
-            config.seed,
-            work,
-            _progress(on_round, "measure", config.rounds),
-        )
-        _record(result, None, h, "first")
-        result.settings = h.samples.settings
-        result.calibration_ratio = calibration_ratio(h.samples, stored.samples)
-        result.rows = compare_runs(
-            h.samples, stored.samples, listed.benchmarks, config.threshold, config.alpha, h.errors
-        )
-        if any(row.verdict == REGRESSION for row in result.rows):
-            (h2,) = measure(
-                [("head", head)],
-                cases,
-                listed,
-                config,
-                config.seed + 1,
-                work,
-                _progress(on_round, "confirm", config.rounds),
-            )
-            _record(result, None, h2, "confirmation")
-            confirm(result.rows, h2.samples, stored.samples, config.threshold, config.alpha)
+        _measure_and_judge(result, trees, cases, listed, config, work, on_round, stored.samples)
     _finish_machine(result)
     conclude(result, f"the baseline {path} ({stored.commit or 'no commit recorded'})")
     if any(row.verdict in (FASTER, NEW, CHANGED) for row in result.rows):
