@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import typer
@@ -56,7 +55,7 @@ def profile(
     """
     from rich.console import Console
 
-    from dimbench.commands.run import default_out
+    from dimbench.commands.run import default_out, exit_on_errors
     from dimbench.devices import parse_device
     from dimbench.errors import UsageError
     from dimbench.measure import device_profile as dp
@@ -64,7 +63,7 @@ def profile(
     from dimbench.results import ResultStore
     from dimbench.suites import get_suite
     from dimbench.suites.profile import PROFILE_ENV, TRACE_ENV
-    from dimbench.suites.runner import errors_log, run_sweep
+    from dimbench.suites.runner import run_sweep
     from dimbench.suites.spec import DEFAULT_RESOLUTIONS, Sweep
     from dimbench.threads import omp_policy_in_effect
 
@@ -95,7 +94,7 @@ def profile(
     store = ResultStore(out_dir, suite.name)
     store.check()
     console = Console(stderr=True)
-    env = {}  # what the workers read (they inherit this process's environment)
+    env = {}  # what the workers read
     if device_profile is not None:
         env[PROFILE_ENV] = str(Path(device_profile).resolve())
     elif roofline is None:
@@ -105,16 +104,7 @@ def profile(
         )
     if trace:
         env[TRACE_ENV] = str((out_dir / "traces").resolve())
-    saved = {k: os.environ.get(k) for k in (PROFILE_ENV, TRACE_ENV)}
-    os.environ.update(env)
-    try:
-        df = run_sweep(sweep, out_dir, redo=redo)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    df = run_sweep(sweep, out_dir, redo=redo, env=env)
     out_console = Console() if Console().is_terminal else Console(width=160)
     from dimbench.plots_profile import plot_profile
 
@@ -126,13 +116,7 @@ def profile(
         out_console.print(f"wrote {path}")
     if trace:
         out_console.print(f"traces in {out_dir / 'traces'} (open in https://ui.perfetto.dev)")
-    errors = int((df["status"] == "error").sum()) if len(df) else 0
-    if errors:
-        out_console.print(
-            f"[red]{errors} configuration(s) ended in error[/red]: the error column of "
-            f"{store.csv_path} says why, the tracebacks are in {errors_log(store)}"
-        )
-        raise typer.Exit(1)
+    exit_on_errors(df, store, out_console)
 
 
 def profile_tables(df) -> list:

@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from rich.console import Console
+
+    from dimbench.results import ResultStore
 
 SUITES_HELP = "throughput | memory | flops, or a suite an --import module registers"
 
@@ -112,7 +119,7 @@ def run(
     from dimbench.paths import writable_dir
     from dimbench.results import ResultStore
     from dimbench.suites import get_suite
-    from dimbench.suites.runner import errors_log, run_sweep, summary_table
+    from dimbench.suites.runner import run_sweep, summary_table
     from dimbench.suites.spec import DEFAULT_RESOLUTIONS, Sweep
     from dimbench.threads import omp_policy_in_effect
 
@@ -164,6 +171,13 @@ def run(
         console = Console(width=160)
     console.print(summary_table(the_suite, df))
     console.print(f"rows in {store.csv_path}")
+    exit_on_errors(df, store, console)
+
+
+def exit_on_errors(df: pd.DataFrame, store: ResultStore, console: Console) -> None:
+    """Exit 1, saying where the tracebacks are, when a configuration of the sweep crashed."""
+    from dimbench.suites.runner import errors_log
+
     errors = int((df["status"] == "error").sum()) if len(df) else 0
     if errors:
         console.print(
