@@ -15,12 +15,11 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from dimbench.errors import Interrupted
+from dimbench.errors import Interrupted, terminate_as_interrupt
 from dimbench.registry import KERNELS, get_model
 from dimbench.results import ResultStore, key_part, load_results, make_row, row_key
 from dimbench.suites.spec import Config, Suite, Sweep, fmt, params_m
@@ -213,7 +212,7 @@ def run_sweep(
         )
     kept = 0
     try:
-        with progress, _terminate_as_interrupt() as received:
+        with progress, terminate_as_interrupt() as received:
             first = todo[0].label() if todo else ""
             task = progress.add_task(first, total=len(todo), suite=sweep.suite.name)
             for cfg in todo:
@@ -270,30 +269,6 @@ def _environ(env: Mapping[str, str]):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-
-
-class _Received:
-    signum: int = signal.SIGINT
-
-
-@contextlib.contextmanager
-def _terminate_as_interrupt():
-    """SIGTERM raises KeyboardInterrupt while a sweep runs, so the running worker is killed;
-    the yielded object says which signal it was."""
-    received = _Received()
-    if threading.current_thread() is not threading.main_thread():
-        yield received
-        return
-
-    def handler(signum, frame):
-        received.signum = signum
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield received
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _row_line(suite: Suite, row: dict) -> str:

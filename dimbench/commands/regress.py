@@ -5,9 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,7 +95,7 @@ def regress(
     from rich.console import Console
 
     from dimbench import regress as gate
-    from dimbench.errors import UsageError
+    from dimbench.errors import UsageError, terminate_as_interrupt
 
     if not 0 < threshold < 10:
         raise UsageError(f"--threshold must be in (0, 10), got {threshold}")
@@ -133,7 +131,7 @@ def regress(
     if not console.is_terminal:  # a CI log: wide enough for the whole table
         console = Console(width=120)
     try:
-        with _progress_bar() as on_round, _sigterm_as_interrupt():
+        with _progress_bar() as on_round, terminate_as_interrupt():
             if update:
                 result = gate.record_baseline(head, path, config, on_round)
             elif baseline is not None:
@@ -208,23 +206,6 @@ def _progress_bar() -> Iterator:
             bar.update(tasks[stage], completed=done)
 
         yield on_round
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """A SIGTERM (a CI timeout) unwinds like Ctrl-C: the base worktree and workers go away."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    before = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, before)
 
 
 def _report(console, result, elapsed: float) -> None:
