@@ -12,4 +12,8 @@ def __getattr__(name: str):
         from dimbench import registry
 
         return getattr(registry, name)
+    if name == "register_suite":
+        from dimbench.bench.registry import register_suite
+
+        return register_suite
     raise AttributeError(f"module 'dimbench' has no attribute {name!r}")

@@ -2,7 +2,7 @@
 axes, one line per model, OOM/timeout marked: throughput, peak memory and GFLOPs for the
 built-in suites), and each model's standing against the attention baselines, with the
 resolution where it overtakes them. What is drawn comes from the suites' and models'
-declarations (``dimbench.suites.spec.Panel`` / ``Ratio``, ``register_model``).
+declarations (``dimbench.bench.spec.Panel`` / ``Ratio``, ``register_model``).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from dimbench.bench.registry import all_suites
+from dimbench.bench.spec import Panel, Ratio, Suite
 from dimbench.registry import UnknownModelError, get_model
-from dimbench.suites import all_suites
-from dimbench.suites.spec import Panel, Ratio, Suite
 
 FAMILY_COLOURS = {  # one hue per family, darker for bigger models
     "DiM": ["#9ecae1", "#4292c6", "#08519c", "#08306b"],

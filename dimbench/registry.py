@@ -35,7 +35,7 @@ from dimbench.errors import UsageError
 from dimbench.plugins import IMPORT_ENV, named_modules
 
 # The models that come with dimbench, registered when their modules are imported.
-BUILTIN_MODULES = ("dimbench.models.dim", "dimbench.baselines.dit", "dimbench.baselines.uvit")
+BUILTIN_MODULES = ("dimbench.models.dim", "dimbench.models.dit", "dimbench.models.uvit")
 ENTRY_POINT_GROUP = "dimbench.models"
 
 LATENT_DOWNSAMPLE = 8  # Stable-Diffusion KL-VAE: an R-px image is an (R/8)x(R/8)x4 latent

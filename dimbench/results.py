@@ -53,7 +53,7 @@ TAIL_COLUMNS: dict[str, str] = {
     "wall_s": "seconds the whole measurement took (process start to result)",
     "timestamp": "UTC time the row was written (ISO 8601)",
 }
-METRIC_COLUMNS: dict[str, str] = {}  # registered by the suites (dimbench.suites.register_suite)
+METRIC_COLUMNS: dict[str, str] = {}  # registered by the suites (dimbench.bench.register_suite)
 COLUMNS: dict[str, str] = {**HEAD_COLUMNS, **TAIL_COLUMNS}  # kept in CSV order, updated in place
 
 

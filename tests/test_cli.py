@@ -189,8 +189,8 @@ def test_thread_policy_is_set_once_for_every_command(monkeypatch):
 def test_worker_ignores_a_dimbench_folder_in_the_working_directory(tmp_path, monkeypatch):
     """`pip install .` then `dimbench run` from the repository root: the source folder
     dimbench/ (which has no suites/) must not shadow the installed package in the worker."""
-    from dimbench.suites.runner import run_isolated
-    from dimbench.suites.spec import Config
+    from dimbench.bench.runner import run_isolated
+    from dimbench.bench.spec import Config
 
     decoy = tmp_path / "dimbench"
     decoy.mkdir()

@@ -1,4 +1,6 @@
-"""The wheel holds every package of the source tree (a normal `pip install .` is what users get)."""
+"""The wheel holds every package of the source tree (a normal `pip install .` is what users get):
+pyproject finds the packages under dimbench/, so every folder of Python files must be a package,
+and the kernels' C++ sources must be package data."""
 
 from pathlib import Path
 
@@ -9,25 +11,22 @@ tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _declared() -> tuple[list[str], dict[str, str]]:
-    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    return config["packages"], config["package-dir"]
+def _setuptools() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
 
 
-def test_every_source_package_is_declared():
-    packages, package_dir = _declared()
-    found = set()
-    for name, folder in package_dir.items():
-        for init in (ROOT / folder).rglob("__init__.py"):
-            relative = init.parent.relative_to(ROOT / folder).parts
-            found.add(".".join((name, *relative)))
-    missing = sorted(found - set(packages))
-    assert not missing, f"add to [tool.setuptools] packages in pyproject.toml: {missing}"
+def test_every_python_folder_is_a_package():
+    setuptools = _setuptools()
+    assert "package-dir" not in setuptools, "everything that installs lives under dimbench/"
+    assert setuptools["packages"]["find"]["include"] == ["dimbench*"]
+    folders = {p.parent for p in (ROOT / "dimbench").rglob("*.py") if "__pycache__" not in p.parts}
+    missing = sorted(str(f.relative_to(ROOT)) for f in folders if not (f / "__init__.py").exists())
+    assert not missing, f"folders of Python files that find_packages would leave out: {missing}"
 
 
-def test_every_declared_package_exists():
-    packages, package_dir = _declared()
-    for name in packages:
-        top = max((m for m in package_dir if name == m or name.startswith(m + ".")), key=len)
-        folder = ROOT / package_dir[top] / Path(*name[len(top) :].strip(".").split("."))
-        assert (folder / "__init__.py").is_file(), f"{name} declared but {folder} has no package"
+def test_kernel_sources_are_package_data():
+    patterns = _setuptools()["package-data"]["dimbench.ops"]
+    csrc = ROOT / "dimbench" / "ops" / "csrc"
+    shipped = {p for pattern in patterns for p in (ROOT / "dimbench" / "ops").glob(pattern)}
+    sources = {p for p in csrc.iterdir() if p.suffix in (".cpp", ".h")}
+    assert sources and sources <= shipped, f"not shipped: {sorted(map(str, sources - shipped))}"

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-import dimbench.suites  # noqa: F401  (the built-in suites register their result columns)
+import dimbench.bench  # noqa: F401  (the built-in suites register their result columns)
 from dimbench.results import (
     COLUMNS,
     KEY_COLUMNS,

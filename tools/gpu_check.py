@@ -15,7 +15,7 @@ deadline (--deadline-s) stops new work and cuts a running sweep short (its finis
 and a rerun with the same --out resumes it):
 
  1. environment: GPU, torch, triton, which scan/conv backends ``auto`` picks on CUDA;
- 2. correctness: the CUDA-marked tests (``pytest -m cuda tests/test_ops_triton.py``): every GPU
+ 2. correctness: the CUDA-marked tests (``pytest -m cuda tests/ops/test_ops_triton.py``): every GPU
     scan backend (outputs and all gradients) and the fused conv against the float64
     references, fp32 and bf16, delta from 1e-4 to 10, L up to 9806;
  3. copy bandwidth: a 1 GiB device-to-device copy (bytes read + written per second);
@@ -141,11 +141,11 @@ def stage_environment() -> dict:
 
 
 def stage_correctness() -> dict:
-    """The CUDA-marked kernel tests (tests/test_ops_triton.py: every GPU scan backend and the
+    """The CUDA-marked kernel tests (tests/ops/test_ops_triton.py: every GPU scan backend and the
     fused conv against float64, outputs and gradients, fp32 and bf16, L up to 9806)."""
     root = Path(__file__).resolve().parents[1]
     report = root / "cuda_tests.xml"
-    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "tests/test_ops_triton.py"]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "tests/ops/test_ops_triton.py"]
     proc = subprocess.run(
         [*cmd, f"--junitxml={report}"], cwd=root, capture_output=True, text=True, timeout=600
     )

@@ -27,7 +27,7 @@ import sys
 
 from dimbench.plots import _crossing
 from dimbench.results import load_results
-import dimbench.suites  # noqa: F401  (result columns)
+import dimbench.bench  # noqa: F401  (result columns)
 
 out = sys.argv[1]
 df = load_results(out)

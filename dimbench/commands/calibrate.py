@@ -51,12 +51,12 @@ def calibrate(
     """
     from rich.console import Console
 
+    from dimbench.bench.spec import DEFAULT_RESOLUTIONS, DTYPES
     from dimbench.devices import parse_device
     from dimbench.errors import UsageError
     from dimbench.measure import device_profile as dp
     from dimbench.paths import writable_file
     from dimbench.registry import get_model
-    from dimbench.suites.spec import DEFAULT_RESOLUTIONS, DTYPES
 
     device = parse_device(device)
     target = out if out is not None else dp.default_path(device)
@@ -74,7 +74,7 @@ def calibrate(
     for d in dtype:
         if d not in DTYPES:
             raise UsageError(f"unknown dtype {d!r}; valid: {', '.join(DTYPES)}")
-    from dimbench.suites import get_suite
+    from dimbench.bench.registry import get_suite
 
     chosen = list(models) if models else list(get_suite("throughput").default_models(device))
     resolutions = list(res) if res else list(DEFAULT_RESOLUTIONS)

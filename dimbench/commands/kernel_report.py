@@ -10,7 +10,7 @@ import typer
 def kernel_report(
     benchmarks: Path = typer.Argument(
         ...,
-        help="pytest-benchmark JSON of tests/bench (pytest tests/bench -m bench "
+        help="pytest-benchmark JSON of benchmarks/ (pytest benchmarks -m bench "
         "--benchmark-enable --benchmark-json=FILE)",
         show_default=False,
     ),

@@ -19,7 +19,7 @@ def plot(
     pair per device/dtype/mode/batch group) and summary.md (where DiM overtakes each
     baseline) beside the CSVs.
     """
-    import dimbench.suites  # noqa: F401  (the suites register their result columns)
+    import dimbench.bench  # noqa: F401  (the suites register their result columns)
     from dimbench.errors import UsageError
     from dimbench.paths import writable_dir
     from dimbench.results import load_results

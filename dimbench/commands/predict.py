@@ -53,6 +53,10 @@ def predict(
     from rich.console import Console
     from rich.table import Table
 
+    from dimbench.bench.registry import get_suite
+    from dimbench.bench.runner import result_rows
+    from dimbench.bench.spec import DEFAULT_RESOLUTIONS, DTYPES, MODES, Config, fmt
+    from dimbench.bench.suites.predict import predict as predict_config
     from dimbench.commands.run import default_out
     from dimbench.devices import parse_device
     from dimbench.errors import UsageError
@@ -61,10 +65,6 @@ def predict(
     from dimbench.paths import writable_dir
     from dimbench.registry import get_model
     from dimbench.results import ResultStore
-    from dimbench.suites import get_suite
-    from dimbench.suites.predict import predict as predict_config
-    from dimbench.suites.runner import result_rows
-    from dimbench.suites.spec import DEFAULT_RESOLUTIONS, DTYPES, MODES, Config, fmt
 
     if device_profile is not None:
         profile = dp.load(device_profile)
@@ -103,9 +103,9 @@ def predict(
     cache: dict[tuple, float] = {}
 
     def config(model: str, r: int, b: int, d: str, m: str) -> Config:
+        from dimbench.bench.spec import NO_BACKEND
         from dimbench.ops.backends import resolve
         from dimbench.registry import KERNELS
-        from dimbench.suites.spec import NO_BACKEND
 
         backends = dict.fromkeys(KERNELS.values(), NO_BACKEND)
         for kernel in get_model(model).kernels:

@@ -55,16 +55,16 @@ def profile(
     """
     from rich.console import Console
 
+    from dimbench.bench.registry import get_suite
+    from dimbench.bench.runner import run_sweep
+    from dimbench.bench.spec import DEFAULT_RESOLUTIONS, Sweep
+    from dimbench.bench.suites.profile import PROFILE_ENV, TRACE_ENV
     from dimbench.commands.run import default_out, exit_on_errors
     from dimbench.devices import parse_device
     from dimbench.errors import UsageError
     from dimbench.measure import device_profile as dp
     from dimbench.paths import writable_dir
     from dimbench.results import ResultStore
-    from dimbench.suites import get_suite
-    from dimbench.suites.profile import PROFILE_ENV, TRACE_ENV
-    from dimbench.suites.runner import run_sweep
-    from dimbench.suites.spec import DEFAULT_RESOLUTIONS, Sweep
     from dimbench.threads import omp_policy_in_effect
 
     suite = get_suite("profile")
@@ -124,8 +124,8 @@ def profile_tables(df) -> list:
     roofline, GFLOPs, GB), then the categories' shares side by side."""
     from rich.table import Table
 
+    from dimbench.bench.spec import fmt
     from dimbench.measure.op_categories import CATEGORIES
-    from dimbench.suites.spec import fmt
 
     if df.empty:
         return []

@@ -114,13 +114,13 @@ def run(
     """
     from rich.console import Console
 
+    from dimbench.bench.registry import get_suite
+    from dimbench.bench.runner import run_sweep, summary_table
+    from dimbench.bench.spec import DEFAULT_RESOLUTIONS, Sweep
     from dimbench.devices import parse_device
     from dimbench.errors import UsageError
     from dimbench.paths import writable_dir
     from dimbench.results import ResultStore
-    from dimbench.suites import get_suite
-    from dimbench.suites.runner import run_sweep, summary_table
-    from dimbench.suites.spec import DEFAULT_RESOLUTIONS, Sweep
     from dimbench.threads import omp_policy_in_effect
 
     the_suite = get_suite(suite)
@@ -176,7 +176,7 @@ def run(
 
 def exit_on_errors(df: pd.DataFrame, store: ResultStore, console: Console) -> None:
     """Exit 1, saying where the tracebacks are, when a configuration of the sweep crashed."""
-    from dimbench.suites.runner import errors_log
+    from dimbench.bench.runner import errors_log
 
     errors = int((df["status"] == "error").sum()) if len(df) else 0
     if errors:

@@ -1,6 +1,6 @@
-"""Summarise a kernel benchmark run (pytest-benchmark JSON of tests/bench/test_bench_kernels.py).
+"""Summarise a kernel benchmark run (pytest-benchmark JSON of benchmarks/test_bench_kernels.py).
 
-    pytest tests/bench/test_bench_kernels.py -m bench --benchmark-enable --benchmark-json=k.json
+    pytest benchmarks/test_bench_kernels.py -m bench --benchmark-enable --benchmark-json=k.json
     dimbench kernel-report k.json --out kernels.md
 
 For each length: every scan backend's median forward and forward+backward time, the speed-up
@@ -29,7 +29,7 @@ def load(path: str | Path) -> list[dict]:
         ]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UsageError(
-            f"{path} is not a pytest-benchmark JSON of tests/bench ({type(e).__name__}: {e})"
+            f"{path} is not a pytest-benchmark JSON of benchmarks/ ({type(e).__name__}: {e})"
         ) from None
 
 

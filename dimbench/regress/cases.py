@@ -16,7 +16,7 @@ The calibration cases measure the machine itself (an fp32 matmul, a small MLP tr
 softmax; plain torch) in the same rounds, so a slower or busier machine does not read as a
 regression.
 
-``tests/bench/test_bench_gate.py`` hands the same cases to pytest-benchmark.
+``benchmarks/test_bench_gate.py`` hands the same cases to pytest-benchmark.
 """
 
 from __future__ import annotations

@@ -3,10 +3,10 @@
 A worker process imports ``dimbench`` from its side's source tree, never from the installed
 package: ``dimbench.regress.sides`` starts ``python -c BOOTSTRAP`` in an empty folder, which loads
 this file by its path and calls ``main``. ``import_side`` then puts the tree first on
-``sys.path`` and maps ``dimbench.baselines`` and ``dimbench.suites`` to the tree's top-level
-``baselines/`` and ``suites/`` folders, as pyproject's ``package-dir`` does for an install (a
-plain ``PYTHONPATH`` cannot). This file therefore imports nothing from ``dimbench`` itself, and
-the cases file it is given (the head's ``cases.py``) is loaded by path as well.
+``sys.path``: everything dimbench installs lives under the tree's ``dimbench/`` (a base revision
+from before that layout gets links to its top-level ``suites/`` and ``baselines/`` when it is
+checked out, see ``worktree.checkout``). This file therefore imports nothing from ``dimbench``
+itself, and the cases file it is given (the head's ``cases.py``) is loaded by path as well.
 
 Protocol: JSON lines, requests on stdin, replies on the stdout the worker was started with; the
 code under test writes to stderr (fd 1 is pointed there), so a print cannot corrupt a reply.
@@ -34,7 +34,6 @@ import ctypes
 import ctypes.util
 import functools
 import gc
-import importlib.abc
 import importlib.util
 import json
 import os
@@ -47,8 +46,6 @@ from types import ModuleType
 
 CPU_CLOCK = "process_time"
 CUDA_CLOCK = "cuda-events"
-# The tree's top-level folders that install as sub-packages (pyproject's package-dir)
-SUBPACKAGES = {"dimbench.baselines": "baselines", "dimbench.suites": "suites"}
 
 Timer = Callable[[Callable[[], object], int], float]  # (fn, repeat) -> seconds per call
 
@@ -56,28 +53,11 @@ Timer = Callable[[Callable[[], object], int], float]  # (fn, repeat) -> seconds 
 # ---------------------------------------------------------------------- importing a side
 
 
-class _FolderFinder(importlib.abc.MetaPathFinder):
-    """Finds the packages named in ``folders`` in the given folders (first on sys.meta_path, so
-    an editable install's own finder cannot hand out the installed tree's copies)."""
-
-    def __init__(self, folders: dict[str, Path]) -> None:
-        self.folders = folders
-
-    def find_spec(self, fullname, path=None, target=None):
-        folder = self.folders.get(fullname)
-        if folder is None or not (folder / "__init__.py").is_file():
-            return None
-        return importlib.util.spec_from_file_location(
-            fullname, folder / "__init__.py", submodule_search_locations=[str(folder)]
-        )
-
-
 def import_side(root: Path) -> dict:
     """Import ``dimbench`` from the source tree ``root``; return where it came from."""
     root = root.resolve()
     cwd = os.getcwd()
     sys.path[:] = [str(root)] + [p for p in sys.path if p not in ("", cwd)]
-    sys.meta_path.insert(0, _FolderFinder({k: root / v for k, v in SUBPACKAGES.items()}))
     import dimbench
 
     where = Path(dimbench.__file__).resolve()

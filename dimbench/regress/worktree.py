@@ -123,6 +123,20 @@ def resolve_base(root: Path, rev: str | None) -> Revision:
     return Revision(root, sha, rev=how)
 
 
+# Folders that a revision from before the one-package layout kept beside dimbench/ and installed
+# as dimbench.<name> (pyproject's package-dir then)
+OLD_TOP_LEVEL_PACKAGES = ("suites", "baselines")
+
+
+def link_old_layout(tree: Path) -> None:
+    """Make an old-layout checkout importable from its root like today's: ``dimbench/suites``
+    and ``dimbench/baselines`` become links to the top-level folders it installed from."""
+    for name in OLD_TOP_LEVEL_PACKAGES:
+        folder, link = tree / name, tree / "dimbench" / name
+        if (folder / "__init__.py").is_file() and not link.exists():
+            link.symlink_to(Path("..") / name, target_is_directory=True)
+
+
 @contextlib.contextmanager
 def checkout(base: Revision, parent: Path) -> Iterator[Revision]:
     """``base`` checked out as a detached worktree under ``parent``; removed on the way out
@@ -133,6 +147,7 @@ def checkout(base: Revision, parent: Path) -> Iterator[Revision]:
         res = git(repo, "worktree", "add", "--detach", "--quiet", str(path), base.sha)
         if res.returncode != 0:
             raise RuntimeError(f"git worktree add {base.sha[:12]} failed: {res.stderr.strip()}")
+        link_old_layout(path)
         yield Revision(path, base.sha, dirty=False, rev=base.rev)
     finally:
         with contextlib.suppress(UsageError, subprocess.SubprocessError):

@@ -1,6 +1,6 @@
 """Profile suite: where one step's time and memory go, per operator category and per block.
 
-Runs in its own process per configuration (``dimbench.suites.worker``): the workload of the
+Runs in its own process per configuration (``dimbench.bench.worker``): the workload of the
 throughput suite, ``warmup`` unprofiled steps, then ``repeats`` steps under ``torch.profiler``
 (``dimbench.measure.profiler``). The same step is recorded on fake tensors
 (``dimbench.measure.op_recorder``) for each category's FLOPs and bytes, so achieved GFLOP/s and
@@ -27,10 +27,10 @@ import os
 import re
 from pathlib import Path
 
+from dimbench.bench.registry import register_suite
+from dimbench.bench.spec import PARAMS_COLUMN, Config, Suite, SummaryColumn, fmt
+from dimbench.bench.suites.flops import COLUMNS as FLOPS_COLUMNS
 from dimbench.results import register_columns
-from dimbench.suites import register_suite
-from dimbench.suites.flops import COLUMNS as FLOPS_COLUMNS
-from dimbench.suites.spec import PARAMS_COLUMN, Config, Suite, SummaryColumn, fmt
 
 TRACE_ENV = "DIMBENCH_TRACE_DIR"
 PROFILE_ENV = "DIMBENCH_DEVICE_PROFILE"
@@ -89,10 +89,10 @@ def _rates(time_ms: float, flops: float, nbytes: float, profile, dtype: str) -> 
 def measure(cfg: Config) -> dict:
     import torch
 
+    from dimbench.bench.workload import build_workload, warm_up_runtime
     from dimbench.measure.op_categories import CATEGORIES
     from dimbench.measure.op_recorder import record_step
     from dimbench.measure.profiler import profile_step
-    from dimbench.suites.workload import build_workload, warm_up_runtime
 
     on_gpu = cfg.device.startswith("cuda")
     profile = device_profile(cfg.device)

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import os
 
+from dimbench.bench.registry import register_suite
+from dimbench.bench.spec import PARAMS_COLUMN, Config, Panel, Ratio, Suite, SummaryColumn, fmt
+from dimbench.bench.suites.flops import COLUMNS as FLOPS_COLUMNS
+from dimbench.bench.suites.profile import COLUMNS as PROFILE_COLUMNS
+from dimbench.bench.suites.profile import PROFILE_ENV
 from dimbench.results import register_columns
-from dimbench.suites import register_suite
-from dimbench.suites.flops import COLUMNS as FLOPS_COLUMNS
-from dimbench.suites.profile import COLUMNS as PROFILE_COLUMNS
-from dimbench.suites.profile import PROFILE_ENV
-from dimbench.suites.spec import PARAMS_COLUMN, Config, Panel, Ratio, Suite, SummaryColumn, fmt
 
 COLUMNS = {
     "predicted_latency_ms": "cost model: one forward (or train step) of the batch, ms",

@@ -19,7 +19,7 @@ from dimbench.measure.cost_model import (
 )
 from dimbench.measure.op_recorder import record_step
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 H100 = REPO / "results" / "device_profiles" / "h100-sxm-datasheet.json"
 
 

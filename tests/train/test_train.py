@@ -37,7 +37,7 @@ from dimbench.train.data import (
 )
 from dimbench.train.trainer import Trainer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def config(tmp_path: Path, name: str = "run", **kw) -> TrainConfig:

@@ -3,9 +3,11 @@ revisions and their worktree, the workers that import each side from its own tre
 on a tiny repository with synthetic cases, and the CLI's exit codes and JSON."""
 
 import json
+import os
 import random
 import shutil
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -52,7 +54,7 @@ from dimbench.regress.worktree import (
 
 ROUNDS = 40
 SETTINGS = {"clock": "process_time", "threads": 1, "device_type": "cpu"}
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def noisy(median: float, n: int = ROUNDS, spread: float = 0.08, seed: int = 0) -> list[float]:
@@ -559,7 +561,7 @@ SIDE_CASES = textwrap.dedent(
         import dimbench
 
         root = Path(dimbench.__file__).resolve().parents[1]
-        for name in ("dimbench.baselines.dit", "dimbench.ops.scan", "dimbench.suites.spec"):
+        for name in ("dimbench.models.dit", "dimbench.ops.scan", "dimbench.bench.spec"):
             origin = importlib.util.find_spec(name).origin  # imports only the parents
             if root not in Path(origin).resolve().parents:
                 raise AssertionError(f"{name} from {origin}, not {root}")
@@ -587,14 +589,13 @@ SIDE_CASES = textwrap.dedent(
 
 def _copy_tree(dest: Path) -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for folder in ("dimbench", "baselines", "suites"):
-        shutil.copytree(REPO / folder, dest / folder, ignore=ignore)
+    shutil.copytree(REPO / "dimbench", dest / "dimbench", ignore=ignore)
     return dest
 
 
 def test_each_side_imports_its_own_tree_and_builds_its_own_kernel(tmp_path, monkeypatch):
-    """Two copies of this tree, one with an edited C++ source: each worker's dimbench,
-    dimbench.baselines and dimbench.suites come from its copy, and each loads its own .so."""
+    """Two copies of this tree, one with an edited C++ source: each worker's dimbench (its
+    models and suites included) comes from its copy, and each loads its own .so."""
     monkeypatch.setenv("DIMBENCH_CACHE_DIR", str(tmp_path / "cache"))
     a, b = _copy_tree(tmp_path / "a"), _copy_tree(tmp_path / "b")
     with open(b / "dimbench" / "ops" / "csrc" / "selective_scan.cpp", "a") as f:
@@ -612,6 +613,30 @@ def test_each_side_imports_its_own_tree_and_builds_its_own_kernel(tmp_path, monk
     assert all(len(k) == 1 and k[0].startswith(str(tmp_path / "cache")) for k in kernels)
     assert kernels[0] != kernels[1]
     assert all(side.proc is None for side in sides)  # closed
+
+
+def test_an_old_layout_base_imports_its_top_level_packages(tmp_path):
+    """A base revision from before the one-package layout kept suites/ and baselines/ beside
+    dimbench/ (installed through package-dir): its checkout links them into the package."""
+    from dimbench.regress.worktree import link_old_layout
+
+    old = tmp_path / "old"
+    for name, text in (("dimbench", ""), ("suites", "WHERE = 'suites'\n"), ("baselines", "")):
+        (old / name).mkdir(parents=True)
+        (old / name / "__init__.py").write_text(text)
+    link_old_layout(old)
+    link_old_layout(old)  # idempotent
+    code = "import dimbench.suites as s, dimbench.baselines; print(s.WHERE, s.__file__)"
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=old,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(old)},
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split()[0] == "suites" and str(old) in res.stdout
 
 
 def test_a_side_that_cannot_import_reports_its_error(tmp_path):

@@ -1,4 +1,4 @@
-"""The measuring process: ``python -m dimbench.suites.worker CONFIG.json RESULT.json``.
+"""The measuring process: ``python -m dimbench.bench.worker CONFIG.json RESULT.json``.
 
 Runs one configuration and writes one JSON object to RESULT.json:
 ``{"status": "ok"|"oom"|"error", "error": str|None, "metrics": {...}, "raw": {...},
@@ -25,10 +25,10 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
 def run(config: dict) -> dict:
     import torch
 
+    from dimbench.bench.registry import get_suite
+    from dimbench.bench.spec import Config
+    from dimbench.bench.workload import is_oom
     from dimbench.measure.metadata import run_metadata
-    from dimbench.suites import get_suite
-    from dimbench.suites.spec import Config
-    from dimbench.suites.workload import is_oom
 
     cfg = Config.from_dict(config)
     if cfg.threads:
@@ -48,7 +48,7 @@ def run(config: dict) -> dict:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2:
-        print("usage: python -m dimbench.suites.worker CONFIG.json RESULT.json", file=sys.stderr)
+        print("usage: python -m dimbench.bench.worker CONFIG.json RESULT.json", file=sys.stderr)
         return 2
     config = json.loads(Path(argv[0]).read_text())
     result = run(config)

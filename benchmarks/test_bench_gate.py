@@ -4,7 +4,7 @@ The same cases as `dimbench regress` (dimbench/regress/cases.py), on one torch t
 keeping its heap, as the gate's workers run them; the calibration kernels are included so a
 pytest-benchmark JSON can be normalised the same way. Run:
 
-    pytest tests/bench/test_bench_gate.py -m bench --benchmark-enable --benchmark-json=FILE
+    pytest benchmarks/test_bench_gate.py -m bench --benchmark-enable --benchmark-json=FILE
 
 pytest-benchmark times each case on its own (no interleaving, the installed dimbench only) with
 the wall clock; the gate's verdicts come from `dimbench regress`, which measures the head and the
@@ -17,7 +17,7 @@ import torch
 from dimbench.regress.cases import CALIBRATION, gate_cases
 from dimbench.regress.worker import keep_heap
 
-pytestmark = pytest.mark.bench  # also without tests/bench/conftest.py: never in the default run
+pytestmark = pytest.mark.bench  # also without benchmarks/conftest.py
 
 CASES = [*gate_cases("cpu"), *CALIBRATION]
 

@@ -11,13 +11,13 @@ import types
 import pytest
 import torch
 
+from dimbench.bench.registry import get_suite
+from dimbench.bench.spec import Config, Sweep
 from dimbench.errors import UsageError
 from dimbench.measure.memory import PeakMemory
 from dimbench.measure.metadata import machine_slug, run_metadata, slugify
 from dimbench.measure.telemetry import CpuTelemetry, GpuTelemetry
 from dimbench.measure.timing import Timing, make_clock, quantile, time_fn
-from dimbench.suites import get_suite
-from dimbench.suites.spec import Config, Sweep
 
 # ----------------------------------------------------------------------------- timing
 
@@ -283,7 +283,7 @@ def test_unknown_suite():
 
 
 def test_workloads_forward_train_and_autocast():
-    from dimbench.suites.workload import build_workload
+    from dimbench.bench.workload import build_workload
 
     fwd = build_workload(Config("throughput", "DiT-T/2", 32, batch_size=2, dtype="bf16"))
     fwd.step()
@@ -311,14 +311,14 @@ def test_memory_suite_measures_in_process():
 
 
 def test_worker_classifies_oom_and_errors(monkeypatch):
-    from dimbench.suites import worker
+    from dimbench.bench import worker
 
     def suite_raising(exc):
         return types.SimpleNamespace(measure=lambda cfg: (_ for _ in ()).throw(exc))
 
     cfg = Config("throughput", "DiT-T/2", 32).to_dict()
     monkeypatch.setattr(
-        "dimbench.suites.get_suite",
+        "dimbench.bench.registry.get_suite",
         lambda name: suite_raising(
             RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried 9 GB")
         ),
@@ -326,14 +326,14 @@ def test_worker_classifies_oom_and_errors(monkeypatch):
     r = worker.run(cfg)
     assert r["status"] == "oom" and "can't allocate" in r["error"] and r["meta"]["torch_version"]
     monkeypatch.setattr(
-        "dimbench.suites.get_suite", lambda name: suite_raising(ValueError("bad\nshape"))
+        "dimbench.bench.registry.get_suite", lambda name: suite_raising(ValueError("bad\nshape"))
     )
     r = worker.run(cfg)
     assert r["status"] == "error" and r["error"] == "ValueError: bad shape"
 
 
 def test_dead_worker_classification():
-    from dimbench.suites.runner import _classify_death
+    from dimbench.bench.runner import _classify_death
 
     assert _classify_death(-signal.SIGKILL, "")[0] == "oom"
     status, error = _classify_death(-signal.SIGSEGV, "Fatal Python error")
@@ -345,7 +345,7 @@ def test_dead_worker_classification():
 
 
 def test_timeout_is_a_row():
-    from dimbench.suites.runner import result_row, run_isolated
+    from dimbench.bench.runner import result_row, run_isolated
 
     cfg = Config("throughput", "DiT-T/2", 32, timeout_s=0.3)
     result = run_isolated(cfg)

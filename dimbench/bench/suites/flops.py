@@ -6,8 +6,8 @@ at 2048 px take well under a second each.
 
 from __future__ import annotations
 
-from dimbench.suites import register_suite
-from dimbench.suites.spec import (
+from dimbench.bench.registry import register_suite
+from dimbench.bench.spec import (
     FLOPS_COLUMNS,
     PAPER_MODELS,
     PARAMS_COLUMN,

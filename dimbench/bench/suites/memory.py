@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from dimbench.suites import register_suite
-from dimbench.suites.spec import (
+from dimbench.bench.registry import register_suite
+from dimbench.bench.spec import (
     MEMORY_COLUMNS,
     PARAMS_COLUMN,
     Config,
@@ -38,8 +38,8 @@ def worker_env(cfg: Config) -> dict[str, str]:
 def measure(cfg: Config) -> dict:
     import torch
 
+    from dimbench.bench.workload import build_workload, warm_up_runtime
     from dimbench.measure.memory import PeakMemory
-    from dimbench.suites.workload import build_workload, warm_up_runtime
 
     warm_up_runtime(cfg.device)
     with PeakMemory(cfg.device, sample_interval_s=0.002) as mem:

@@ -172,10 +172,10 @@ def test_state_dict_layout_is_official(name: str, table: dict) -> None:
 def test_official_state_dict_loads_strictly(name: str) -> None:
     if name.startswith("DiT"):
         table = official_dit_shapes(2, 64, 2, 4, (4, 4))
-        from dimbench.baselines.dit import convert_official_state_dict
+        from dimbench.models.dit import convert_official_state_dict
     else:
         table = official_uvit_shapes(2, 64, 2, 4, (4, 4))
-        from dimbench.baselines.uvit import convert_official_state_dict
+        from dimbench.models.uvit import convert_official_state_dict
     g = torch.Generator().manual_seed(1)
     sd = {k: torch.randn(shape, generator=g) for k, shape in table.items()}
     model = create_model(name, 64)
@@ -328,7 +328,7 @@ def test_dit_zero_init_blocks_are_identity_and_output_is_zero() -> None:
 
 
 def test_dit_sincos_position_embedding_values() -> None:
-    from dimbench.baselines.dit import sincos_pos_embed_2d
+    from dimbench.models.dit import sincos_pos_embed_2d
 
     dim, grid = 16, (3, 5)
     pe = sincos_pos_embed_2d(dim, grid)

@@ -1,7 +1,7 @@
 """Throughput suite: images/s and latency (median, IQR) of one configuration, plus the latency
 of a full guided sampling run derived from it, power and energy on a GPU.
 
-Runs inside the measuring process (``dimbench.suites.worker``): warm-up, then timed repeats
+Runs inside the measuring process (``dimbench.bench.worker``): warm-up, then timed repeats
 under a time budget; telemetry covers the timed repeats only.
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 from contextlib import nullcontext
 
-from dimbench.suites import register_suite
-from dimbench.suites.spec import (
+from dimbench.bench.registry import register_suite
+from dimbench.bench.spec import (
     FLOPS_COLUMNS,
     MEMORY_COLUMNS,
     PARAMS_COLUMN,
@@ -48,11 +48,11 @@ COLUMNS = {
 def measure(cfg: Config) -> dict:
     import torch
 
+    from dimbench.bench.workload import build_workload, warm_up_runtime
     from dimbench.measure import count_flops
     from dimbench.measure.memory import PeakMemory
     from dimbench.measure.telemetry import CpuTelemetry, GpuTelemetry
     from dimbench.measure.timing import make_clock, time_fn
-    from dimbench.suites.workload import build_workload, warm_up_runtime
 
     on_gpu = cfg.device.startswith("cuda")
     # High-water mark only on the CPU: a sampling thread would steal time from the timed work.

@@ -19,19 +19,19 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from dimbench.bench.spec import Config, Suite, Sweep, fmt, params_m
 from dimbench.errors import Interrupted, terminate_as_interrupt
 from dimbench.registry import KERNELS, get_model
 from dimbench.results import ResultStore, key_part, load_results, make_row, row_key
-from dimbench.suites.spec import Config, Suite, Sweep, fmt, params_m
 
-WORKER = "dimbench.suites.worker"
+WORKER = "dimbench.bench.worker"
 STDERR_TAIL = 4000  # bytes of a dead worker's stderr kept to explain it
 
 
 def run_isolated(
     cfg: Config, suite: Suite | None = None, env: Mapping[str, str] | None = None
 ) -> dict:
-    """Run ``cfg`` in a fresh ``python -m dimbench.suites.worker`` process (``env``: variables
+    """Run ``cfg`` in a fresh ``python -m dimbench.bench.worker`` process (``env``: variables
     set for it on top of this process's); always returns a result dict (status ok / oom /
     timeout / error)."""
     t0 = time.perf_counter()
@@ -107,8 +107,8 @@ def _classify_death(returncode: int, last_line: str) -> tuple[str, str]:
 
 def run_inline(cfg: Config, suite: Suite) -> dict:
     """Run an instant, allocation-free measurement (FLOP counting) in this process."""
+    from dimbench.bench.worker import one_line
     from dimbench.measure.metadata import run_metadata
-    from dimbench.suites.worker import one_line
 
     t0 = time.perf_counter()
     result: dict = {"status": "ok", "error": None, "metrics": {}, "raw": None}

@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
+from dimbench.bench.spec import Config
 from dimbench.measure.op_categories import CATEGORIES, classify
 from dimbench.measure.op_recorder import OpRecorder, record_step
 from dimbench.measure.profiler import profile_step
-from dimbench.suites.spec import Config
 
 
 def cli(args: list[str]) -> int:
@@ -154,7 +154,7 @@ def test_recording_leaves_no_fake_tensor_behind():
 
 
 def _workload(model="DiM-T/2", res=32, **kw):
-    from dimbench.suites.workload import build_workload
+    from dimbench.bench.workload import build_workload
 
     backends = {"scan_backend": "cpu", "conv_backend": "torch"} if "DiM" in model else {}
     cfg = Config(suite="profile", model=model, image_size=res, **backends, **kw)
@@ -180,7 +180,7 @@ def test_profiler_splits_a_step_by_category_and_block(tmp_path):
 
 
 def test_profile_suite_rows():
-    from dimbench.suites import get_suite
+    from dimbench.bench.registry import get_suite
 
     cfg = Config(suite="profile", model="DiT-T/2", image_size=32, attn_backend="sdpa")
     rows = get_suite("profile").measure(cfg)["rows"]

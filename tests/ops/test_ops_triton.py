@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_ops_scan import NAMES, assert_close, make_inputs, pick, reference
 from torch.utils.flop_counter import FlopCounterMode
 
 from dimbench.ops import (
@@ -32,6 +31,7 @@ from dimbench.ops import (
     triton_util,
 )
 from dimbench.ops import scan as scan_mod
+from tests.ops.test_ops_scan import NAMES, assert_close, make_inputs, pick, reference
 
 INTERPRETING = triton_util.interpreting()
 HAS_TRITON = triton_util.triton_version() is not None
@@ -49,7 +49,7 @@ needs_triton_cuda = pytest.mark.skipif(
 def test_interpreted_kernels_in_a_subprocess():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-x", "-p", "no:cacheprovider"]
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     res = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-3000:]
     assert " passed" in res.stdout and " failed" not in res.stdout, res.stdout[-3000:]

@@ -1,11 +1,8 @@
-"""Benchmark suites: what to sweep and which measurement to take (installed as dimbench.suites).
-
-A suite is a ``dimbench.suites.spec.Suite`` that a module registers with ``register_suite``:
-its measurement of one configuration, the result columns it writes, its summary and row line,
-and its plot panels. The built-in ones (``throughput``, ``memory``, ``flops``, ``profile``,
-``predict``) live in this package; others register the same way from a module named by
-``--import`` / ``DIMBENCH_IMPORT``.
-``runner.run_sweep`` runs a ``Sweep`` of configurations, each in its own process.
+"""The suite registry: a suite is a ``dimbench.bench.spec.Suite`` that a module registers with
+``register_suite`` (its measurement of one configuration, the result columns it writes, its
+summary and row line, and its plot panels). The built-in ones (``throughput``, ``memory``,
+``flops``, ``profile``, ``predict``) live in ``dimbench.bench.suites``; others register the same
+way from a module named by ``--import`` / ``DIMBENCH_IMPORT`` or an entry point.
 """
 
 from __future__ import annotations
@@ -26,10 +23,12 @@ def register_suite(suite):
 
 
 def _load() -> dict:
-    """Every suite: the built-in ones (registered on import of this package) and those the
-    --import / DIMBENCH_IMPORT modules and entry points register."""
+    """Every suite: the built-in ones and those the --import / DIMBENCH_IMPORT modules and
+    entry points register."""
     from dimbench.registry import import_plugins
 
+    for name in BUILTIN_SUITES:
+        importlib.import_module(f"dimbench.bench.suites.{name}")
     import_plugins()
     return _SUITES
 
@@ -50,8 +49,3 @@ def get_suite(name: str):
 
 def all_suites() -> list:
     return list(_load().values())
-
-
-# The built-in suites register themselves (and their result columns) when this package loads.
-for _name in BUILTIN_SUITES:
-    importlib.import_module(f"dimbench.suites.{_name}")

@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dimbench.bench.spec import Config
 from dimbench.compile import compiled
 from dimbench.registry import create_model, get_model
-from dimbench.suites.spec import Config
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

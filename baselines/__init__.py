@@ -1,1 +1,0 @@
-"""DiT and U-ViT attention baselines (installed as dimbench.baselines)."""

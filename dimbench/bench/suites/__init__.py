@@ -1,0 +1,1 @@
+"""The built-in suites, one file each: throughput, memory, flops, profile, predict."""
