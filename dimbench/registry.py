@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from dimbench.errors import UsageError
-from dimbench.plugins import IMPORT_ENV, named_modules
+from dimbench.plugins import IMPORT_ENV, extend_path, named_modules
 
 # The models that come with dimbench, registered when their modules are imported.
 BUILTIN_MODULES = ("dimbench.models.dim", "dimbench.models.dit", "dimbench.models.uvit")
@@ -145,6 +145,14 @@ def register_model(
 def _import(module: str, how: str) -> None:
     try:
         importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name != module.split(".")[0]:
+            raise UsageError(f"cannot import {module} ({how}): {type(e).__name__}: {e}") from None
+        raise UsageError(
+            f"cannot import {module} ({how}): no module {e.name!r} on the Python path or in the "
+            "current directory; give its file (--import path/to/module.py) or add its folder "
+            "to PYTHONPATH"
+        ) from None
     except Exception as e:  # noqa: BLE001 - a broken plug-in is the user's to fix
         raise UsageError(f"cannot import {module} ({how}): {type(e).__name__}: {e}") from None
 
@@ -152,6 +160,7 @@ def _import(module: str, how: str) -> None:
 def import_plugins() -> None:
     """Import the modules named by ``--import`` / ``$DIMBENCH_IMPORT`` and the packages that
     declare a ``dimbench.models`` entry point: they register models (and suites)."""
+    extend_path()
     for module in named_modules():
         _import(module, f"named by --import / ${IMPORT_ENV}")
     _load_entry_points()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -108,3 +109,30 @@ def test_a_module_that_does_not_import_is_one_line(monkeypatch, capsys):
     assert cli(["--import", "no_such_dimbench_plugin", "models"]) == 2
     err = capsys.readouterr().err.strip()
     assert "cannot import no_such_dimbench_plugin" in err and "\n" not in err
+    assert "--import path/to/module.py" in err and "PYTHONPATH" in err
+
+
+@pytest.mark.parametrize("how", ["name in the current directory", "file path"])
+def test_a_module_beside_the_user_imports_as_python_m_would(how, tmp_path, monkeypatch, capsys):
+    """`--import mynet` with mynet.py in the current directory (as the README shows it), or
+    `--import path/to/mynet.py`, without PYTHONPATH: this process and the workers find it."""
+    from dimbench.results import load_results
+
+    here = tmp_path / "project"
+    here.mkdir()
+    (here / "mynet_plugin.py").write_text(PLUGIN.replace("TinyConv-T/2", "MyNet-T/2"))
+    monkeypatch.setenv("DIMBENCH_IMPORT", "")
+    monkeypatch.delenv("DIMBENCH_IMPORT_PATH", raising=False)
+    monkeypatch.setattr("sys.path", list(__import__("sys").path))  # restored afterwards
+    if how == "file path":
+        monkeypatch.chdir(tmp_path)
+        option = ["--import", str(Path("project") / "mynet_plugin.py")]
+    else:
+        monkeypatch.chdir(here)
+        option = ["--import", "mynet_plugin"]
+    out = tmp_path / "res"
+    run = ["run", "throughput", "--models", "MyNet-T/2", "--res", "32", "--repeats", "1"]
+    assert cli([*option, *run, "--threads", "1", "--out", str(out)]) == 0  # in a worker
+    rows = load_results(out)
+    assert list(rows["status"]) == ["ok"] and list(rows["model"]) == ["MyNet-T/2"]
+    capsys.readouterr()
