@@ -157,9 +157,16 @@ def _image_array_member(path: Path) -> tuple[str, tuple[int, ...]]:
     )
 
 
+# What `dimbench sample` writes into its --out: the samples' archive and its record, beside the
+# samples' PNGs and a preview grid that is not a sample
+SAMPLES_NPZ, SAMPLES_RECORD = "samples.npz", "samples.json"
+
+
 def open_images(path: str | Path, num: int | None = None) -> ImageSource:
     """Open a folder of images (searched recursively, sorted by path) or an .npz of images.
 
+    A folder that ``dimbench sample`` wrote (its ``samples.json`` beside ``samples.npz``) is read
+    from that archive, so its preview ``grid.png`` is never taken for a sample.
     ``num`` caps the count (the first ``num`` in order). Errors are :class:`UsageError`.
     """
     p = Path(path)
@@ -167,6 +174,8 @@ def open_images(path: str | Path, num: int | None = None) -> ImageSource:
         raise UsageError(f"--num must be >= 1, got {num}")
     if not p.exists():
         raise UsageError(f"{p}: no such file or folder")
+    if p.is_dir() and (p / SAMPLES_RECORD).is_file() and (p / SAMPLES_NPZ).is_file():
+        return open_images(p / SAMPLES_NPZ, num)
     if p.is_dir():
         files = sorted(
             f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file()

@@ -22,6 +22,7 @@ from dimbench.diffusion.samplers import DEFAULT_STEPS, SAMPLERS, sample
 from dimbench.diffusion.schedule import NoiseSchedule
 from dimbench.diffusion.upsample import UPSAMPLE_FACTORS, UpsampleGuidance
 from dimbench.errors import UsageError
+from dimbench.metrics.images import SAMPLES_NPZ, SAMPLES_RECORD
 from dimbench.metrics.structure import lag1_autocorrelation
 from dimbench.paths import writable_dir
 from dimbench.registry import SD_LATENT_SCALE
@@ -227,7 +228,7 @@ def generate(
         summary["npz"] = str(npz)
         if summary["decoded"] and len(merged):
             summary["lag1_autocorrelation"] = lag1_autocorrelation(merged)
-        (out / "samples.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (out / SAMPLES_RECORD).write_text(json.dumps(summary, indent=2) + "\n")
     D.barrier(dist)
     return summary
 
@@ -271,7 +272,7 @@ def _merge_parts(parts: Path, out: Path, world: int, decoded: bool) -> tuple[Pat
     order = np.argsort(np.concatenate(idx))
     samples_all = np.concatenate(samples)[order]
     labels_all = np.concatenate(labels)[order]
-    path = out / "samples.npz"
+    path = out / SAMPLES_NPZ
     if decoded:
         np.savez(path, arr_0=samples_all, labels=labels_all)
         _save_grid(samples_all[:64], out / "grid.png")

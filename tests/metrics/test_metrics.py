@@ -467,3 +467,22 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, capsys, tiny_weights):
         code, out, err = run_cli(capsys, *args)
         assert code == 2, (args, out, err)
         assert err.count("\n") == 1 and message in err and "Traceback" not in err, err
+
+
+def test_fid_reads_a_sample_folder_from_its_archive_not_its_preview(tmp_path, capsys, tiny_weights):
+    """`dimbench sample --out DIR` writes DIR/samples.npz, samples.json, the PNGs and a preview
+    grid.png of another size: `dimbench fid DIR REF` (the README's chain) reads the archive."""
+    from dimbench.metrics.images import open_images
+    from dimbench.train.generate import _save_grid
+
+    gen = noised(photos(8, 32), 16)
+    out = write_folder(tmp_path / "samples", gen)
+    save_npz_images(out / "samples.npz", gen)
+    (out / "samples.json").write_text("{}\n")
+    _save_grid(gen.permute(0, 2, 3, 1).numpy(), out / "grid.png")
+    source = open_images(out)
+    assert (source.kind, source.count, source.size) == ("npz", 8, (32, 32))
+    ref = write_folder(tmp_path / "ref", photos(8, 32))
+    code, out_text, err = run_cli(capsys, out, ref, "--inception-weights", tiny_weights, "--json")
+    assert code == 0, err
+    assert json.loads(out_text)["n_gen"] == 8
