@@ -156,6 +156,8 @@ class ImageFolderData(Dataset):
             self.folder = ImageFolder(str(root), is_valid_file=_is_image)
         except (FileNotFoundError, RuntimeError) as e:
             raise UsageError(f"--data {root}: {e}") from None
+        for path, _ in self.folder.samples:
+            _check_image_header(path, root)
         self.image_size = image_size
 
     def __len__(self) -> int:
@@ -182,6 +184,21 @@ class ImageFolderData(Dataset):
 
 def _is_image(path: str) -> bool:
     return path.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _check_image_header(path: str, root: str | Path) -> None:
+    """Refuse a file that PIL cannot identify as an image, before training writes anything (its
+    header only: a few microseconds a file, so a large folder is checked too)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.size  # noqa: B018 - parsing the header is the check
+    except Exception as e:  # noqa: BLE001 - PIL raises many kinds for a bad file
+        reason = " ".join(str(e).split())[:120] or type(e).__name__
+        raise UsageError(
+            f"--data {root}: {path} is not a readable image ({reason}); remove or replace it"
+        ) from None
 
 
 class LatentData(Dataset):

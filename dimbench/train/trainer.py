@@ -114,7 +114,7 @@ class Trainer:
 
             self.vae = load_vae(cfg.vae, self.device)
 
-        self.model, self.model_overrides = self._build_model(channels)
+        self.model, self.model_overrides = self._build_model(channels, resume_ckpt)
         self.meta = model_meta(self.model, self.downsample)
         self.schedule = self._objective()
         self.optimizer, self.lr_scheduler = self._optimizer()
@@ -164,15 +164,19 @@ class Trainer:
             )
         return None
 
-    def _build_model(self, channels: int) -> tuple[nn.Module, dict]:
+    def _build_model(self, channels: int, previous: dict | None) -> tuple[nn.Module, dict]:
         """The model and its constructor overrides (same seed on every rank: identical initial
-        weights); the label table grows to the data's classes if the model has fewer."""
+        weights). Its label table has the classes given (``num_classes`` among the overrides),
+        else those of the run it resumes or of the weights it starts from (``--init-from``),
+        else the data's, else the model's default (ImageNet's 1000)."""
         cfg = self.cfg
         overrides = {"in_channels": channels, **cfg.extra}
-        probe = build_model(cfg.model, cfg.image_size, self.downsample, overrides, device="meta")
-        n_cls = self.data_info.num_classes
-        if n_cls is not None and n_cls > probe.num_classes:
-            overrides["num_classes"] = n_cls
+        if "num_classes" not in overrides:
+            n_cls = self._weights_classes(previous)
+            if n_cls is None:
+                n_cls = self.data_info.num_classes
+            if n_cls is not None:
+                overrides["num_classes"] = n_cls
         torch.manual_seed(cfg.seed)
         model = build_model(
             cfg.model,
@@ -184,6 +188,15 @@ class Trainer:
             device=self.device,
         )
         return model, overrides
+
+    def _weights_classes(self, previous: dict | None) -> int | None:
+        """The label-table size of the checkpoint this run resumes or is initialised from."""
+        if previous is not None:
+            return int(previous["meta"]["num_classes"])
+        if self.cfg.init_from:
+            meta = load_checkpoint(self.cfg.init_from, map_location="meta", mmap=False)["meta"]
+            return int(meta["num_classes"]) if "num_classes" in meta else None
+        return None
 
     def _objective(self) -> NoiseSchedule:
         """Settle the noise schedule (the model's) and the loss (hybrid for learned sigma)."""

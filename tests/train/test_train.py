@@ -525,3 +525,42 @@ def test_lag1_autocorrelation_tells_noise_from_pictures():
     assert abs(lag1_autocorrelation(noise)) < 0.05
     assert lag1_autocorrelation(data.astronaut()[None, ::8, ::8]) > 0.7
     assert lag1_autocorrelation(np.zeros((2, 4, 4, 3))) == 0.0
+
+
+def test_image_folder_with_a_file_that_is_not_an_image_is_one_line_and_writes_nothing(
+    tmp_path, capsys
+):
+    from PIL import Image
+
+    data = tmp_path / "data"
+    for cls in ("cat", "dog"):
+        (data / cls).mkdir(parents=True)
+        Image.new("RGB", (12, 12), (200, 10, 10)).save(data / cls / "0.png")
+    (data / "dog" / "notes.png").write_text("not a picture\n")
+    out = tmp_path / "run"
+    args = ["train", "--model", "DiT-T/2", "--data", str(data), "--image-size", "8"]
+    assert cli(*args, "--steps", "1", "--batch-size", "2", "--out", str(out), "--no-progress") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "notes.png is not a readable image" in err[0], err
+    assert not out.exists()  # nothing written to --out before the data is checked
+
+
+def test_the_label_table_follows_the_data_unless_given(tmp_path):
+    """`--data photos` has 10 classes: the model gets 10 (+1 null) labels, not ImageNet's 1000;
+    a run resumed or initialised from weights keeps the weights' table; an override wins."""
+    run = Trainer(config(tmp_path, "uvit", model="U-ViT-T/2", steps=1, ckpt_every=1))
+    assert run.data_info.num_classes == 10 and run.model.num_classes == 10
+    run.fit()
+    assert load_checkpoint(tmp_path / "uvit")["meta"]["num_classes"] == 10
+    given = Trainer(config(tmp_path, "given", steps=1, extra={"num_classes": 1000}))
+    assert given.model.num_classes == 1000
+    given.fit()
+    # a checkpoint written before the table followed the data: its config names no classes
+    ckpt = load_checkpoint(tmp_path / "given")
+    ckpt["meta"]["config"]["extra"] = {}
+    ckpt["meta"]["model_overrides"].pop("num_classes", None)
+    torch.save(ckpt, tmp_path / "given" / "checkpoint.pt")
+    resumed = Trainer(config(tmp_path, "given", steps=2, resume=True))
+    assert resumed.model.num_classes == 1000 and resumed.step == 1
+    warm = Trainer(config(tmp_path, "warm", image_size=16, init_from=str(tmp_path / "given")))
+    assert warm.model.num_classes == 1000
