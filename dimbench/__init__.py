@@ -1,6 +1,9 @@
 """dimbench: benchmarking and profiling suite for state-space diffusion backbones."""
 
-__version__ = "0.1.0"
+try:  # written at build time (setuptools-scm); absent in a plain checkout
+    from dimbench._version import __version__
+except ImportError:
+    __version__ = "0.1.0"
 
 _REGISTRY_NAMES = ("register_model", "create_model", "list_models", "get_model")
 

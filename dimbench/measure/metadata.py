@@ -86,13 +86,18 @@ def machine_slug(device: str = "cpu") -> str:
 
 
 # Code whose uncommitted edits change what a measurement measures.
-MEASURED_PATHS = ("dimbench", "baselines", "suites")
+MEASURED_PATHS = ("dimbench",)
 
 
 @functools.cache
 def git_sha() -> str:
-    """Commit of the dimbench checkout in use, ``+dirty`` when the measured code has
-    uncommitted edits ("" for an installed copy without git)."""
+    """Commit of the dimbench code in use, ``+dirty`` when it had uncommitted edits: from git for
+    a checkout (the measured code's edits), else the revision written into the package when it
+    was built (the whole tree's state then); "" when neither is known."""
+    return _checkout_sha() or _built_sha()
+
+
+def _checkout_sha() -> str:
     root = Path(__file__).resolve().parents[2]
 
     def git(*args: str) -> subprocess.CompletedProcess | None:
@@ -103,12 +108,27 @@ def git_sha() -> str:
         except (OSError, subprocess.SubprocessError):
             return None
 
+    top = git("rev-parse", "--show-toplevel")
+    # an installed copy inside a repository (a venv in a checkout) is not that checkout's code
+    if top is None or top.returncode != 0 or Path(top.stdout.strip()).resolve() != root:
+        return ""
     head = git("rev-parse", "--short=12", "HEAD")
     if head is None or head.returncode != 0:
         return ""
     diff = git("diff", "--quiet", "HEAD", "--", *MEASURED_PATHS)
     dirty = diff is not None and diff.returncode == 1
     return head.stdout.strip() + ("+dirty" if dirty else "")
+
+
+def _built_sha() -> str:
+    try:
+        from dimbench import _version
+    except ImportError:
+        return ""
+    node = str(getattr(_version, "REVISION", "") or "").removeprefix("g")
+    if not node:
+        return ""
+    return node[:12] + ("+dirty" if getattr(_version, "DIRTY", False) else "")
 
 
 def load_average() -> float | None:
