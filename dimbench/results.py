@@ -49,6 +49,7 @@ TAIL_COLUMNS: dict[str, str] = {
     "torch_version": "torch.__version__",
     "cuda_version": "torch.version.cuda (the build's CUDA)",
     "cpu_model": "CPU model of the host",
+    "cpu_isa": "widest vector unit: amx | avx512 | avx2 | sve | neon (one CPU name can hide two)",
     "hostname": "host that measured",
     "wall_s": "seconds the whole measurement took (process start to result)",
     "timestamp": "UTC time the row was written (ISO 8601)",

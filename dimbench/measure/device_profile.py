@@ -83,7 +83,7 @@ class DeviceProfile:
 
     @property
     def label(self) -> str:
-        """How predictions from it are labelled, e.g. "amd-epyc-2c (measured)"."""
+        """How predictions from it are labelled, e.g. "amd-epyc-avx512-2c (measured)"."""
         return f"{self.name} ({self.source})"
 
     def to_dict(self) -> dict:

@@ -74,15 +74,38 @@ def slugify(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
 
 
+@functools.cache
+def cpu_isa() -> str:
+    """The widest vector/matrix extension the CPU has: ``amx``, ``avx512``, ``avx2``, ``sve``,
+    ``neon`` or "". Two CPUs sold under one name ("AMD EPYC" is Zen 3 with AVX2 or Zen 4 with
+    AVX-512) run dimbench's kernels and bf16 matmuls at very different speeds."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    flags = set()
+    for line in text.splitlines():
+        key = line.split(":", 1)[0].strip().lower()
+        if key in ("flags", "features"):
+            flags.update(line.split(":", 1)[1].split())
+    for isa, flag in (("amx", "amx_tile"), ("avx512", "avx512f"), ("avx2", "avx2")):
+        if flag in flags:
+            return isa
+    if "sve" in flags:
+        return "sve"
+    return "neon" if "asimd" in flags or platform.machine() in ("arm64", "aarch64") else ""
+
+
 def machine_slug(device: str = "cpu") -> str:
-    """Folder name for this machine's results: ``amd-epyc-2c`` on a 2-core EPYC,
-    ``nvidia-h100-80gb-hbm3`` on an H100."""
+    """Folder name for this machine's results: ``amd-epyc-avx512-2c`` on a 2-core EPYC with
+    AVX-512 (``amd-epyc-avx2-2c`` on one without), ``nvidia-h100-80gb-hbm3`` on an H100."""
     if device.split(":")[0] == "cuda":
         name = gpu_name(int(device.split(":")[1]) if ":" in device else 0)
         if name:
             return slugify(name)
     name = re.sub(r"\b\d+-core processor\b", "", cpu_model(), flags=re.IGNORECASE)
-    return f"{slugify(name)}-{cpu_count()}c"
+    isa = cpu_isa()
+    return f"{slugify(name)}-{isa + '-' if isa else ''}{cpu_count()}c"
 
 
 # Code whose uncommitted edits change what a measurement measures.
@@ -151,6 +174,7 @@ def run_metadata(device: str) -> dict:
         "threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "").upper(),
         "cpu_model": cpu_model(),
+        "cpu_isa": cpu_isa(),
         "hostname": socket.gethostname(),
         "load_avg_1m": load_average(),
     }

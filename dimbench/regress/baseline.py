@@ -2,7 +2,7 @@
 
 The gate compares against the base revision measured in the same run; a stored baseline is the
 alternative for ``--baseline FILE`` (and ``--update`` records one). A machine class is the CPU
-model and core count (``amd-epyc-2c``) or the GPU name
+model and core count (``amd-epyc-avx512-2c``) or the GPU name
 (``nvidia-h100-80gb-hbm3``): times are compared only within one class. A file keeps the raw
 samples of every benchmark and calibration kernel (seconds per call, one per round), the
 benchmark signatures (sizes), the measurement settings, the machine's metadata and the commit.

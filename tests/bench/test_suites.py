@@ -15,7 +15,7 @@ from dimbench.bench.registry import get_suite
 from dimbench.bench.spec import Config, Sweep
 from dimbench.errors import UsageError
 from dimbench.measure.memory import PeakMemory
-from dimbench.measure.metadata import machine_slug, run_metadata, slugify
+from dimbench.measure.metadata import cpu_isa, machine_slug, run_metadata, slugify
 from dimbench.measure.telemetry import CpuTelemetry, GpuTelemetry
 from dimbench.measure.timing import Timing, make_clock, quantile, time_fn
 
@@ -212,7 +212,41 @@ def test_metadata_and_machine_slug():
     assert slug == slugify(slug) and slug.endswith("c")
     meta = run_metadata("cpu")
     assert meta["threads"] == torch.get_num_threads()
+    assert meta["cpu_isa"] == cpu_isa() and (not cpu_isa() or f"-{cpu_isa()}-" in slug)
     assert meta["torch_version"] == torch.__version__ and meta["device_name"]
+
+
+@pytest.mark.parametrize(
+    "flags,isa",
+    [
+        ("fpu sse2 avx2 fma", "avx2"),  # AMD EPYC Zen 3
+        ("avx2 avx512f avx512bw avx512_bf16", "avx512"),  # Zen 4: the same "AMD EPYC" name
+        ("avx2 avx512f amx_bf16 amx_tile", "amx"),  # Sapphire Rapids
+        ("fpu sse2", ""),
+    ],
+)
+def test_cpus_of_one_name_and_another_vector_unit_get_their_own_folder(
+    flags, isa, tmp_path, monkeypatch
+):
+    from dimbench.measure import metadata
+
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: {flags}\n")
+    real = metadata.Path
+
+    def fake_path(p, *rest):
+        return info if str(p) == "/proc/cpuinfo" else real(p, *rest)
+
+    monkeypatch.setattr(metadata, "Path", fake_path)
+    metadata.cpu_isa.cache_clear()
+    metadata.cpu_model.cache_clear()
+    monkeypatch.setattr(metadata, "cpu_count", lambda: 2)
+    try:
+        assert metadata.cpu_isa() == isa
+        assert metadata.machine_slug("cpu") == f"amd-epyc-{isa + '-' if isa else ''}2c"
+    finally:
+        metadata.cpu_isa.cache_clear()
+        metadata.cpu_model.cache_clear()
 
 
 # ----------------------------------------------------------------------------- sweep spec

@@ -176,13 +176,13 @@ def test_running_median_and_calibration():
 def test_baseline_round_trip(tmp_path):
     run = synthetic_run({"scan/forward[cpu]": 1e-3})
     path = tmp_path / "m.json"
-    save_baseline(path, run, "amd-epyc-2c", {"git_sha": "abc123", "cpu_model": "AMD EPYC"})
+    save_baseline(path, run, "amd-epyc-avx512-2c", {"git_sha": "abc123", "cpu_model": "AMD EPYC"})
     doc = json.loads(path.read_text())
     assert doc["commit"] == "abc123" and doc["machine"]["cpu_model"] == "AMD EPYC"
     assert doc["benchmarks"]["scan/forward[cpu]"]["samples_s"] == run.times["scan/forward[cpu]"]
     back = load_baseline(path)
     assert back.samples.times == run.times and back.samples.calibration == run.calibration
-    assert back.samples.settings == run.settings and back.machine_class == "amd-epyc-2c"
+    assert back.samples.settings == run.settings and back.machine_class == "amd-epyc-avx512-2c"
 
 
 @pytest.mark.parametrize(
