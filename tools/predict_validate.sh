@@ -27,7 +27,8 @@ import sys
 
 from dimbench.plots import _crossing
 from dimbench.results import load_results
-import dimbench.bench  # noqa: F401  (result columns)
+from dimbench.bench.registry import all_suites
+all_suites()  # result columns
 
 out = sys.argv[1]
 df = load_results(out)

@@ -19,7 +19,9 @@ def plot(
     pair per device/dtype/mode/batch group) and summary.md (where DiM overtakes each
     baseline) beside the CSVs.
     """
-    import dimbench.bench  # noqa: F401  (the suites register their result columns)
+    from dimbench.bench.registry import all_suites
+
+    all_suites()  # the suites register their result columns
     from dimbench.errors import UsageError
     from dimbench.paths import writable_dir
     from dimbench.results import load_results

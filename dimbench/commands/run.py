@@ -100,7 +100,7 @@ def run(
     out: Path = typer.Option(
         None,
         "--out",
-        help="Results folder [runs/<machine>/, e.g. runs/amd-epyc-avx512-2c/; the project's published "
+        help="Results folder [runs/<machine>/, e.g. runs/amd-epyc-avx2-2c/; the published "
         "results live in results/<machine>/]",
         show_default=False,
     ),
