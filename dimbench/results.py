@@ -179,10 +179,18 @@ def read_result_csv(path: Path) -> CsvContents | None:
     if not path.exists() or path.stat().st_size == 0:
         return None
     try:
-        with path.open(newline="") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ResultFileError(f"cannot read {path}: {e}") from None
+        data = path.read_bytes()
+    except OSError as e:
+        raise ResultFileError(f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ResultFileError(
+            f"{path} is damaged: line {line} holds bytes that are not text (byte {e.start}); "
+            "it is left as it is: cut that line off or move the file away, or choose another "
+            "--out"
+        ) from None
     try:
         lines = list(csv.reader(io.StringIO(text)))
     except csv.Error as e:

@@ -252,6 +252,22 @@ def test_corrupt_row_is_refused(tmp_path):
     assert store.csv_path.read_text() == before
 
 
+def test_binary_bytes_are_refused_naming_the_file_and_line(tmp_path, capsys):
+    from dimbench.cli import main
+
+    store = ResultStore(tmp_path, "throughput")
+    store.append(make_row(**KEY, status="ok", imgs_per_s=1.0))
+    with store.csv_path.open("ab") as f:
+        f.write(b"\xff\xfe\x00binary tail")
+    before = store.csv_path.read_bytes()
+    with pytest.raises(SystemExit) as e:
+        main(["plot", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and "\n" not in err
+    assert str(store.csv_path) in err and "line 3" in err and "move the file away" in err
+    assert store.csv_path.read_bytes() == before
+
+
 def test_truncated_last_row_keeps_the_intact_rows(tmp_path):
     """A writer killed mid-row: the next append lands on its own line, readers skip the stub."""
     store = ResultStore(tmp_path, "throughput")
