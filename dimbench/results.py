@@ -330,10 +330,12 @@ def load_results(paths: Iterable[str | Path] | str | Path):
 
 
 def _looks_like_results(path: Path) -> bool:
-    """A CSV whose header begins like dimbench's (``suite,model,...``)."""
+    """A CSV whose header begins like dimbench's (``suite,model,...``); only the first line is
+    read, so a dimbench CSV damaged further down is still recognised (and then refused)."""
     try:
-        with path.open(newline="") as f:
-            header = next(csv.reader(f), [])
+        with path.open("rb") as f:
+            first = f.readline().decode("utf-8")
+        header = next(csv.reader([first]), [])
     except (OSError, UnicodeDecodeError, csv.Error):
         return False
     return header[:2] == list(COLUMNS)[:2]
