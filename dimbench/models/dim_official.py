@@ -71,7 +71,7 @@ from pathlib import Path
 import torch
 
 from dimbench.errors import UsageError
-from dimbench.registry import LATENT_CHANNELS, LATENT_DOWNSAMPLE, SD_LATENT_SCALE
+from dimbench.latents import LATENT_CHANNELS, LATENT_DOWNSAMPLE, SD_LATENT_SCALE
 from dimbench.torch_files import load_torch_file
 
 Tensor = torch.Tensor
