@@ -19,7 +19,6 @@ checkpoint trained at another resolution is loaded.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -39,25 +38,13 @@ from dimbench.models.dim_layout import (
 from dimbench.models.dim_official import (
     convert_official_state_dict as convert_official_state_dict,  # re-exported, as in dit.py
 )
+from dimbench.models.layers import timestep_embedding
 from dimbench.models.mamba_mixer import MambaMixer
 from dimbench.registry import register_model
 
 Tensor = torch.Tensor
 
 ADALN_FREQ_DIM = 256  # sinusoid width fed to the adaLN-single time MLP (PixArt-alpha)
-
-
-def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
-    """Sinusoidal embedding of ``t`` (B,) -> (B, dim), cosines first (U-ViT / PixArt)."""
-    half = dim // 2
-    freqs = torch.exp(
-        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half
-    )
-    args = t.float()[:, None] * freqs[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    if dim % 2:
-        emb = F.pad(emb, (0, 1))
-    return emb
 
 
 class TimestepMLP(nn.Module):
