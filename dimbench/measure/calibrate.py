@@ -215,7 +215,7 @@ def dispatch_us(timer: Timer, device: str, calls: int = 2000) -> tuple[float, fl
 
 
 def calibrate(opts: Options, progress: Callable[[str, int, int], None] | None = None):
-    """Measure the profile of ``opts.device`` (see the module docstring)."""
+    """Measure the device profile of ``opts.device`` (see the module docstring)."""
     from dimbench.measure.metadata import device_name, git_sha, load_average, machine_slug
     from dimbench.ops.backends import resolve
     from dimbench.registry import KERNELS, get_model
@@ -265,7 +265,7 @@ def calibrate(opts: Options, progress: Callable[[str, int, int], None] | None = 
             rate = p["flops"] / (p["ms"] * 1e6)
             matmul[p["dtype"]] = max(matmul.get(p["dtype"], 0.0), rate)
     bandwidth = copy[-1][0] / (copy[-1][1] * 1e6)  # the largest size's: main memory
-    profile = DeviceProfile(
+    device_profile = DeviceProfile(
         name=machine_slug(device),
         source="measured",
         device=device.split(":")[0],
@@ -298,7 +298,7 @@ def calibrate(opts: Options, progress: Callable[[str, int, int], None] | None = 
     )
     from dimbench.measure.cost_model import CostModel
 
-    cost = CostModel(profile)
+    cost = CostModel(device_profile)
     per_op = []
     for stream in streams:
         if stream.model in forwards and stream.image_size == smallest:
@@ -307,13 +307,13 @@ def calibrate(opts: Options, progress: Callable[[str, int, int], None] | None = 
             ops_ms = sum(cost.op_ms(op, framework=False) for op in stream.ops)
             n = sum(1 for op in stream.ops if not op.view)
             per_op.append(max(0.0, forwards[stream.model] - ops_ms) * 1e3 / max(n, 1))
-    profile.ceilings["framework_us"] = statistics.median(per_op) if per_op else 0.0
-    profile.fits = {
+    device_profile.ceilings["framework_us"] = statistics.median(per_op) if per_op else 0.0
+    device_profile.fits = {
         "matmul": {d: m.to_dict() for d, m in cost.matmul.items() if m is not None},
         "framework_us": {"per_model": dict(zip(opts.models, per_op, strict=False))},
         "timing_overhead_us": timing_us,
     }
-    return profile
+    return device_profile
 
 
 def model_forward_ms(name: str, res: int, dtype: str, opts, backends: dict, timer) -> float:
