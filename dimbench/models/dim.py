@@ -36,7 +36,7 @@ from dimbench.models.dim_layout import (
     token_layout,
 )
 from dimbench.models.dim_official import (
-    convert_official_state_dict as convert_official_state_dict,  # re-exported, as in dit.py
+    convert_official_state_dict as convert_official_state_dict,  # each model module has one
 )
 from dimbench.models.layers import timestep_embedding
 from dimbench.models.mamba_mixer import MambaMixer
