@@ -32,15 +32,13 @@ import torch
 from torch import nn
 
 from dimbench.errors import UsageError
+from dimbench.latents import LATENT_DOWNSAMPLE
 from dimbench.plugins import IMPORT_ENV, extend_path, named_modules
 
 # The models that come with dimbench, registered when their modules are imported.
 BUILTIN_MODULES = ("dimbench.models.dim", "dimbench.models.dit", "dimbench.models.uvit")
 ENTRY_POINT_GROUP = "dimbench.models"
 
-LATENT_DOWNSAMPLE = 8  # Stable-Diffusion KL-VAE: an R-px image is an (R/8)x(R/8)x4 latent
-LATENT_CHANNELS = 4
-SD_LATENT_SCALE = 0.18215  # its latents are multiplied by this for training (as DiT, U-ViT, DiM)
 # kernel -> the constructor keyword (and result column) of its backend
 KERNELS = {"scan": "scan_backend", "attention": "attn_backend", "conv": "conv_backend"}
 PARAMETERISATIONS = ("eps", "eps+sigma")  # epsilon, or epsilon plus a learned variance

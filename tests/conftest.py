@@ -17,3 +17,30 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def fake_cuda_events(monkeypatch):
+    """torch.cuda.Event and torch.cuda.synchronize faked on any machine: returns the log of what
+    ran ("sync", "record", "event_sync"; tests append their own "work"); an event's elapsed time
+    is 2.5 ms per log entry between its two records."""
+    log = []
+
+    class Event:
+        def __init__(self, enable_timing=False):
+            assert enable_timing
+            self.t = None
+
+        def record(self):
+            log.append("record")
+            self.t = len(log)
+
+        def synchronize(self):
+            log.append("event_sync")
+
+        def elapsed_time(self, other):
+            return 2.5 * (other.t - self.t)
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: log.append("sync"))
+    return log

@@ -110,7 +110,9 @@ def regress(
     _check_device(device)
     root = gate.source_tree()
     head = gate.head_revision(root)
-    config = gate.Config(threshold=threshold, alpha=alpha, rounds=rounds, device=device, seed=seed)
+    config = gate.GateConfig(
+        threshold=threshold, alpha=alpha, rounds=rounds, device=device, seed=seed
+    )
     if json_out is not None:
         check_writable(json_out, "--json")
     if baseline is not None or update:

@@ -31,11 +31,12 @@ from dataclasses import dataclass
 
 import torch
 
+from dimbench.measure.clocks import PERF_COUNTER, PROCESS_TIME, CudaClock, CudaSpan, device_clock
 from dimbench.measure.device_profile import DeviceProfile
 from dimbench.measure.op_recorder import OpRecord, OpRecorder, OpStream, record_step
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-CLOCKS = ("wall", "process")
+CLOCKS = {"wall": PERF_COUNTER, "process": PROCESS_TIME}  # --clock -> clocks' name
 SWEEP_BYTES = [2**e for e in range(14, 29, 2)]  # 16 KB .. 256 MB per tensor
 SLOW_CALL_S = 0.25  # a call this long is timed once more and not repeated
 
@@ -55,25 +56,15 @@ class Options:
 
 
 class Timer:
-    """Times a call on ``device`` with the chosen clock (CUDA: synchronised events)."""
+    """Times a call on ``device`` with the chosen clock (CUDA: events, no synchronisation first)."""
 
     def __init__(self, device: str, clock: str = "wall") -> None:
-        self.cuda = device.startswith("cuda")
-        self.device = device
-        self.now = time.process_time if clock == "process" else time.perf_counter
+        self.clock = device_clock(device, cpu=CLOCKS[clock])
 
     def once(self, fn: Callable[[], object]) -> float:
-        if self.cuda:
-            start = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
-            start.record()
+        with self.clock.span() as span:
             fn()
-            end.record()
-            end.synchronize()
-            return start.elapsed_time(end) / 1e3
-        t0 = self.now()
-        fn()
-        return self.now() - t0
+        return span.seconds
 
     def median_ms(self, fn: Callable[[], object], budget_s: float = 0.03, max_calls: int = 15):
         """First call untimed; a slow operator is timed once more; else at least three
@@ -95,31 +86,31 @@ class OpTimer(OpRecorder):
 
     def __init__(self, device: str, clock: str = "wall") -> None:
         super().__init__()
-        self.cuda = device.startswith("cuda")
-        # process_time is a system call (1.6 us here): the timing cost taken off covers it
-        self.now = time.process_time if clock == "process" else time.perf_counter
-        self._events: list = []
+        self.clock = device_clock(device, cpu=CLOCKS[clock])
+        self.cuda = isinstance(self.clock, CudaClock)
+        self._spans: list[tuple[int, CudaSpan]] = []
 
     def run(self, func, args, kwargs):
-        if self.cuda:
-            start = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
-            start.record()
-            out = func(*args, **kwargs)
-            end.record()
-            self._events.append((len(self.ops), start, end))
+        if self.cuda:  # read in resolve(), after one synchronisation
+            span = self.clock.span()
+            with span:
+                out = func(*args, **kwargs)
+            self._spans.append((len(self.ops), span))
             return out, None
-        t0 = self.now()
+        # the clock read directly, no span object: the recorder's own cost per operator stays
+        # small (process_time is a system call, 1.6 us here: the timing cost taken off covers it)
+        now = self.clock.now
+        t0 = now()
         out = func(*args, **kwargs)
-        return out, (self.now() - t0) * 1e3
+        return out, (now() - t0) * 1e3
 
     def resolve(self) -> None:
         """Fill in the CUDA operators' times once their events have completed."""
-        if self._events:
+        if self._spans:
             torch.cuda.synchronize()
-            for i, start, end in self._events:
-                self.ops[i].ms = start.elapsed_time(end)
-            self._events.clear()
+            for i, span in self._spans:
+                self.ops[i].ms = span.ms
+            self._spans.clear()
 
 
 def timed_step(model: str, res: int, dtype: str, opts, backends: dict) -> OpStream:
@@ -224,7 +215,7 @@ def dispatch_us(timer: Timer, device: str, calls: int = 2000) -> tuple[float, fl
 
 
 def calibrate(opts: Options, progress: Callable[[str, int, int], None] | None = None):
-    """Measure the profile of ``opts.device`` (see the module docstring)."""
+    """Measure the device profile of ``opts.device`` (see the module docstring)."""
     from dimbench.measure.metadata import device_name, git_sha, load_average, machine_slug
     from dimbench.ops.backends import resolve
     from dimbench.registry import KERNELS, get_model
@@ -274,7 +265,7 @@ def calibrate(opts: Options, progress: Callable[[str, int, int], None] | None = 
             rate = p["flops"] / (p["ms"] * 1e6)
             matmul[p["dtype"]] = max(matmul.get(p["dtype"], 0.0), rate)
     bandwidth = copy[-1][0] / (copy[-1][1] * 1e6)  # the largest size's: main memory
-    profile = DeviceProfile(
+    device_profile = DeviceProfile(
         name=machine_slug(device),
         source="measured",
         device=device.split(":")[0],
@@ -307,7 +298,7 @@ def calibrate(opts: Options, progress: Callable[[str, int, int], None] | None = 
     )
     from dimbench.measure.cost_model import CostModel
 
-    cost = CostModel(profile)
+    cost = CostModel(device_profile)
     per_op = []
     for stream in streams:
         if stream.model in forwards and stream.image_size == smallest:
@@ -316,13 +307,13 @@ def calibrate(opts: Options, progress: Callable[[str, int, int], None] | None = 
             ops_ms = sum(cost.op_ms(op, framework=False) for op in stream.ops)
             n = sum(1 for op in stream.ops if not op.view)
             per_op.append(max(0.0, forwards[stream.model] - ops_ms) * 1e3 / max(n, 1))
-    profile.ceilings["framework_us"] = statistics.median(per_op) if per_op else 0.0
-    profile.fits = {
+    device_profile.ceilings["framework_us"] = statistics.median(per_op) if per_op else 0.0
+    device_profile.fits = {
         "matmul": {d: m.to_dict() for d, m in cost.matmul.items() if m is not None},
         "framework_us": {"per_model": dict(zip(opts.models, per_op, strict=False))},
         "timing_overhead_us": timing_us,
     }
-    return profile
+    return device_profile
 
 
 def model_forward_ms(name: str, res: int, dtype: str, opts, backends: dict, timer) -> float:

@@ -179,13 +179,13 @@ def point_size(category: str, flops: float, nbytes: float) -> float:
 class CostModel:
     """Prices recorded operators with one device profile."""
 
-    def __init__(self, profile: DeviceProfile) -> None:
-        self.profile = profile
-        dispatch_ms = profile.dispatch_us / 1e3
+    def __init__(self, device_profile: DeviceProfile) -> None:
+        self.device_profile = device_profile
+        dispatch_ms = device_profile.dispatch_us / 1e3
         groups: dict[tuple, list] = defaultdict(list)
         by_category: dict[tuple, list] = defaultdict(list)
         matmuls: dict[str, list] = defaultdict(list)
-        for p in profile.points:
+        for p in device_profile.points:
             cat = p["category"]
             if cat == "matmul":
                 matmuls[p["dtype"]].append(p)
@@ -197,7 +197,7 @@ class CostModel:
         self.category_curves = {k: Curve(v, dispatch_ms) for k, v in by_category.items()}
         self.matmul = {d: fit_matmul(v) for d, v in matmuls.items()}
         self.matmul_points = matmuls
-        curves = profile.curves or {}
+        curves = device_profile.curves or {}
         self.copy_curve = Curve(curves.get("copy", []), dispatch_ms)
         self.elementwise_curves = {
             d: Curve(v, dispatch_ms) for d, v in (curves.get("elementwise") or {}).items()
@@ -207,11 +207,11 @@ class CostModel:
         """The copy bandwidth at this size (the ceiling where no curve was measured)."""
         if self.copy_curve and nbytes > 0:
             return nbytes / (self.copy_curve.ms(nbytes) * 1e6)
-        return self.profile.bandwidth_gbs
+        return self.device_profile.bandwidth_gbs
 
     def roofline_ms(self, op: OpRecord) -> float:
         """The ceilings' time for an operator, no dispatch cost: max(compute, memory)."""
-        p = self.profile
+        p = self.device_profile
         if op.category in ("matmul", "attention", "conv"):
             rate = p.matmul_gflops(op.dtype)
         else:
@@ -221,25 +221,25 @@ class CostModel:
         return max(compute, memory)
 
     def _with_dispatch(self, ms: float) -> float:
-        d = self.profile.dispatch_us / 1e3
-        return max(d, ms) if self.profile.async_dispatch else d + ms
+        d = self.device_profile.dispatch_us / 1e3
+        return max(d, ms) if self.device_profile.async_dispatch else d + ms
 
     def _with_framework(self, ms: float) -> float:
         """Add the host time a model spends per operator beyond the operator's own call
         (module calls, Python between operators): a fitted ceiling, 0 where not measured."""
-        f = self.profile.ceilings.get("framework_us", 0.0) / 1e3
+        f = self.device_profile.ceilings.get("framework_us", 0.0) / 1e3
         if not f:
             return ms
-        if self.profile.async_dispatch:
-            return max(ms, f + self.profile.dispatch_us / 1e3)
+        if self.device_profile.async_dispatch:
+            return max(ms, f + self.device_profile.dispatch_us / 1e3)
         return ms + f
 
     def op_ms(self, op: OpRecord, framework: bool = True) -> float:
         """Predicted milliseconds of one operator (``framework``: with the model's per-operator
         host time)."""
         if op.view:
-            return self.profile.view_us / 1e3
-        ms = self._measured_ms(op) if self.profile.source == "measured" else None
+            return self.device_profile.view_us / 1e3
+        ms = self._measured_ms(op) if self.device_profile.source == "measured" else None
         if ms is None:
             ms = self._with_dispatch(self.roofline_ms(op))
         return self._with_framework(ms) if framework else ms

@@ -16,8 +16,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from dimbench.errors import UsageError
+from dimbench.latents import LATENT_DOWNSAMPLE
 from dimbench.ops.attention import FLOP_OVERRIDES
-from dimbench.registry import LATENT_DOWNSAMPLE, create_model, get_model, image_hw
+from dimbench.registry import create_model, get_model, image_hw
 
 MODES = ("forward", "train")
 

@@ -1,18 +1,19 @@
 """Latency of a callable: warm-up first, then timed repeats; median and IQR, raw samples kept.
 
 On CUDA every repeat is bracketed by CUDA events (the GPU's own clock, no host jitter) and
-synchronised; on the CPU ``time.perf_counter`` brackets it. A time budget stops the repeats
-early on slow configurations (a 1536-px forward on a 2-core CPU takes many seconds) while
-keeping at least ``min_repeats`` samples, so a sweep's length stays bounded.
+synchronised; on the CPU ``time.perf_counter`` brackets it (both clocks from ``clocks``). A time
+budget stops the repeats early on slow configurations (a 1536-px forward on a 2-core CPU takes
+many seconds) while keeping at least ``min_repeats`` samples, so a sweep's length stays bounded.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+
+from dimbench.measure.clocks import PERF_COUNTER, CpuClock, CudaClock, device_clock
 
 
 @dataclass
@@ -21,7 +22,7 @@ class Timing:
 
     samples_ms: list[float]
     warmup_ms: list[float] = field(default_factory=list)
-    clock: str = "perf_counter"  # or "cuda_events"
+    clock: str = PERF_COUNTER  # or clocks.CUDA_EVENTS
 
     @property
     def median_ms(self) -> float:
@@ -68,41 +69,10 @@ def quantile(samples: list[float], q: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
-class _WallClock:
-    name = "perf_counter"
-
-    def time(self, fn: Callable[[], object]) -> float:
-        t0 = time.perf_counter()
-        fn()
-        return (time.perf_counter() - t0) * 1e3
-
-
-class _CudaEventClock:
-    name = "cuda_events"
-
-    def __init__(self, device):
-        import torch
-
-        self._torch = torch
-        self._device = device
-
-    def time(self, fn: Callable[[], object]) -> float:
-        torch = self._torch
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        torch.cuda.synchronize(self._device)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end)
-
-
-def make_clock(device: str = "cpu"):
-    """CUDA events for a CUDA device, ``perf_counter`` otherwise."""
-    if str(device).startswith("cuda"):
-        return _CudaEventClock(device)
-    return _WallClock()
+def make_clock(device: str = "cpu") -> CpuClock | CudaClock:
+    """CUDA events for a CUDA device (each call starts on an idle device: synchronised first),
+    ``perf_counter`` otherwise."""
+    return device_clock(device, cpu=PERF_COUNTER, synchronize=True)
 
 
 def time_fn(

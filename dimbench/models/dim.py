@@ -19,7 +19,6 @@ checkpoint trained at another resolution is loaded.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dimbench.models.checkpointing import GradCheckpointing, run_block
+from dimbench.models.dim_configs import DIM_CONFIGS, RELEASED_CONFIGS
 from dimbench.models.dim_layout import (
     PAD_LAYOUTS,
     ScanOrder,
@@ -35,25 +35,16 @@ from dimbench.models.dim_layout import (
     scan_schedule,
     token_layout,
 )
+from dimbench.models.dim_official import (
+    convert_official_state_dict as convert_official_state_dict,  # each model module has one
+)
+from dimbench.models.layers import timestep_embedding
 from dimbench.models.mamba_mixer import MambaMixer
 from dimbench.registry import register_model
 
 Tensor = torch.Tensor
 
 ADALN_FREQ_DIM = 256  # sinusoid width fed to the adaLN-single time MLP (PixArt-alpha)
-
-
-def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
-    """Sinusoidal embedding of ``t`` (B,) -> (B, dim), cosines first (U-ViT / PixArt)."""
-    half = dim // 2
-    freqs = torch.exp(
-        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half
-    )
-    args = t.float()[:, None] * freqs[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    if dim % 2:
-        emb = F.pad(emb, (0, 1))
-    return emb
 
 
 class TimestepMLP(nn.Module):
@@ -405,21 +396,6 @@ def resize_pos_embed(pos_embed: Tensor, size: tuple[int, int]) -> Tensor:
 
 # ---------------------------------------------------------------------- registry
 
-DIM_CONFIGS: dict[str, dict] = {
-    "DiM-T/2": dict(hidden_size=64, depth=7),  # tiny, for tests: 7 blocks use all four orders
-    "DiM-S/2": dict(hidden_size=512, depth=25),
-    "DiM-L/2": dict(hidden_size=1024, depth=49),
-    "DiM-H/2": dict(hidden_size=1536, depth=49),
-}
-
-# The released checkpoints' configurations (tyshiwo1/DiM-DiffusionMamba configs/
-# imagenet256_L_DiM.py, imagenet256_H_DiM.py, imagenet512_H_DiM_ft.py; see dim_official.py).
-RELEASED_CONFIGS: dict[str, dict] = {
-    "DiM-L/2-imagenet256": dict(DIM_CONFIGS["DiM-L/2"], timestep_shift=1),
-    "DiM-H/2-imagenet256": dict(DIM_CONFIGS["DiM-H/2"], timestep_shift=1),
-    "DiM-H/2-imagenet512ft": dict(DIM_CONFIGS["DiM-H/2"], timestep_shift=1, pad_layout="cyclic"),
-}
-
 
 def _constructor(config: dict) -> Callable[..., DiM]:
     def build(input_size: tuple[int, int] = (32, 32), **overrides) -> DiM:
@@ -436,8 +412,3 @@ for _name, _config in {**DIM_CONFIGS, **RELEASED_CONFIGS}.items():
         width_multiple=4,
         family="DiM",
     )(_constructor(_config))
-
-# re-exported: every model module with official checkpoints offers convert_official_state_dict
-from dimbench.models.dim_official import (  # noqa: E402
-    convert_official_state_dict as convert_official_state_dict,
-)

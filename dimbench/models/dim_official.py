@@ -71,7 +71,8 @@ from pathlib import Path
 import torch
 
 from dimbench.errors import UsageError
-from dimbench.registry import LATENT_CHANNELS, LATENT_DOWNSAMPLE, SD_LATENT_SCALE
+from dimbench.latents import LATENT_CHANNELS, LATENT_DOWNSAMPLE, SD_LATENT_SCALE
+from dimbench.models.dim_configs import DIM_CONFIGS, RELEASED_CONFIGS
 from dimbench.torch_files import load_torch_file
 
 Tensor = torch.Tensor
@@ -187,8 +188,6 @@ class OfficialConfig:
     @property
     def size_name(self) -> str:
         """The registered DiM size of this width and depth (``DiM-H/2``, ...), or a description."""
-        from dimbench.models.dim import DIM_CONFIGS
-
         for name, cfg in DIM_CONFIGS.items():
             if (cfg["hidden_size"], cfg["depth"], self.patch_size) == (
                 self.hidden_size,
@@ -210,8 +209,6 @@ class OfficialConfig:
 
     def model_name(self) -> str:
         """The registry name to build: a released configuration's, else the closest DiM size."""
-        from dimbench.models.dim import DIM_CONFIGS, RELEASED_CONFIGS
-
         for name, cfg in RELEASED_CONFIGS.items():
             if not self.model_overrides_for(cfg):
                 return name
@@ -223,8 +220,6 @@ class OfficialConfig:
     def model_overrides(self) -> dict:
         """``create_model`` overrides that build this model from ``model_name()``; the pad layout
         and the timestep shift are always spelled out."""
-        from dimbench.models.dim import DIM_CONFIGS, RELEASED_CONFIGS
-
         name = self.model_name()
         base = RELEASED_CONFIGS.get(name) or DIM_CONFIGS[name]
         return {
@@ -471,41 +466,3 @@ def load_official_weights(
         **meta["model_overrides"],
     }
     return meta["model"], create_kwargs, ckpt["ema"]
-
-
-def check_official_fits(meta: dict, model: torch.nn.Module, path: str | Path) -> None:
-    """One-line UsageError when the official checkpoint behind ``meta`` (from
-    ``as_dimbench_checkpoint``) cannot initialise ``model``: another width, depth, ..."""
-    config = meta["official_config"]
-    name = getattr(model, "model_name", type(model).__name__)
-    what = f"{path}: this is an {meta['official']}"
-    from dimbench.models.dim import DiM
-
-    if not isinstance(model, DiM):
-        raise UsageError(f"{what}; {name} is not a DiM")
-    mixer = model.blocks[0].mixer
-    have = {
-        "width": model.hidden_size,
-        "depth": model.depth,
-        "patch": model.patch_size,
-        "in_channels": model.in_channels,
-        "out_channels": model.out_channels,
-        "classes": model.num_classes,
-        "d_state": mixer.d_state,
-        "d_conv": mixer.d_conv,
-        "expand": mixer.d_inner // mixer.d_model,
-    }
-    want = {
-        "width": config["hidden_size"],
-        "depth": config["depth"],
-        "patch": config["patch_size"],
-        "in_channels": config["in_channels"],
-        "out_channels": config["out_channels"],
-        "classes": config["num_classes"],
-        "d_state": config["d_state"],
-        "d_conv": config["d_conv"],
-        "expand": config["expand"],
-    }
-    diffs = [f"{k} {have[k]}" for k in have if have[k] != want[k]]
-    if diffs:
-        raise UsageError(f"{what}; {name} has {', '.join(diffs)}")

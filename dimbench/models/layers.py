@@ -1,12 +1,13 @@
-"""Pieces DiT and U-ViT share: self-attention through dimbench's kernel layer, timestep
-sinusoids, unpatchify. Parameter names follow the official code (``qkv``, ``proj``) so the
-published checkpoints load unchanged."""
+"""Pieces the models share: the timestep sinusoids (DiT, U-ViT and DiM), and self-attention
+through dimbench's kernel layer and unpatchify (DiT, U-ViT). Parameter names follow the official
+code (``qkv``, ``proj``) so the published checkpoints load unchanged."""
 
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dimbench.ops import attention
@@ -41,15 +42,16 @@ class Attention(nn.Module):
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """GLIDE/ADM sinusoids of (possibly fractional) timesteps: (N,) -> (N, dim), [cos | sin]."""
+    """GLIDE/ADM sinusoids of (possibly fractional) timesteps: (N,) -> (N, dim), [cos | sin],
+    cosines first as in DiT, U-ViT and DiM's PixArt-alpha embedder (an odd ``dim`` ends in a 0)."""
     half = dim // 2
     freqs = torch.exp(
         -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half
     )
-    args = t[:, None].float() * freqs[None]
+    args = t.float()[:, None] * freqs[None]
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
     if dim % 2:
-        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+        emb = F.pad(emb, (0, 1))
     return emb
 
 

@@ -2,14 +2,14 @@
 
 Public entry points (``dimbench regress`` uses these; the modules' other names are internals):
 ``source_tree`` / ``head_revision`` / ``resolve_base`` find the two sides, ``run_ab`` compares
-them, ``run_baseline`` / ``record_baseline`` work with a stored baseline file, ``Config`` holds
+them, ``run_baseline`` / ``record_baseline`` work with a stored baseline file, ``GateConfig`` holds
 the settings and ``GateResult`` is what each returns.
 """
 
 from dimbench.regress.baseline import BaselineError, baseline_path, machine_class
 from dimbench.regress.gate import (
     DEFAULT_ROUNDS,
-    Config,
+    GateConfig,
     GateResult,
     check_baseline,
     record_baseline,
@@ -25,7 +25,7 @@ __all__ = [
     "DEFAULT_ROUNDS",
     "DEFAULT_THRESHOLD",
     "BaselineError",
-    "Config",
+    "GateConfig",
     "GateResult",
     "Revision",
     "WorkerError",

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-Workload = Callable[[], object]
+TimedCall = Callable[[], object]  # what a case's setup returns: the call the worker times
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class Case:
 
     name: str
     group: str  # "kernel" | "block" | "calibration"
-    setup: Callable[[torch.device], Workload]
+    setup: Callable[[torch.device], TimedCall]
     repeat: int = 1  # calls per timed sample
     params: dict = field(default_factory=dict)
 
@@ -50,7 +50,7 @@ def _gen(device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(0)
 
 
-def _train_step(module: torch.nn.Module, *inputs: torch.Tensor, **kwargs: object) -> Workload:
+def _train_step(module: torch.nn.Module, *inputs: torch.Tensor, **kwargs: object) -> TimedCall:
     """Forward, then the gradients of every parameter and of the first input."""
     params = [p for p in module.parameters() if p.requires_grad]
 
@@ -89,8 +89,8 @@ def _scan_inputs(device: torch.device, requires_grad: bool) -> dict[str, torch.T
     return {k: v.requires_grad_(requires_grad) for k, v in inputs.items()}
 
 
-def _scan_forward(backend: str) -> Callable[[torch.device], Workload]:
-    def setup(device: torch.device) -> Workload:
+def _scan_forward(backend: str) -> Callable[[torch.device], TimedCall]:
+    def setup(device: torch.device) -> TimedCall:
         from dimbench.ops import selective_scan
 
         inputs = _scan_inputs(device, requires_grad=False)
@@ -104,8 +104,8 @@ def _scan_forward(backend: str) -> Callable[[torch.device], Workload]:
     return setup
 
 
-def _scan_train(backend: str) -> Callable[[torch.device], Workload]:
-    def setup(device: torch.device) -> Workload:
+def _scan_train(backend: str) -> Callable[[torch.device], TimedCall]:
+    def setup(device: torch.device) -> TimedCall:
         from dimbench.ops import selective_scan
 
         inputs = _scan_inputs(device, requires_grad=True)
@@ -120,8 +120,8 @@ def _scan_train(backend: str) -> Callable[[torch.device], Workload]:
     return setup
 
 
-def _attention_forward(backend: str) -> Callable[[torch.device], Workload]:
-    def setup(device: torch.device) -> Workload:
+def _attention_forward(backend: str) -> Callable[[torch.device], TimedCall]:
+    def setup(device: torch.device) -> TimedCall:
         from dimbench.ops import attention
 
         g = _gen(device)
@@ -137,8 +137,8 @@ def _attention_forward(backend: str) -> Callable[[torch.device], Workload]:
     return setup
 
 
-def _conv_forward(backend: str) -> Callable[[torch.device], Workload]:
-    def setup(device: torch.device) -> Workload:
+def _conv_forward(backend: str) -> Callable[[torch.device], TimedCall]:
+    def setup(device: torch.device) -> TimedCall:
         from dimbench.ops import causal_conv1d
 
         g = _gen(device)
@@ -202,8 +202,8 @@ def first_block_inputs(
     return tuple(map(fresh, seen["args"])), {k: fresh(v) for k, v in seen["kwargs"].items()}
 
 
-def _block_train(config: dict, scan_backend: str) -> Callable[[torch.device], Workload]:
-    def setup(device: torch.device) -> Workload:
+def _block_train(config: dict, scan_backend: str) -> Callable[[torch.device], TimedCall]:
+    def setup(device: torch.device) -> TimedCall:
         from dimbench.registry import create_model
 
         torch.manual_seed(0)
@@ -233,7 +233,7 @@ MLP = dict(tokens=512, hidden=128, mlp_ratio=4)
 SOFTMAX = dict(shape=(4, 256, 256))
 
 
-def _calib_matmul(device: torch.device) -> Workload:
+def _calib_matmul(device: torch.device) -> TimedCall:
     n = MATMUL["n"]
     g = _gen(device)
     a = torch.randn(n, n, generator=g, device=device)
@@ -242,7 +242,7 @@ def _calib_matmul(device: torch.device) -> Workload:
     return lambda: torch.mm(a, b, out=out)
 
 
-def _calib_mlp(device: torch.device) -> Workload:
+def _calib_mlp(device: torch.device) -> TimedCall:
     torch.manual_seed(0)
     hidden = MLP["hidden"]
     net = torch.nn.Sequential(
@@ -255,7 +255,7 @@ def _calib_mlp(device: torch.device) -> Workload:
     return _train_step(net, x.requires_grad_(True))
 
 
-def _calib_softmax(device: torch.device) -> Workload:
+def _calib_softmax(device: torch.device) -> TimedCall:
     x = torch.randn(*SOFTMAX["shape"], generator=_gen(device), device=device)
     return lambda: torch.softmax(x, dim=-1)
 

@@ -53,7 +53,9 @@ Progress = Callable[[str, int, int], None]  # (stage, rounds done, rounds in all
 
 
 @dataclass(frozen=True)
-class Config:
+class GateConfig:
+    """The speed gate's settings (a sweep's are ``bench.spec.Config``)."""
+
     threshold: float = DEFAULT_THRESHOLD
     alpha: float = DEFAULT_ALPHA
     rounds: int = DEFAULT_ROUNDS
@@ -113,7 +115,7 @@ class Measured:
 # ---------------------------------------------------------------------- cases
 
 
-def cases_file(head: Revision, config: Config) -> Path:
+def cases_file(head: Revision, config: GateConfig) -> Path:
     """The benchmarks come from the head (asv's model): its own cases.py when it has one."""
     if config.cases_file is not None:
         return config.cases_file
@@ -146,7 +148,7 @@ def load_cases(path: Path, device: str) -> CaseList:
 # ---------------------------------------------------------------------- measuring
 
 
-def settings(config: Config, seed: int, clock: str, heap_kept: bool | None) -> dict:
+def settings(config: GateConfig, seed: int, clock: str, heap_kept: bool | None) -> dict:
     return {
         "clock": clock,
         "threads": THREADS,
@@ -167,7 +169,7 @@ def measure(
     trees: Sequence[tuple[str, Revision]],
     cases: Path,
     listed: CaseList,
-    config: Config,
+    config: GateConfig,
     seed: int,
     work_dir: Path,
     on_round: Callable[[int], None] | None = None,
@@ -298,7 +300,7 @@ def _progress(on_round: Progress | None, stage: str, total: int) -> Callable[[in
 def run_ab(
     head: Revision,
     base: Revision,
-    config: Config = Config(),
+    config: GateConfig = GateConfig(),
     on_round: Progress | None = None,
 ) -> GateResult:
     """The head's working tree against ``base`` (checked out as a temporary worktree)."""
@@ -322,7 +324,7 @@ def _measure_and_judge(
     trees: Sequence[tuple[str, Revision]],
     cases: Path,
     listed: CaseList,
-    config: Config,
+    config: GateConfig,
     work: Path,
     on_round: Progress | None,
     stored: Samples | None = None,
@@ -367,7 +369,7 @@ def _record(result: GateResult, base: Measured | None, head: Measured, run: str)
         result.base["errors"] = base.errors
 
 
-def incomparable(config: Config, baseline: Baseline, listed: CaseList) -> str | None:
+def incomparable(config: GateConfig, baseline: Baseline, listed: CaseList) -> str | None:
     """Why the baseline's samples cannot be compared with this run's (None when they can)."""
     now = {"clock": expected_clock(config.device), "threads": THREADS}
     now["device_type"] = config.device.split(":")[0]
@@ -383,7 +385,7 @@ def incomparable(config: Config, baseline: Baseline, listed: CaseList) -> str | 
     return None
 
 
-def check_baseline(head: Revision, path: Path, config: Config) -> Baseline:
+def check_baseline(head: Revision, path: Path, config: GateConfig) -> Baseline:
     """The stored baseline at ``path``, checked comparable before anything is measured."""
     baseline = load_baseline(path)
     reason = incomparable(config, baseline, load_cases(cases_file(head, config), config.device))
@@ -395,7 +397,7 @@ def check_baseline(head: Revision, path: Path, config: Config) -> Baseline:
 def run_baseline(
     head: Revision,
     path: Path,
-    config: Config = Config(),
+    config: GateConfig = GateConfig(),
     on_round: Progress | None = None,
 ) -> GateResult:
     """The head against the samples stored in the baseline file ``path``."""
@@ -427,7 +429,7 @@ def run_baseline(
 def record_baseline(
     head: Revision,
     path: Path,
-    config: Config = Config(),
+    config: GateConfig = GateConfig(),
     on_round: Progress | None = None,
 ) -> GateResult:
     """Measure the head and store its samples as the baseline ``path`` of this machine class;

@@ -6,7 +6,8 @@ this file by its path and calls ``main``. ``import_side`` then puts the tree fir
 ``sys.path``: everything dimbench installs lives under the tree's ``dimbench/`` (a base revision
 from before that layout gets links to its top-level ``suites/`` and ``baselines/`` when it is
 checked out, see ``worktree.checkout``). This file therefore imports nothing from ``dimbench``
-itself, and the cases file it is given (the head's ``cases.py``) is loaded by path as well.
+itself; the cases file it is given (the head's ``cases.py``) and the clocks (the head's
+``measure/clocks.py``) are loaded by path as well.
 
 Protocol: JSON lines, requests on stdin, replies on the stdout the worker was started with; the
 code under test writes to stderr (fd 1 is pointed there), so a print cannot corrupt a reply.
@@ -18,7 +19,9 @@ Clock: on the CPU the process's CPU time (``time.process_time``), with torch pin
 thread. On a shared machine the wall clock also counts the time other processes hold the core;
 CPU time counts only this process's work, so only the second-order effects of sharing (caches,
 memory bandwidth) remain, and the calibration kernels see those too. On CUDA, CUDA events
-around the ``repeat`` calls.
+around the ``repeat`` calls. Both come from ``dimbench/measure/clocks.py``, which this file loads
+by its path from its own tree (the head's), as it loads the cases: both sides are timed by the
+same clock code, whatever their ``dimbench`` holds.
 
 torch is imported by the cases that need it (all of the gate's do), not by the worker itself.
 
@@ -38,16 +41,17 @@ import importlib.util
 import json
 import os
 import sys
-import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 
+# the clocks as gate settings and stored baselines name them (compared between runs)
 CPU_CLOCK = "process_time"
 CUDA_CLOCK = "cuda-events"
 
 Timer = Callable[[Callable[[], object], int], float]  # (fn, repeat) -> seconds per call
+CLOCKS_MODULE = "dimbench_gate_clocks"
 
 
 # ---------------------------------------------------------------------- importing a side
@@ -97,6 +101,9 @@ def loaded_kernels() -> list[str]:
 
 # ---------------------------------------------------------------------- timing
 
+# by its path, from the tree this file is in (the head's), like the cases: see the docstring
+clocks = load_module(Path(__file__).resolve().parents[1] / "measure" / "clocks.py", CLOCKS_MODULE)
+
 # glibc mallopt parameters
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _MMAP_THRESHOLD_MAX = 32 * 2**20  # glibc's cap on 64-bit systems
@@ -116,29 +123,17 @@ def keep_heap() -> bool:
 
 
 def timer(device: str) -> tuple[str, Timer]:
-    """(clock name, time(fn, repeat) -> seconds per call) for ``device``."""
-    if str(device).startswith("cuda"):
-        import torch
+    """(clock name, time(fn, repeat) -> seconds per call) for ``device``: the ``repeat`` calls
+    bracketed by one span of the clocks module's process-time or CUDA-event clock."""
+    clock = clocks.device_clock(device, cpu=clocks.PROCESS_TIME)
 
-        def cuda_time(fn: Callable[[], object], repeat: int) -> float:
-            start = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
-            start.record()
+    def time_calls(fn: Callable[[], object], repeat: int) -> float:
+        with clock.span() as span:
             for _ in range(repeat):
                 fn()
-            end.record()
-            end.synchronize()
-            return start.elapsed_time(end) / 1e3 / repeat  # elapsed_time is in ms
+        return span.seconds / repeat
 
-        return CUDA_CLOCK, cuda_time
-
-    def cpu_time(fn: Callable[[], object], repeat: int) -> float:
-        t0 = time.process_time()
-        for _ in range(repeat):
-            fn()
-        return (time.process_time() - t0) / repeat
-
-    return CPU_CLOCK, cpu_time
+    return (CUDA_CLOCK if clocks.is_cuda(device) else CPU_CLOCK), time_calls
 
 
 def one_line(error: BaseException) -> str:

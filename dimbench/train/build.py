@@ -10,17 +10,17 @@ import torch
 from torch import nn
 
 from dimbench.errors import UsageError
+from dimbench.latents import LATENT_CHANNELS, LATENT_DOWNSAMPLE
 from dimbench.train.data import DataInfo
-from dimbench.train.vae import VAE_CHANNELS, VAE_DOWNSAMPLE
 
 
 def model_input(info: DataInfo, vae: str | None) -> tuple[int, int]:
     """(channels, downsample) of what the model sees: stored latents, pixels that a VAE
     encodes on the fly, or pixels."""
     if info.latent:
-        return info.channels, VAE_DOWNSAMPLE
+        return info.channels, LATENT_DOWNSAMPLE
     if vae:
-        return VAE_CHANNELS, VAE_DOWNSAMPLE
+        return LATENT_CHANNELS, LATENT_DOWNSAMPLE
     return 3, 1
 
 

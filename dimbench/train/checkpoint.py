@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dimbench.errors import CheckpointError
+from dimbench.errors import CheckpointError, UsageError
 from dimbench.torch_files import load_torch_file
 
 FORMAT = "dimbench-checkpoint-1"
@@ -122,6 +122,45 @@ def check_compatible(
         raise CheckpointError(f"checkpoint {path} is for another model: {', '.join(diffs)}{hint}")
 
 
+def check_official_fits(meta: dict, model: torch.nn.Module, path: str | Path) -> None:
+    """One-line UsageError when the official DiM checkpoint behind ``meta`` (from
+    ``dim_official.as_dimbench_checkpoint``) cannot initialise ``model``: another width, depth,
+    ..."""
+    from dimbench.models.dim import DiM
+
+    config = meta["official_config"]
+    name = getattr(model, "model_name", type(model).__name__)
+    what = f"{path}: this is an {meta['official']}"
+    if not isinstance(model, DiM):
+        raise UsageError(f"{what}; {name} is not a DiM")
+    mixer = model.blocks[0].mixer
+    have = {
+        "width": model.hidden_size,
+        "depth": model.depth,
+        "patch": model.patch_size,
+        "in_channels": model.in_channels,
+        "out_channels": model.out_channels,
+        "classes": model.num_classes,
+        "d_state": mixer.d_state,
+        "d_conv": mixer.d_conv,
+        "expand": mixer.d_inner // mixer.d_model,
+    }
+    want = {
+        "width": config["hidden_size"],
+        "depth": config["depth"],
+        "patch": config["patch_size"],
+        "in_channels": config["in_channels"],
+        "out_channels": config["out_channels"],
+        "classes": config["num_classes"],
+        "d_state": config["d_state"],
+        "d_conv": config["d_conv"],
+        "expand": config["expand"],
+    }
+    diffs = [f"{k} {have[k]}" for k in have if have[k] != want[k]]
+    if diffs:
+        raise UsageError(f"{what}; {name} has {', '.join(diffs)}")
+
+
 def load_weights(model: torch.nn.Module, state: dict, what: str) -> None:
     """``model.load_state_dict(state)`` with a one-line ``CheckpointError`` when it does not fit
     (e.g. a checkpoint written before a model's definition changed)."""
@@ -141,8 +180,6 @@ def load_model_weights(
     model's ``model_meta``) or a released DiM file (its shapes decide, not its name). One-line
     ``CheckpointError`` when they do not fit."""
     if "official" in ckpt["meta"]:
-        from dimbench.models.dim_official import check_official_fits
-
         check_official_fits(ckpt["meta"], model, what)
     else:
         check_compatible(ckpt["meta"], expected, what, allow_resize=True)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from dimbench.compile import check_compiler
 from dimbench.errors import UsageError
-from dimbench.registry import SD_LATENT_SCALE
+from dimbench.latents import SD_LATENT_SCALE
 
 # The DiM paper's ImageNet recipe (REFERENCE.md section 1); ``warmup`` is 5000 steps there and
 # defaults here to min(5000, steps // 10) so that short runs reach the peak learning rate.

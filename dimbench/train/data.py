@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from dimbench.errors import UsageError
-from dimbench.registry import SD_LATENT_SCALE
+from dimbench.latents import SD_LATENT_SCALE
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
 

@@ -22,10 +22,10 @@ from dimbench.diffusion.samplers import DEFAULT_STEPS, SAMPLERS, sample
 from dimbench.diffusion.schedule import NoiseSchedule
 from dimbench.diffusion.upsample import UPSAMPLE_FACTORS, UpsampleGuidance
 from dimbench.errors import UsageError
+from dimbench.latents import SD_LATENT_SCALE
 from dimbench.metrics.images import SAMPLES_NPZ, SAMPLES_RECORD
 from dimbench.metrics.structure import lag1_autocorrelation
 from dimbench.paths import writable_dir
-from dimbench.registry import SD_LATENT_SCALE
 from dimbench.threads import omp_policy_in_effect
 from dimbench.train import distributed as D
 from dimbench.train.build import build_model, check_backends

@@ -29,6 +29,7 @@ from dimbench.compile import compiled
 from dimbench.diffusion.losses import LOSSES, training_losses
 from dimbench.diffusion.schedule import SCHEDULES, NoiseSchedule
 from dimbench.errors import Interrupted, UsageError
+from dimbench.latents import LATENT_CHANNELS, LATENT_DOWNSAMPLE
 from dimbench.paths import writable_dir
 from dimbench.registry import get_model
 from dimbench.threads import omp_policy_in_effect
@@ -51,7 +52,6 @@ from dimbench.train.data import DataInfo, SampleStream, StepBatches, build_datas
 from dimbench.train.ema import make_ema
 from dimbench.train.log import LOG_NAME, TrainLog, TrainProgress
 from dimbench.train.signals import StopRequest
-from dimbench.train.vae import VAE_CHANNELS, VAE_DOWNSAMPLE
 
 STEP_STREAM = 0x57E9  # salt of the per-step generator
 
@@ -105,7 +105,7 @@ class Trainer:
 
         # data: pixels, pre-extracted latents, or pixels encoded by a VAE on the fly
         self.dataset, self.data_info = data or build_dataset(
-            cfg.data, cfg.image_size, VAE_DOWNSAMPLE
+            cfg.data, cfg.image_size, LATENT_DOWNSAMPLE
         )
         channels, self.downsample = model_input(self.data_info, cfg.vae)
         self.vae = None
@@ -364,8 +364,8 @@ class Trainer:
         y = y.to(self.device, non_blocking=True)
         latent_shape = None
         if self.vae is not None:
-            h, w = x.shape[-2] // VAE_DOWNSAMPLE, x.shape[-1] // VAE_DOWNSAMPLE
-            latent_shape = (VAE_CHANNELS, h, w)
+            h, w = x.shape[-2] // LATENT_DOWNSAMPLE, x.shape[-1] // LATENT_DOWNSAMPLE
+            latent_shape = (LATENT_CHANNELS, h, w)
         t, noise, drop, vae_noise = self._step_randomness(
             self.step, tuple(x.shape[1:]), latent_shape
         )

@@ -12,9 +12,6 @@ import torch
 
 from dimbench.errors import UsageError
 
-VAE_DOWNSAMPLE = 8
-VAE_CHANNELS = 4
-
 
 def load_vae(path: str | Path, device: torch.device) -> torch.nn.Module:
     """AutoencoderKL from a local diffusers folder (config.json + weights) or a single file."""

@@ -74,27 +74,9 @@ def test_wall_clock_measures_time():
     assert t.clock == "perf_counter" and 15 < t.median_ms < 500
 
 
-def test_cuda_event_clock_synchronises_and_uses_events(monkeypatch):
+def test_cuda_event_clock_synchronises_and_uses_events(fake_cuda_events):
     """The CUDA clock without a GPU: torch.cuda.Event and synchronize mocked."""
-    log = []
-
-    class Event:
-        def __init__(self, enable_timing=False):
-            assert enable_timing
-            self.t = None
-
-        def record(self):
-            log.append("record")
-            self.t = len(log)
-
-        def synchronize(self):
-            log.append("event_sync")
-
-        def elapsed_time(self, other):
-            return 2.5 * (other.t - self.t)
-
-    monkeypatch.setattr(torch.cuda, "Event", Event)
-    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: log.append("sync"))
+    log = fake_cuda_events
     clock = make_clock("cuda:0")
     assert clock.name == "cuda_events"
     ms = clock.time(lambda: log.append("work"))

@@ -12,7 +12,7 @@ from torch import nn
 from dimbench.bench.spec import Config
 from dimbench.measure.op_categories import CATEGORIES, classify
 from dimbench.measure.op_recorder import OpRecorder, record_step
-from dimbench.measure.profiler import profile_step
+from dimbench.measure.step_breakdown import break_down_step
 
 
 def cli(args: list[str]) -> int:
@@ -166,7 +166,7 @@ def _workload(model="DiM-T/2", res=32, **kw):
 def test_profiler_splits_a_step_by_category_and_block(tmp_path):
     work = _workload()
     trace = tmp_path / "t.json"
-    prof = profile_step(work.step, work.model, "cpu", steps=1, trace_path=trace)
+    prof = break_down_step(work.step, work.model, "cpu", steps=1, trace_path=trace)
     assert set(prof.category_s) == set(CATEGORIES)
     assert prof.category_s["scan"] > 0 and prof.category_s["matmul"] > 0
     assert prof.category_s["attention"] == 0

@@ -433,7 +433,7 @@ def test_train_init_from_an_official_file(tmp_path):
 
 
 def test_a_checkpoint_of_another_config_names_what_it_is(tmp_path):
-    from dimbench.models.dim_official import check_official_fits
+    from dimbench.train.checkpoint import check_official_fits
 
     sd = official_state_dict(device="meta", width=1024, depth=49, grid=(16, 16))
     meta = as_dimbench_checkpoint(sd)["meta"]

@@ -35,7 +35,7 @@ from dimbench.regress.gate import (
     UNCONFIRMED,
     UPDATED,
     CaseList,
-    Config,
+    GateConfig,
     Measured,
     compare_runs,
     run_ab,
@@ -230,7 +230,7 @@ def _ab(tmp_path, monkeypatch, *runs):
     _fake_listed(monkeypatch, list(runs[0][1].times))
     repo = _repo(tmp_path / "repo")
     head = head_revision(repo)
-    return run_ab(head, resolve_base(repo, "HEAD"), Config(rounds=ROUNDS)), fake
+    return run_ab(head, resolve_base(repo, "HEAD"), GateConfig(rounds=ROUNDS)), fake
 
 
 def test_ab_confirms_a_regression_in_fresh_processes(tmp_path, monkeypatch):
@@ -270,7 +270,7 @@ def test_baseline_flow_confirms_against_the_stored_samples(tmp_path, monkeypatch
     monkeypatch.setattr(gate, "measure", fake)
     _fake_listed(monkeypatch, list(times))
     head = head_revision(_repo(tmp_path / "repo"))
-    result = run_baseline(head, tmp_path / "b.json", Config(rounds=ROUNDS))
+    result = run_baseline(head, tmp_path / "b.json", GateConfig(rounds=ROUNDS))
     assert fake.calls == [(["head"], 0), (["head"], 1)]
     assert result.status == FAIL and result.base["sha"] == "base"
 
@@ -283,7 +283,7 @@ def test_incomparable_baseline_is_refused_before_measuring(tmp_path, monkeypatch
     _fake_listed(monkeypatch, ["scan"])
     head = head_revision(_repo(tmp_path / "repo"))
     with pytest.raises(UsageError, match="not comparable"):
-        run_baseline(head, tmp_path / "b.json", Config(rounds=ROUNDS))
+        run_baseline(head, tmp_path / "b.json", GateConfig(rounds=ROUNDS))
 
 
 # ---------------------------------------------------------------------- rounds and timing
@@ -656,10 +656,10 @@ def test_ab_flow_on_synthetic_cases(tmp_path):
     against HEAD fails; HEAD against HEAD passes; the base's worktree is gone afterwards."""
     repo = _repo(tmp_path / "repo")
     base = resolve_base(repo, "HEAD")
-    same = run_ab(head_revision(repo), base, Config(rounds=8, threshold=0.5))
+    same = run_ab(head_revision(repo), base, GateConfig(rounds=8, threshold=0.5))
     assert same.status == PASS, same.rows
     (repo / "dimbench" / "__init__.py").write_text("SLOW = 2.5\n")
-    slow = run_ab(head_revision(repo), base, Config(rounds=8))
+    slow = run_ab(head_revision(repo), base, GateConfig(rounds=8))
     assert slow.status == FAIL, slow.rows
     rows = {r.name: r for r in slow.rows}
     assert rows["spin/scaled"].verdict == REGRESSION and rows["spin/scaled"].ratio > 1.8
@@ -679,7 +679,7 @@ def test_interrupt_mid_run_ends_the_workers_and_removes_the_worktree(tmp_path, m
 
     monkeypatch.setattr(gate, "interleave", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        run_ab(head_revision(repo), resolve_base(repo, None), Config(rounds=5))
+        run_ab(head_revision(repo), resolve_base(repo, None), GateConfig(rounds=5))
     assert len(workers) == 2 and all(proc.poll() is not None for proc in workers)
     assert len(_worktrees(repo)) == 1
 

@@ -53,7 +53,7 @@ def predict(cfg: Config, cost, recording_device: str = "cpu") -> dict:
         "predicted_imgs_per_s": cfg.batch_size / (p.latency_ms / 1e3),
         "predicted_peak_mem_mb": p.peak_bytes / 1e6,
         "roofline_latency_ms": p.roofline_ms,
-        "device_profile": cost.profile.label,
+        "device_profile": cost.device_profile.label,
         "gflops": p.flops / 1e9,
         "gbytes": p.bytes / 1e9,
         "ops": p.ops,

@@ -2,7 +2,7 @@
 
 Runs in its own process per configuration (``dimbench.bench.worker``): the workload of the
 throughput suite, ``warmup`` unprofiled steps, then ``repeats`` steps under ``torch.profiler``
-(``dimbench.measure.profiler``). The same step is recorded on fake tensors
+(``dimbench.measure.step_breakdown``). The same step is recorded on fake tensors
 (``dimbench.measure.op_recorder``) for each category's FLOPs and bytes, so achieved GFLOP/s and
 GB/s and the share of the device's roofline (from its device profile, ``dimbench calibrate``)
 come out per category.
@@ -64,23 +64,24 @@ def trace_path(cfg: Config, folder: str | Path) -> Path:
     return Path(folder) / f"{stem.replace(':', '')}.json"
 
 
-def device_profile(device: str):
-    """The profile named by the command, else this machine's cached one, else None."""
+def find_device_profile(device: str):
+    """The device profile named by the command, else this machine's cached one, else None."""
     from dimbench.measure import device_profile as dp
 
     path = os.environ.get(PROFILE_ENV)
     return dp.load(path) if path else dp.cached(device)
 
 
-def _rates(time_ms: float, flops: float, nbytes: float, profile, dtype: str) -> dict:
+def _rates(time_ms: float, flops: float, nbytes: float, device_profile, dtype: str) -> dict:
     out = {"gflops": flops / 1e9, "gbytes": nbytes / 1e9}
     seconds = time_ms / 1e3
     if seconds > 0:
         out["gflops_s"] = flops / 1e9 / seconds
         out["gbytes_s"] = nbytes / 1e9 / seconds
-        if profile is not None and (flops or nbytes):
+        if device_profile is not None and (flops or nbytes):
             roof = max(
-                flops / (profile.matmul_gflops(dtype) * 1e9), nbytes / (profile.bandwidth_gbs * 1e9)
+                flops / (device_profile.matmul_gflops(dtype) * 1e9),
+                nbytes / (device_profile.bandwidth_gbs * 1e9),
             )
             out["roofline_pct"] = 100 * roof / seconds
     return out
@@ -92,10 +93,10 @@ def measure(cfg: Config) -> dict:
     from dimbench.bench.workload import build_workload, warm_up_runtime
     from dimbench.measure.op_categories import CATEGORIES
     from dimbench.measure.op_recorder import record_step
-    from dimbench.measure.profiler import profile_step
+    from dimbench.measure.step_breakdown import break_down_step
 
     on_gpu = cfg.device.startswith("cuda")
-    profile = device_profile(cfg.device)
+    device_profile = find_device_profile(cfg.device)
     warm_up_runtime(cfg.device)
     work = build_workload(cfg)
     for _ in range(max(1, cfg.warmup)):
@@ -109,16 +110,16 @@ def measure(cfg: Config) -> dict:
         torch.cuda.reset_peak_memory_stats(cfg.device)
     trace_dir = os.environ.get(TRACE_ENV)
     trace = trace_path(cfg, trace_dir) if trace_dir else None
-    prof = profile_step(
+    breakdown = break_down_step(
         work.step, work.model, cfg.device, steps=max(1, cfg.repeats), trace_path=trace
     )
-    peak = torch.cuda.max_memory_allocated(cfg.device) if on_gpu else held + prof.peak_bytes
+    peak = torch.cuda.max_memory_allocated(cfg.device) if on_gpu else held + breakdown.peak_bytes
     stream = record_step(
         cfg.model, cfg.image_size, cfg.batch_size, cfg.dtype, cfg.mode, cfg.device,
         cfg.backend_kwargs(),
     )  # fmt: skip
     counted = stream.by_category()
-    total_ms = prof.total_s * 1e3
+    total_ms = breakdown.total_s * 1e3
     rows = [
         {
             "scope": "model",
@@ -127,11 +128,11 @@ def measure(cfg: Config) -> dict:
             "share": 1.0,
             "ops": sum(c["ops"] for c in counted.values()),
             "mem_mb": peak / 1e6,
-            **_rates(total_ms, stream.flops, stream.bytes, profile, cfg.dtype),
+            **_rates(total_ms, stream.flops, stream.bytes, device_profile, cfg.dtype),
         }
     ]
     for category in CATEGORIES:
-        ms = prof.category_s.get(category, 0.0) * 1e3
+        ms = breakdown.category_s.get(category, 0.0) * 1e3
         c = counted[category]
         rows.append(
             {
@@ -140,12 +141,12 @@ def measure(cfg: Config) -> dict:
                 "time_ms": ms,
                 "share": ms / total_ms if total_ms else None,
                 "ops": c["ops"],
-                **_rates(ms, c["flops"], c["bytes"], profile, cfg.dtype),
+                **_rates(ms, c["flops"], c["bytes"], device_profile, cfg.dtype),
             }
         )
     per_block = stream.by_block()
     for block in stream.blocks:
-        ms = prof.block_s.get(block, 0.0) * 1e3
+        ms = breakdown.block_s.get(block, 0.0) * 1e3
         c = per_block.get(block, {"flops": 0, "bytes": 0, "ops": 0})
         rows.append(
             {
@@ -154,11 +155,11 @@ def measure(cfg: Config) -> dict:
                 "time_ms": ms,
                 "share": ms / total_ms if total_ms else None,
                 "ops": c["ops"],
-                **_rates(ms, c["flops"], c["bytes"], profile, cfg.dtype),
+                **_rates(ms, c["flops"], c["bytes"], device_profile, cfg.dtype),
             }
         )
     rows.append({"scope": "memory", "category": "held", "mem_mb": held / 1e6})
-    for i, holder in enumerate(prof.holders[:TOP_HOLDERS]):
+    for i, holder in enumerate(breakdown.holders[:TOP_HOLDERS]):
         rows.append(
             {
                 "scope": "memory",
@@ -168,11 +169,11 @@ def measure(cfg: Config) -> dict:
             }
         )
     raw = {
-        "wall_ms": prof.wall_s * 1e3,
-        "steps": prof.steps,
-        "top_ops_ms": {c: [(op, s * 1e3) for op, s in ops] for c, ops in prof.top_ops.items()},
+        "wall_ms": breakdown.wall_s * 1e3,
+        "steps": breakdown.steps,
+        "top_ops_ms": {c: [(op, s * 1e3) for op, s in ops] for c, ops in breakdown.top_ops.items()},
         "trace": str(trace) if trace else None,
-        "device_profile": profile.label if profile is not None else None,
+        "device_profile": device_profile.label if device_profile is not None else None,
         "predicted_peak_mb": stream.peak_bytes / 1e6,
     }
     return {"rows": rows, "raw": raw}

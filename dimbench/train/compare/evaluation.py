@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 
 from dimbench.diffusion.schedule import NoiseSchedule
 from dimbench.errors import UsageError
-from dimbench.registry import SD_LATENT_SCALE
+from dimbench.latents import SD_LATENT_SCALE
 from dimbench.train import distributed as D
 from dimbench.train.compare.config import CompareConfig
 from dimbench.train.data import DataInfo, mix_seed

@@ -30,6 +30,7 @@ import torch
 
 from dimbench.diffusion.schedule import NoiseSchedule
 from dimbench.errors import Interrupted, UsageError
+from dimbench.latents import LATENT_DOWNSAMPLE
 from dimbench.paths import writable_dir
 from dimbench.train import distributed as D
 from dimbench.train.build import build_model, check_backends, model_input
@@ -48,7 +49,6 @@ from dimbench.train.compare.widths import PlannedModel, match_summary, plan_mode
 from dimbench.train.config import TrainConfig
 from dimbench.train.data import build_dataset
 from dimbench.train.trainer import Trainer
-from dimbench.train.vae import VAE_DOWNSAMPLE
 
 
 class ModelRun:
@@ -169,7 +169,7 @@ class CompareRun:
         self.device = dist.device
         self.out = Path(cfg.out)
         self.budget = parse_budget(cfg.budget)
-        self.dataset, self.info = build_dataset(cfg.data, cfg.image_size, VAE_DOWNSAMPLE)
+        self.dataset, self.info = build_dataset(cfg.data, cfg.image_size, LATENT_DOWNSAMPLE)
         self.channels, self.downsample = model_input(self.info, cfg.vae)
         self.specs = plan_models(cfg, self.channels, self.downsample, self.info.num_classes)
         self.schedule_name = cfg.schedule or ("linear" if self.downsample == 1 else "scaled_linear")

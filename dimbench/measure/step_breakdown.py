@@ -48,7 +48,7 @@ class Holder:
 
 
 @dataclass
-class StepProfile:
+class StepBreakdown:
     """One profiled step (averaged over ``steps``): seconds per category and per block."""
 
     device: str
@@ -94,13 +94,13 @@ def _block_of(chain) -> str | None:
     return None
 
 
-def profile_step(
+def break_down_step(
     step: Callable[[], object],
     model: nn.Module,
     device: str = "cpu",
     steps: int = 1,
     trace_path: str | Path | None = None,
-) -> StepProfile:
+) -> StepBreakdown:
     """Run ``step()`` ``steps`` times under the profiler (after the caller's warm-up)."""
     on_cuda = str(device).startswith("cuda")
     activities = [torch.profiler.ProfilerActivity.CPU]
@@ -135,7 +135,7 @@ def profile_step(
     return _analyse(prof, device, steps, wall, str(trace_path) if trace_path else None)
 
 
-def _analyse(prof, device: str, steps: int, wall: float, trace: str | None) -> StepProfile:
+def _analyse(prof, device: str, steps: int, wall: float, trace: str | None) -> StepBreakdown:
     on_cuda = str(device).startswith("cuda")
     category_us: dict[str, float] = dict.fromkeys(CATEGORIES, 0.0)
     block_us: dict[str, float] = defaultdict(float)
@@ -168,7 +168,7 @@ def _analyse(prof, device: str, steps: int, wall: float, trace: str | None) -> S
     for (category, op), us in sorted(op_us.items(), key=lambda kv: -kv[1]):
         if len(top_ops[category]) < 5:
             top_ops[category].append((op, us / 1e6 / steps))
-    return StepProfile(
+    return StepBreakdown(
         device=str(device),
         steps=steps,
         wall_s=wall,
