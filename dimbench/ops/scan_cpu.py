@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from dimbench.ops import cbuild, hugepages, scan
+from dimbench.ops import backends, cbuild, hugepages, scan
 from dimbench.ops import layout as lay
 from dimbench.ops.cbuild import KernelUnavailable
 
@@ -303,25 +303,17 @@ def backward(grad_out, u, delta, A, B, C, D, z, delta_bias, delta_softplus, save
                 t.zero_()
     if B.dim() == 3:
         dB, dC = dB.squeeze(1), dC.squeeze(1)
-    return [
-        du.to(u.dtype),
-        ddelta.to(delta.dtype),
-        dA.to(A.dtype),
-        dB.to(B.dtype),
-        dC.to(C.dtype),
-        dD.to(D.dtype) if D is not None else None,
-        dz.to(z.dtype) if z is not None else None,
-        dbias.to(delta_bias.dtype) if delta_bias is not None else None,
-    ]
+    grads = [du, ddelta, dA, dB, dC, dD, dz, dbias]
+    return scan.in_input_dtypes(grads, u, delta, A, B, C, D, z, delta_bias)
 
 
-scan.register_backend(
+backends.register(
     scan.ScanBackend(
         name="cpu",
         device_types=("cpu",),
         priority=10,
         probe=_probe,
-        forward=forward,
+        run=forward,
         backward=backward,
         saved_shapes=saved_shapes,
         output_layout=layout_for,
