@@ -78,6 +78,9 @@ _REGISTRY: dict[str, dict[str, Backend]] = {}
 # (op, name) -> the probe's answer. A plain dict: torch.compile reads it as a constant where it
 # would trace into a functools.cache wrapper (and the compiler check behind a probe).
 _REASONS: dict[tuple[str, str], str | None] = {}
+# (op, name, device type, dtype) -> what resolve answered (probes and records do not change
+# but by register, which clears it)
+_RESOLVED: dict[tuple, str] = {}
 
 
 def register(backend: Backend) -> Backend:
@@ -85,6 +88,7 @@ def register(backend: Backend) -> Backend:
     records = {**_REGISTRY.get(backend.op, {}), backend.name: backend}
     _REGISTRY[backend.op] = dict(sorted(records.items(), key=lambda kv: -kv[1].priority))
     _REASONS.pop((backend.op, backend.name), None)
+    _RESOLVED.clear()
     return backend
 
 
@@ -154,6 +158,13 @@ def resolve(
     """The backend ``name`` (or ``auto``) means for ``op`` on ``device`` with inputs of
     ``dtype`` (a torch dtype or fp32 / bf16 / fp16; None: float32); see the module docstring."""
     device_type, dt = _device_type(device), torch_dtype(dtype)
+    key = (op, name, device_type, dt)
+    if key not in _RESOLVED:  # the ops resolve at every call: the answer never changes
+        _RESOLVED[key] = _resolve(op, name, device_type, dt)
+    return _RESOLVED[key]
+
+
+def _resolve(op: str, name: str, device_type: str | None, dt: torch.dtype) -> str:
     records = _records(op)
     if name == "auto":
         if device_type == META:
