@@ -14,6 +14,7 @@ import time
 import pytest
 import torch
 
+from dimbench.dtypes import TORCH_DTYPES
 from dimbench.ops import (
     attention,
     causal_conv1d,
@@ -27,7 +28,7 @@ LENGTHS = [256, 1024, 4096, 9216]
 DIM, DSTATE, HEADS, HEAD_DIM = 2048, 16, 16, 64
 DT_RANK = math.ceil(DIM / 2 / 16)  # DiM-L/2: d_model 1024, d_inner 2048
 TARGET_SECONDS = 3.0  # per benchmark: enough rounds for a median, few for the slow ones
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPES = {k: TORCH_DTYPES[k] for k in ("fp32", "bf16")}
 HAS_CPU_KERNEL = "cpu" in scan_backends("cpu")
 
 

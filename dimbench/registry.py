@@ -225,8 +225,12 @@ def create_model(
     ``downsample=1, in_channels=3`` builds a pixel-space model. Only the backends of the kernels
     the model declares reach its constructor.
     """
+    from dimbench.ops.backends import resolve
+
     spec = get_model(name)
     backends = {"scan": scan_backend, "attention": attn_backend, "conv": conv_backend}
+    for kernel in spec.kernels:  # names only: the ops resolve them for their tensors at each call
+        resolve(kernel, backends[kernel], "meta")
     kwargs = {KERNELS[k]: backends[k] for k in spec.kernels}
     input_size = spec.input_size(image_size, downsample)
     with torch.device(device) if device is not None else nullcontext():

@@ -46,7 +46,17 @@ import dimbench
 PACKAGE = Path(dimbench.__file__).resolve().parent
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("errors", "paths", "devices", "threads", "plugins", "torch_files", "compile", "latents"),
+    (
+        "errors",
+        "paths",
+        "devices",
+        "threads",
+        "plugins",
+        "torch_files",
+        "compile",
+        "latents",
+        "dtypes",
+    ),
     ("_version",),  # written at build time (setuptools-scm), imports nothing
     ("ops",),
     ("models", "registry"),
@@ -64,9 +74,6 @@ APART = (("measure", "metrics"),)  # same layer, no arrow either way
 # (importer, imported): arrows in other work's areas that close a cycle or point up, kept until
 # that work lands.
 ALLOWED: dict[tuple[str, str], str] = {
-    # cycle ops -> ops.attention/conv/scan -> ops.backends -> ops: the backend wrapper looks the
-    # three kernel registries up through the package; goes with one backend record (issue 21)
-    ("dimbench.ops.backends", "dimbench.ops"): "cycle",
     # cycle plots <-> plots_profile (each imports the other inside a function; _first and _slug
     # copied); goes with the plots/ package and its one style module (issue 21)
     ("dimbench.plots_profile", "dimbench.plots"): "cycle",

@@ -122,7 +122,7 @@ def stage_environment() -> dict:
     import torch
 
     from dimbench.ops import conv_backends, scan_backends
-    from dimbench.ops.scan import resolve_backend
+    from dimbench.ops.backends import resolve
     from dimbench.ops.triton_util import triton_version
 
     props = torch.cuda.get_device_properties(0)
@@ -135,7 +135,7 @@ def stage_environment() -> dict:
         "cuda": torch.version.cuda,
         "triton": triton_version(),
         "scan_backends_cuda": scan_backends("cuda"),
-        "scan_auto_cuda": resolve_backend("auto", torch.device("cuda")),
+        "scan_auto_cuda": resolve("scan", "auto", "cuda"),
         "conv_backends_cuda": conv_backends("cuda"),
     }
 

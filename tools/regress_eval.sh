@@ -11,17 +11,19 @@
 # Stages (each N gate runs, one JSON per run under $OUT, a line per run in $OUT/runs.tsv with
 # the 1-min load average before and after):
 #   same    HEAD against HEAD (`dimbench regress --base HEAD`): every failure is a false alarm
-#   slow25  a throw-away commit on branch scratch13-slow25 (worktree $OUT/scratch-slow25) whose
-#           cpu scan forward does extra C++ forward passes worth 25% of the op's time, against
-#           its parent (the default base, HEAD~1)
+#   slow25  HEAD against HEAD with the head's cpu scan forward 25% slower: its workers alone get
+#           DIMBENCH_SCAN_CPU_EXTRA_PASSES (extra kernel passes on the same output, see
+#           dimbench/ops/scan_cpu.py) through the gate's DIMBENCH_REGRESS_HEAD_ENV; the passes
+#           worth 25% of the op's time are calibrated once ($OUT/passes-slow25.txt)
 #   slow15  the same with 15%
 #   busy    HEAD against HEAD with a CPU-bound neighbour (python 'while True: pass')
 #   stream  HEAD against HEAD with a memory-streaming neighbour (numpy copy of 256 MiB)
 #   verify  the slowdowns measured independently of the gate: the op alone in one process, the
 #           extra passes switched on and off in alternate samples (CPU time, 1 thread), in 3
 #           fresh processes
-#   clean   removes the worktrees under $OUT and the scratch13-* branches
-# The summary at the end reads everything under $OUT.
+#   clean   removes the worktree under $OUT
+# The summary at the end reads everything under $OUT. No source file is edited: the slowdown is
+# scan_cpu's documented knob, so this keeps working whatever scan_cpu.py looks like inside.
 set -euo pipefail
 REPO=${REPO:-$(cd "$(dirname "$0")/.." && pwd)}
 N=${N:-10}
@@ -34,14 +36,14 @@ touch "$OUT/runs.tsv"
 
 load() { cut -d' ' -f1 /proc/loadavg; }
 
-# The op scan/forward[cpu] in a scratch tree, timed in one process with SLOWDOWN_PASSES switched
+# The op scan/forward[cpu] of a tree, timed in one process with the extra passes switched
 # between 0 and a value, interleaved (CPU time, 1 thread, 400 samples of 16 calls each).
 # `calibrate PCT`: the passes worth PCT% of the op's time (from the cost of one pass);
-# `verify`: the committed value's slowdown, "ratio" = median(with) / median(without).
-slowdown() {  # tree mode [pct]
+# `verify PASSES`: their slowdown, "ratio" = median(with) / median(without).
+slowdown() {  # tree mode pct|passes
   "$PY" - "$@" <<'PY'
 import statistics, sys, time
-tree, mode = sys.argv[1], sys.argv[2]
+tree, mode, value = sys.argv[1], sys.argv[2], float(sys.argv[3])
 sys.path.insert(0, tree)
 import torch
 torch.set_num_threads(1)
@@ -49,66 +51,40 @@ from dimbench.ops import scan_cpu
 sys.path.insert(0, tree + "/dimbench/regress")
 import cases
 fn = cases.gate_cases("cpu")[0].setup(torch.device("cpu"))
-committed = scan_cpu.SLOWDOWN_PASSES
 def ratio(passes):
     on, off = [], []
     for _ in range(50): fn()
     for i in range(800):
-        scan_cpu.SLOWDOWN_PASSES = passes if i % 2 else 0.0
+        scan_cpu.set_extra_passes(passes if i % 2 else 0.0)
         t0 = time.process_time()
         for _ in range(16): fn()
         (on if i % 2 else off).append((time.process_time() - t0) / 16)
+    scan_cpu.set_extra_passes(0.0)
     return statistics.median(on) / statistics.median(off), statistics.median(off)
 if mode == "calibrate":
     r, t = ratio(1.0)
-    print(round(float(sys.argv[3]) / 100 / (r - 1), 4), f"(op {t * 1e3:.3f} ms, one extra pass +{r - 1:.1%})")
+    print(round(value / 100 / (r - 1), 4), f"(op {t * 1e3:.3f} ms, one extra pass +{r - 1:.1%})")
 else:
-    r, t = ratio(committed)
-    print(f"ratio {r:.3f} op {t * 1e3:.3f} ms passes {committed}")
+    r, t = ratio(value)
+    print(f"ratio {r:.3f} op {t * 1e3:.3f} ms passes {value}")
 PY
 }
 
-make_scratch() {  # name percent
-  local name=$1 pct=$2 dir=$OUT/scratch-$1
-  [ -d "$dir" ] && return
-  git -C "$REPO" branch -f "scratch13-$name" "$(git -C "$OUT/head" rev-parse HEAD)"
-  git -C "$REPO" worktree add -q "$dir" "scratch13-$name"
-  "$PY" - "$dir/dimbench/ops/scan_cpu.py" "$pct" <<'PY'
-import sys
-path, pct = sys.argv[1], sys.argv[2]
-src = open(path).read()
-# the forward kernel's launch in scan_cpu.forward (13f2930's form, then main's of 2026-12)
-for old in (
-    "        launch_forward(shape, t, delta_softplus, out, ckpt, thread_ranges(shape))\n",
-    "        prep.forward(out, ckpt)\n",
-):
-    if src.count(old) == 1:
-        break
-else:
-    raise SystemExit("scan_cpu.forward changed: update the patch")
-new = old + (
-    "        _slowdown[0] += SLOWDOWN_PASSES\n"
-    "        while _slowdown[0] >= 1:  # throw-away: the same kernel again on the same output\n"
-    "            _slowdown[0] -= 1\n"
-    + old.replace("        ", "            ", 1)
-)
-src = src.replace(old, new).replace(
-    "\ndef forward(",
-    f"\nSLOWDOWN_PASSES = 0.0  # issue 13 sensitivity test: {pct}% slower\n"
-    "_slowdown = [0.0]\n\n\ndef forward(",
-)
-open(path, "w").write(src)
-PY
-  read -r passes rest < <(slowdown "$dir" calibrate "$pct")
-  echo "scratch-$name: $passes extra kernel passes per call $rest" | tee -a "$OUT/verify.txt"
-  sed -i "s/^SLOWDOWN_PASSES = 0.0 /SLOWDOWN_PASSES = $passes /" "$dir/dimbench/ops/scan_cpu.py"
-  git -C "$dir" -c user.name=eval -c user.email=eval@example.com commit -q -am \
-    "throw-away: the cpu scan forward $pct% slower (issue 13 sensitivity test)"
+passes_for() {  # name percent: the extra passes worth percent% (calibrated once, then read)
+  local name=$1 pct=$2 file=$OUT/passes-$1.txt
+  if [ ! -s "$file" ]; then
+    local passes rest
+    read -r passes rest < <(slowdown "$OUT/head" calibrate "$pct")
+    echo "$name: $passes extra kernel passes per call $rest" | tee -a "$OUT/verify.txt" >&2
+    echo "$passes" > "$file"
+  fi
+  cat "$file"
 }
 
-verify() {  # name: three fresh processes
+verify() {  # name percent: three fresh processes
+  local passes; passes=$(passes_for "$1" "$2")
   for i in 1 2 3; do
-    echo "verify-$1 $i $(slowdown "$OUT/scratch-$1" verify) load $(load)"
+    echo "verify-$1 $i $(slowdown "$OUT/head" verify "$passes") load $(load)"
   done | tee -a "$OUT/verify.txt"
 }
 
@@ -129,20 +105,25 @@ with_neighbour() {  # stage code
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 
+slow() {  # stage percent: HEAD against HEAD, the head's cpu scan percent% slower
+  local stage=$1 passes; passes=$(passes_for "$1" "$2")
+  for i in $(seq 1 "$N"); do
+    DIMBENCH_REGRESS_HEAD_ENV="DIMBENCH_SCAN_CPU_EXTRA_PASSES=$passes" \
+      gate "$stage" "$i" "$OUT/head" --base HEAD
+  done
+}
+
 [ -d "$OUT/head" ] || git -C "$REPO" worktree add -q --detach "$OUT/head" HEAD
 for stage in $STAGES; do
   case $stage in
     same) for i in $(seq 1 "$N"); do gate same "$i" "$OUT/head" --base HEAD; done ;;
-    slow25) make_scratch slow25 25; for i in $(seq 1 "$N"); do gate slow25 "$i" "$OUT/scratch-slow25"; done ;;
-    slow15) make_scratch slow15 15; for i in $(seq 1 "$N"); do gate slow15 "$i" "$OUT/scratch-slow15"; done ;;
+    slow25) slow slow25 25 ;;
+    slow15) slow slow15 15 ;;
     busy) with_neighbour busy 'while True: pass' ;;
     stream) with_neighbour stream $'import numpy as np\na = np.ones(2**25); b = np.empty_like(a)\nwhile True: np.copyto(b, a)' ;;
-    verify) make_scratch slow25 25; make_scratch slow15 15; verify slow25; verify slow15 ;;
+    verify) verify slow25 25; verify slow15 15 ;;
     clean)
-      for d in "$OUT"/scratch-* "$OUT"/head; do
-        [ -d "$d" ] && git -C "$REPO" worktree remove --force "$d"
-      done
-      git -C "$REPO" branch -D scratch13-slow25 scratch13-slow15 2>/dev/null || true
+      [ -d "$OUT/head" ] && git -C "$REPO" worktree remove --force "$OUT/head"
       git -C "$REPO" worktree prune ;;
   esac
 done

@@ -16,10 +16,10 @@ from dataclasses import asdict, dataclass, field, fields
 
 from dimbench.compile import check_compiler
 from dimbench.devices import parse_device
+from dimbench.dtypes import NAMES as DTYPES
 from dimbench.errors import UsageError
 from dimbench.threads import check_omp_policy
 
-DTYPES = ("fp32", "bf16", "fp16")
 MODES = ("forward", "train")
 SAMPLE_STEPS = 50  # DPM-Solver++ steps of a DiM/DiT sampling run
 

@@ -17,9 +17,8 @@ from torch import nn
 
 from dimbench.bench.spec import Config
 from dimbench.compile import compiled
+from dimbench.dtypes import TORCH_DTYPES
 from dimbench.registry import create_model, get_model
-
-TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass

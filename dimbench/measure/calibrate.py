@@ -31,11 +31,11 @@ from dataclasses import dataclass
 
 import torch
 
+from dimbench.dtypes import TORCH_DTYPES
 from dimbench.measure.clocks import PERF_COUNTER, PROCESS_TIME, CudaClock, CudaSpan, device_clock
 from dimbench.measure.device_profile import DeviceProfile
 from dimbench.measure.op_recorder import OpRecord, OpRecorder, OpStream, record_step
 
-TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CLOCKS = {"wall": PERF_COUNTER, "process": PROCESS_TIME}  # --clock -> clocks' name
 SWEEP_BYTES = [2**e for e in range(14, 29, 2)]  # 16 KB .. 256 MB per tensor
 SLOW_CALL_S = 0.25  # a call this long is timed once more and not repeated

@@ -1,4 +1,8 @@
-"""Kernels. Each has a plain-PyTorch reference twin, a FLOP formula and optional fast backends."""
+"""Kernels. Each has a plain-PyTorch reference twin, a FLOP formula and optional fast backends.
+
+This file is the only loader of the op modules: each registers its backends in
+:mod:`dimbench.ops.backends` (which imports none of them) when imported here.
+"""
 
 from dimbench.ops import scan_cpu as _scan_cpu  # noqa: F401  (registers the "cpu" backend)
 from dimbench.ops import scan_mamba as _scan_mamba  # noqa: F401  ("mamba_ssm", CUDA)

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import register_flop_formula
 
-from dimbench.ops.backends import Op, register_op
+from dimbench.dtypes import HALF
+from dimbench.ops import backends
 
 Tensor = torch.Tensor
 aten = torch.ops.aten
@@ -104,55 +105,32 @@ def _flash(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     return out.transpose(1, 2)
 
 
-_IMPLS = {"math": _math, "sdpa": _sdpa, "flash_attn": _flash}
-
-
 def attention_backends(device: str | torch.device | None = None) -> list[str]:
     """Attention backends usable here (for ``device``'s type when given), fastest first."""
-    dtype = torch.device(device).type if device is not None else None
-    names = []
-    if _flash_attn_func() is not None and torch.cuda.is_available() and dtype in (None, "cuda"):
-        names.append("flash_attn")
-    names += ["sdpa", "math"]
-    return names
-
-
-def choose_attention_backend(backend: str, device_type: str, dtype: torch.dtype) -> str:
-    """The concrete backend for inputs on ``device_type`` of ``dtype``: ``auto`` is flash_attn
-    for CUDA half-precision inputs where flash-attn is installed, else sdpa; a named one that
-    cannot run raises."""
-    half = dtype in (torch.float16, torch.bfloat16)
-    if backend == "auto":
-        flash = device_type == "cuda" and half and _flash_attn_func() is not None
-        return "flash_attn" if flash else "sdpa"
-    if backend not in _IMPLS:
-        raise ValueError(
-            f"unknown attention backend {backend!r}; available here: "
-            f"{', '.join(attention_backends())}"
-        )
-    if backend == "flash_attn":
-        if _flash_attn_func() is None:
-            raise RuntimeError(
-                "attention backend 'flash_attn' is unavailable (flash-attn is not installed); "
-                f"available here: {', '.join(attention_backends())}"
-            )
-        if device_type not in ("cuda", "meta") or not half:
-            raise RuntimeError(
-                "attention backend 'flash_attn' needs CUDA fp16/bf16 inputs (--dtype bf16 or fp16)"
-            )
-    return backend
-
-
-register_op(Op("attention", attention_backends, choose_attention_backend))
-
-
-def resolve_attention_backend(backend: str, q: Tensor) -> str:
-    """The concrete backend for ``q``'s device and dtype (see ``choose_attention_backend``)."""
-    return choose_attention_backend(backend, q.device.type, q.dtype)
+    return backends.available("attention", device)
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, backend: str = "auto") -> Tensor:
     """Non-causal multi-head attention, q/k/v (B, H, L, Dh) -> (B, H, Lq, Dh)."""
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError("attention expects q, k, v of shape (batch, heads, length, head_dim)")
-    return _IMPLS[resolve_attention_backend(backend, q)](q, k, v)
+    name = backends.resolve("attention", backend, q.device, q.dtype)
+    return backends.get("attention", name).run(q, k, v)
+
+
+ANY = ("cpu", "cuda", backends.META)
+backends.register(backends.Backend(op="attention", name="math", device_types=ANY, run=_math))
+backends.register(
+    backends.Backend(op="attention", name="sdpa", device_types=ANY, priority=10, run=_sdpa)
+)
+backends.register(
+    backends.Backend(
+        op="attention",
+        name="flash_attn",
+        device_types=("cuda",),
+        priority=20,
+        dtypes=HALF,  # auto's choice for CUDA half-precision inputs where flash-attn is installed
+        probe=backends.cuda_package_probe(_flash_attn_func, "flash-attn"),
+        run=_flash,
+    )
+)

@@ -2,9 +2,10 @@
 
 ``build(source)`` compiles one source file with the system compiler at first use
 (``-O3 -march=native``, portable flags if that fails) into a shared library cached under
-``$DIMBENCH_CACHE_DIR`` (default ``~/.cache/dimbench``), keyed by source, compiler, flags and CPU;
-concurrent processes build once. ctypes releases the GIL during a call, so ``run`` spreads a
-kernel's work units over ``torch.get_num_threads()`` Python threads.
+``$DIMBENCH_CACHE_DIR`` (default ``~/.cache/dimbench``), keyed by the source and every header
+it includes (``sources``), the compiler, the flags and the CPU; concurrent processes build once.
+ctypes releases the GIL during a call, so ``run`` spreads a kernel's work units over
+``torch.get_num_threads()`` Python threads.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import functools
 import hashlib
 import os
 import platform
+import re
 import shutil
 import subprocess
 import tempfile
@@ -53,16 +55,40 @@ def _compiler() -> str:
     raise KernelUnavailable("no C++ compiler found (set CXX or install g++)")
 
 
+_LOCAL_INCLUDE = re.compile(rb'^\s*#\s*include\s*"([^"]+)"', re.MULTILINE)
+
+
+def sources(source: Path) -> list[Path]:
+    """``source`` and every header it includes with ``#include "..."`` (found beside the file
+    that includes it), recursively: what the build's cache key hashes."""
+    found: list[Path] = []
+    todo = [source]
+    while todo:
+        path = todo.pop(0).resolve()
+        if path in found:
+            continue
+        found.append(path)
+        for name in _LOCAL_INCLUDE.findall(path.read_bytes()):
+            todo.append(path.parent / name.decode())
+    return found
+
+
+def library_path(source: Path, cxx: str, flags: Sequence[str] = FLAGS) -> Path:
+    """Where the cache keeps ``source``'s library built by ``cxx`` with ``flags``: named by a
+    hash of the source and its headers, the compiler's version, the flags and the CPU."""
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
+    texts = [path.read_bytes() for path in sources(source)]
+    key = hashlib.sha256(
+        b"\0".join([*texts, version.encode(), " ".join(flags).encode(), _cpu_signature().encode()])
+    ).hexdigest()[:16]
+    return cache_dir() / f"{source.stem}_{platform.machine()}_{key}.so"
+
+
 def build(source: Path, flags: Sequence[str] = FLAGS) -> Path:
     """Compile ``source`` if it is not cached yet; return the shared library's path."""
     cxx = _compiler()
-    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
-    src = source.read_bytes()
-    key = hashlib.sha256(
-        b"\0".join([src, version.encode(), " ".join(flags).encode(), _cpu_signature().encode()])
-    ).hexdigest()[:16]
-    out_dir = cache_dir()
-    lib = out_dir / f"{source.stem}_{platform.machine()}_{key}.so"
+    lib = library_path(source, cxx, flags)
+    out_dir = lib.parent
     if lib.exists():
         return lib
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -14,13 +14,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from dimbench.ops import conv_cpu, triton_util
-from dimbench.ops.backends import Op, register_op
+from dimbench.ops import backends, conv_cpu, triton_util
 
 Tensor = torch.Tensor
 
 
-_IMPORTED: dict = {}  # a plain dict, which torch.compile reads as a constant (see conv_cpu)
+_IMPORTED: dict = {}  # a plain dict, which torch.compile reads as a constant (see backends)
 
 
 def _causal_conv1d_fn():
@@ -35,54 +34,16 @@ def _causal_conv1d_fn():
 
 def conv_backends(device: str | torch.device | None = None) -> list[str]:
     """Conv backends usable here (for ``device``'s type when given), fastest first."""
-    dtype = torch.device(device).type if device is not None else None
-    names = []
-    if dtype in (None, "cpu") and conv_cpu.unavailable_reason() is None:
-        names.append("cpu")
-    cuda = torch.cuda.is_available() and dtype in (None, "cuda")
-    if cuda and _causal_conv1d_fn() is not None:
-        names.append("causal_conv1d")
-    interpreting = triton_util.interpreting()
-    triton_ok = (cuda or interpreting) and triton_util.unavailable_reason() is None
-    if triton_ok and not interpreting:
-        names.append("triton")
-    names.append("torch")
-    if triton_ok and interpreting:  # the interpreter is the slowest of all
-        names.append("triton")
-    return names
+    return backends.available("conv", device)
 
 
-CONV_BACKENDS = ("cpu", "torch", "triton", "causal_conv1d")
-
-
-def choose_conv_backend(backend: str, device_type: str, dtype: torch.dtype) -> str:
-    """``auto`` -> the fastest conv usable on ``device_type`` for ``dtype`` (torch on the meta
-    device, and where the cpu kernel lacks the dtype); a named one must run there."""
-    if backend == "auto":
-        if device_type == "meta":
-            return "torch"
-        usable = conv_backends(device_type)
-        return next((b for b in usable if b != "cpu" or dtype in conv_cpu.DTYPES), "torch")
-    if backend not in CONV_BACKENDS:
-        raise ValueError(
-            f"unknown conv backend {backend!r}; available here: {', '.join(conv_backends())}"
-        )
-    if device_type != "meta" and backend not in conv_backends(device_type):
-        raise RuntimeError(
-            f"conv backend {backend!r} cannot run on {device_type}; available there: "
-            f"{', '.join(conv_backends(device_type))}"
-        )
-    return backend
-
-
-register_op(Op("conv", conv_backends, choose_conv_backend))
-
-
-def resolve_auto(x: Tensor, weight: Tensor) -> str:
-    """The backend ``auto`` means for these tensors: the device's and dtype's choice, unless
-    the cpu kernel cannot take this filter width (then torch)."""
-    name = choose_conv_backend("auto", x.device.type, x.dtype)
-    return "torch" if name == "cpu" and not conv_cpu.supports(x, weight) else name
+def resolve_for(x: Tensor, weight: Tensor, backend: str = "auto") -> str:
+    """The backend that runs for these tensors: ``backends.resolve`` for their device and dtype,
+    except that ``auto`` takes torch where the cpu kernel cannot take this filter width."""
+    name = backends.resolve("conv", backend, x.device, x.dtype)
+    if backend == "auto" and name == "cpu" and not conv_cpu.supports(x, weight):
+        return "torch"
+    return name
 
 
 def causal_conv1d_ref(
@@ -109,35 +70,46 @@ def causal_conv1d(
             f"expected x (B, D, L) and weight (D, K), got {tuple(x.shape)} and "
             f"{tuple(weight.shape)}"
         )
-    if backend == "auto":
-        backend = resolve_auto(x, weight)
-    if backend == "torch":
-        return causal_conv1d_ref(x, weight, bias, activation)
-    if backend == "cpu":
-        reason = conv_cpu.unavailable_reason()
-        if reason is not None:
-            raise RuntimeError(
-                f"conv backend 'cpu' is unavailable ({reason}); "
-                f"available here: {', '.join(conv_backends())}"
-            )
-        return conv_cpu.causal_conv1d_cpu(x, weight, bias, activation)
-    if backend == "causal_conv1d":
-        fn = _causal_conv1d_fn()
-        if fn is None or not x.is_cuda:
-            raise RuntimeError(
-                "conv backend 'causal_conv1d' needs the causal-conv1d package and CUDA tensors; "
-                f"available here: {', '.join(conv_backends())}"
-            )
-        return fn(x, weight, bias, activation=activation)
-    if backend == "triton":
-        if triton_util.unavailable_reason() is None and x.device.type in triton_util.device_types():
-            from dimbench.ops.conv_triton import causal_conv1d_triton
+    return backends.get("conv", resolve_for(x, weight, backend)).run(x, weight, bias, activation)
 
-            return causal_conv1d_triton(x, weight, bias, activation)
-        raise RuntimeError(
-            f"conv backend 'triton' cannot run on {x.device.type} here "
-            f"({triton_util.unavailable_reason() or 'CUDA tensors only'}); "
-            f"available here: {', '.join(conv_backends(x.device))}"
-        )
-    available = ", ".join(conv_backends())
-    raise ValueError(f"unknown conv backend {backend!r}; available here: {available}")
+
+def _causal_conv1d_cuda(x, weight, bias, activation):
+    return _causal_conv1d_fn()(x, weight, bias, activation=activation)
+
+
+def _triton(x, weight, bias, activation):
+    from dimbench.ops.conv_triton import causal_conv1d_triton
+
+    return causal_conv1d_triton(x, weight, bias, activation)
+
+
+def _conv(name: str, device_types: tuple[str, ...], run, **kw) -> backends.Backend:
+    return backends.register(
+        backends.Backend(op="conv", name=name, device_types=device_types, run=run, **kw)
+    )
+
+
+_conv("torch", ("cpu", "cuda", backends.META), causal_conv1d_ref)
+_conv(
+    "cpu",
+    ("cpu",),
+    conv_cpu.causal_conv1d_cpu,
+    priority=10,
+    dtypes=conv_cpu.DTYPES,
+    probe=conv_cpu.unavailable_reason,
+)
+_conv(
+    "causal_conv1d",
+    ("cuda",),
+    _causal_conv1d_cuda,
+    priority=30,
+    probe=backends.cuda_package_probe(_causal_conv1d_fn, "causal-conv1d"),
+)
+_conv(
+    "triton",
+    triton_util.device_types(),
+    _triton,
+    # interpreted kernels are the slowest thing on a CPU: never auto's choice there
+    priority=-1 if triton_util.interpreting() else 20,
+    probe=triton_util.unavailable_reason,
+)

@@ -19,19 +19,13 @@ import triton
 import triton.language as tl
 
 from dimbench.ops.conv_autograd import register_conv_op
+from dimbench.ops.triton_math import sigmoid
 
 Tensor = torch.Tensor
 
 BLOCK_D = 16
 BLOCK_T = 128
 NUM_WARPS = 4
-
-
-@triton.jit
-def _sigmoid(x):
-    e = tl.exp(-tl.abs(x))
-    r = 1.0 / (1.0 + e)
-    return tl.where(x >= 0, r, e * r)
 
 
 @triton.jit
@@ -84,7 +78,7 @@ def conv_fwd_kernel(
         bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
     acc = _preact(x_ptr, w_ptr, rows, offs_d, mask_d, offs_t, length, bias, K, BLOCK_D, BLOCK_T)
     if SILU:
-        acc = acc * _sigmoid(acc)
+        acc = acc * sigmoid(acc)
     mask = mask_d[:, None] & (offs_t < length)[None, :]
     tl.store(out_ptr + rows + offs_t[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -125,7 +119,7 @@ def conv_bwd_kernel(
         g = tl.load(gout_ptr + rows + s[None, :], mask=ok, other=0.0).to(tl.float32)
         if SILU:
             pre = _preact(x_ptr, w_ptr, rows, offs_d, mask_d, s, length, bias, K, BLOCK_D, BLOCK_T)
-            sig = _sigmoid(pre)
+            sig = sigmoid(pre)
             g = g * sig * (1.0 + pre * (1.0 - sig))
         w = tl.load(w_ptr + offs_d * K + (K - 1 - j), mask=mask_d, other=0.0).to(tl.float32)
         gx += w[:, None] * g

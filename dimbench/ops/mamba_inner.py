@@ -40,8 +40,8 @@ from __future__ import annotations
 
 import torch
 
+from dimbench.ops import backends, hugepages
 from dimbench.ops import conv as conv_mod
-from dimbench.ops import hugepages
 from dimbench.ops import layout as lay
 from dimbench.ops import scan as scan_mod
 from dimbench.ops.conv import causal_conv1d
@@ -197,7 +197,7 @@ class _Conv:
     """The conv's forward and backward for one resolved backend."""
 
     def __init__(self, backend: str, x: Tensor, weight: Tensor) -> None:
-        self.backend = conv_mod.resolve_auto(x, weight) if backend == "auto" else backend
+        self.backend = conv_mod.resolve_for(x, weight, backend)
 
     def forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         if self.backend == "cpu":  # u in x's layout
@@ -332,7 +332,7 @@ class MambaInnerFn(torch.autograd.Function):
             wx, wdt = x_proj_weight.to(cdt), dt_proj_weight.to(cdt)
             wout = out_proj_weight.to(cdt) if out_proj_weight is not None else None
             conv = _Conv(conv_backend, x, conv_weight)
-            scan = scan_mod.resolve_backend(scan_backend, x.device)
+            scan = backends.resolve("scan", scan_backend, x.device, x.dtype)
             dt_rank, d_state = dt_proj_weight.shape[1], A.shape[1]
 
             u = conv.forward(x, conv_weight, conv_bias)  # in x's layout (the cpu kernel)

@@ -15,6 +15,11 @@ writes in between is its own affair: the ``cpu`` kernel works on bfloat16 activa
 when u, delta and z are all bfloat16 (see ``scan_cpu``), so bf16 autocast pays no conversion
 passes around the scan.
 
+A backend is a ``ScanBackend`` record (:mod:`dimbench.ops.backends`: name, devices, dtypes,
+probe, priority, forward, plus the backward, the saved states' shapes and the output layout)
+that its module registers with ``backends.register``; the module is imported by
+``dimbench/ops/__init__.py`` (scan_cpu, scan_mamba and scan_triton are written so).
+
 Every backend goes through ``dimbench::selective_scan`` (forward) and
 ``dimbench::selective_scan_bwd`` (backward), two ``torch.library`` custom ops with fake
 implementations and FLOP formulas, so ``FlopCounterMode`` counts the scan on any device,
@@ -34,100 +39,48 @@ FLOP formula (one multiply-add = 2 FLOPs, as torch.utils.flop_counter counts):
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
+from dimbench.ops import backends, scan_ref
 from dimbench.ops import layout as lay
-from dimbench.ops import scan_ref
-from dimbench.ops.backends import Op, register_op
 
 Tensor = torch.Tensor
 
 
-@dataclass
-class ScanBackend:
-    """One implementation. ``forward`` returns ``[out, *saved]``; ``backward`` gets the saved."""
+@dataclass(frozen=True, kw_only=True)
+class ScanBackend(backends.Backend):
+    """A scan implementation: ``run`` (the forward) returns ``[out, *saved]``, ``backward`` gets
+    the saved tensors back; ``saved_shapes(u, A, z)`` lists their (shape, dtype)."""
 
-    name: str
-    device_types: tuple[str, ...]
-    priority: int  # auto picks the highest-priority available backend for the device
-    probe: Callable[[], str | None]  # None when usable, else why not
-    forward: Callable[..., list[Tensor]]
+    op: str = "scan"
     backward: Callable[..., list[Tensor | None]]
     saved_shapes: Callable[..., list[tuple[tuple[int, ...], torch.dtype]]]
     # the layout of the output and of du, ddelta, dz for a given u; None: contiguous (B, D, L)
     output_layout: Callable[[Tensor], str] | None = None
-    _reason: str | None = field(default=None, init=False)
-    _probed: bool = field(default=False, init=False)
-
-    def unavailable_reason(self) -> str | None:
-        if not self._probed:
-            self._reason = self.probe()
-            self._probed = True
-        return self._reason
 
 
-_BACKENDS: dict[str, ScanBackend] = {}
-
-
-def register_backend(backend: ScanBackend) -> None:
-    _BACKENDS[backend.name] = backend
+def _backend(name: str) -> ScanBackend:
+    return backends.get("scan", name)
 
 
 def scan_backends(device: str | torch.device | None = None) -> list[str]:
     """Backends usable on this machine (for ``device``'s type when given), fastest first."""
-    dtype = torch.device(device).type if device is not None else None
-    names = [
-        b.name
-        for b in sorted(_BACKENDS.values(), key=lambda b: -b.priority)
-        if b.unavailable_reason() is None and (dtype is None or dtype in b.device_types)
-    ]
-    return names
+    return backends.available("scan", device)
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """The concrete backend ``backend`` means for tensors on ``device``; errors say what exists."""
-    if device.type == "meta":  # shapes only: any backend's fake implementation serves
-        return backend if backend in _BACKENDS else "ref"
-    if backend == "auto":
-        usable = scan_backends(device)
-        if not usable:
-            raise RuntimeError(f"no selective-scan backend runs on {device.type}")
-        return usable[0]
-    if backend not in _BACKENDS:
-        raise ValueError(
-            f"unknown scan backend {backend!r}; available here: {', '.join(scan_backends())}"
-        )
-    b = _BACKENDS[backend]
-    reason = b.unavailable_reason()
-    if reason is not None:
-        raise RuntimeError(
-            f"scan backend {backend!r} is unavailable ({reason}); "
-            f"available here: {', '.join(scan_backends())}"
-        )
-    if device.type not in b.device_types:
-        raise RuntimeError(
-            f"scan backend {backend!r} runs on {'/'.join(b.device_types)}, not {device.type}; "
-            f"for {device.type} use one of: {', '.join(scan_backends(device))}"
-        )
-    return backend
+def in_input_dtypes(grads: Sequence[Tensor | None], *inputs: Tensor | None) -> list[Tensor | None]:
+    """A backward's gradients of (u, delta, A, B, C, D, z, delta_bias), each in its input's
+    dtype and None where the input is None (what ``dimbench::selective_scan_bwd`` returns)."""
+    return [None if t is None else g.to(t.dtype) for g, t in zip(grads, inputs, strict=True)]
 
 
 def follows_layout(backend: str) -> bool:
     """Whether ``backend`` reads channel-last u, delta, z, grad_out in place and returns y, du,
     ddelta, dz in u's layout (else it returns contiguous (B, D, L) tensors)."""
-    return _BACKENDS[backend].output_layout is not None
-
-
-register_op(
-    Op(
-        "scan",
-        scan_backends,
-        lambda name, device_type, dtype: resolve_backend(name, torch.device(device_type)),
-    )
-)
+    return _backend(backend).output_layout is not None
 
 
 # ----------------------------------------------------------------------------- custom ops
@@ -147,14 +100,14 @@ def _scan_fwd_op(
     backend: str,
     save_for_backward: bool,
 ) -> list[Tensor]:
-    return _BACKENDS[backend].forward(
+    return _backend(backend).run(
         u, delta, A, B, C, D, z, delta_bias, delta_softplus, save_for_backward
     )
 
 
 def _activation_like(u: Tensor, backend: str) -> Tensor:
     """What ``backend`` returns for an output or activation gradient of a scan of ``u``."""
-    layout = _BACKENDS[backend].output_layout
+    layout = _backend(backend).output_layout
     return lay.new_empty(u, layout(u) if layout is not None else lay.CHANNEL_MAJOR)
 
 
@@ -162,7 +115,7 @@ def _activation_like(u: Tensor, backend: str) -> Tensor:
 def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend, save_for_backward):
     outs = [_activation_like(u, backend)]
     if save_for_backward:
-        shapes = _BACKENDS[backend].saved_shapes(u, A, z)
+        shapes = _backend(backend).saved_shapes(u, A, z)
         outs += [u.new_empty(shape, dtype=dt) for shape, dt in shapes]
     return outs
 
@@ -182,7 +135,7 @@ def _scan_bwd_op(
     backend: str,
     saved: Sequence[Tensor],
 ) -> list[Tensor]:
-    grads = _BACKENDS[backend].backward(
+    grads = _backend(backend).backward(
         grad_out, u, delta, A, B, C, D, z, delta_bias, delta_softplus, list(saved)
     )
     # custom ops cannot return None: an empty tensor stands for "no gradient"
@@ -234,7 +187,7 @@ def _backward(ctx, grad_outputs):
     for present in ctx.has:
         opt.append(rest.pop(0) if present else None)
     D, z, delta_bias = opt
-    if _BACKENDS[ctx.backend].output_layout is None:
+    if _backend(ctx.backend).output_layout is None:
         grad_out = grad_out.contiguous()
     grads = _scan_bwd_op(
         grad_out,
@@ -341,7 +294,7 @@ def selective_scan(
     :func:`scan_backends`.
     """
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)
-    name = resolve_backend(backend, u.device)
+    name = backends.resolve("scan", backend, u.device, u.dtype)
     inputs = [t for t in (u, delta, A, B, C, D, z, delta_bias) if t is not None]
     save = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
     outs = _scan_fwd_op(u, delta, A, B, C, D, z, delta_bias, delta_softplus, name, save)
@@ -361,13 +314,12 @@ def _ref_backward(grad_out, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
     )
 
 
-register_backend(
+backends.register(
     ScanBackend(
         name="ref",
-        device_types=("cpu", "cuda"),
+        device_types=("cpu", "cuda", backends.META),
         priority=0,
-        probe=lambda: None,
-        forward=_ref_forward,
+        run=_ref_forward,
         backward=_ref_backward,
         saved_shapes=lambda u, A, z: [],
     )

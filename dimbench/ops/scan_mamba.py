@@ -14,7 +14,7 @@ import functools
 
 import torch
 
-from dimbench.ops import scan
+from dimbench.ops import backends, scan
 
 Tensor = torch.Tensor
 
@@ -110,25 +110,17 @@ def backward(grad_out, u, delta, A, B, C, D, z, delta_bias, delta_softplus, save
         dB = dB.squeeze(1)
     if C.dim() == 3:
         dC = dC.squeeze(1)
-    return [
-        du.to(u.dtype),
-        ddelta.to(delta.dtype),
-        dA.to(A.dtype),
-        dB.to(B.dtype),
-        dC.to(C.dtype),
-        dD.to(D.dtype) if D is not None else None,
-        rest[0].to(z.dtype) if z is not None else None,
-        dbias.to(delta_bias.dtype) if delta_bias is not None else None,
-    ]
+    grads = [du, ddelta, dA, dB, dC, dD, rest[0] if rest else None, dbias]
+    return scan.in_input_dtypes(grads, u, delta, A, B, C, D, z, delta_bias)
 
 
-scan.register_backend(
+backends.register(
     scan.ScanBackend(
         name="mamba_ssm",
         device_types=("cuda",),
         priority=PRIORITY,
         probe=_probe,
-        forward=forward,
+        run=forward,
         backward=backward,
         saved_shapes=saved_shapes,
     )

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dimbench.ops import scan, triton_util
+from dimbench.ops import backends, scan, triton_util
 
 Tensor = torch.Tensor
 
@@ -276,14 +276,14 @@ def backward(grad_out, u, delta, A, B, C, D, z, delta_bias, delta_softplus, save
     return scan_bwd(grad_out, u, delta, A, B, C, D, z, delta_bias, delta_softplus, ckpt)
 
 
-scan.register_backend(
+backends.register(
     scan.ScanBackend(
         name="triton",
         device_types=triton_util.device_types(),
         # interpreted kernels are the slowest thing on a CPU: never auto's choice there
         priority=-1 if triton_util.interpreting() else PRIORITY,
         probe=triton_util.unavailable_reason,
-        forward=forward,
+        run=forward,
         backward=backward,
         saved_shapes=saved_shapes,
     )

@@ -47,6 +47,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from dimbench.ops.triton_math import sigmoid
 from dimbench.ops.triton_util import interpreting, vectorize_interpreter_scan
 
 if interpreting():
@@ -63,13 +64,6 @@ def softplus(x):
     denom = tl.where(one_p == 1.0, 1.0, one_p - 1.0)
     log1p = tl.where(one_p == 1.0, e, tl.log(one_p) * (e / denom))
     return tl.maximum(x, 0.0) + log1p
-
-
-@triton.jit
-def sigmoid(x):
-    e = tl.exp(-tl.abs(x))
-    r = 1.0 / (1.0 + e)
-    return tl.where(x >= 0, r, e * r)
 
 
 @triton.jit

@@ -13,6 +13,7 @@ twice while a real slowdown always repeats.
 
 from __future__ import annotations
 
+import os
 import statistics
 import tempfile
 from collections.abc import Callable, Sequence
@@ -50,6 +51,21 @@ PASS, FAIL, BROKEN, UPDATED = "pass", "regression", "error", "updated"
 AB, BASELINE, UPDATE = "ab", "baseline", "update"
 
 Progress = Callable[[str, int, int], None]  # (stage, rounds done, rounds in all)
+# Space-separated NAME=VALUE pairs set in the head's workers only: how the gate's sensitivity
+# check (tools/regress_eval.sh) slows one side down, e.g.
+# DIMBENCH_REGRESS_HEAD_ENV="DIMBENCH_SCAN_CPU_EXTRA_PASSES=0.3" dimbench regress --base HEAD
+HEAD_ENV = "DIMBENCH_REGRESS_HEAD_ENV"
+
+
+def head_env_from_environ() -> tuple[tuple[str, str], ...]:
+    """The pairs of $DIMBENCH_REGRESS_HEAD_ENV (a UsageError when one is not NAME=VALUE)."""
+    pairs = []
+    for item in os.environ.get(HEAD_ENV, "").split():
+        name, eq, value = item.partition("=")
+        if not (eq and name):
+            raise UsageError(f"${HEAD_ENV}: expected NAME=VALUE pairs, got {item!r}")
+        pairs.append((name, value))
+    return tuple(pairs)
 
 
 @dataclass(frozen=True)
@@ -62,6 +78,8 @@ class GateConfig:
     device: str = "cpu"
     seed: int = 0
     cases_file: Path | None = None  # default: the head's cases.py (else this package's)
+    # environment variables set in the head's workers only (see head_env_from_environ)
+    head_env: tuple[tuple[str, str], ...] = field(default_factory=head_env_from_environ)
 
 
 @dataclass
@@ -158,6 +176,7 @@ def settings(config: GateConfig, seed: int, clock: str, heap_kept: bool | None) 
         "warmup": WARMUP,
         "heap_kept": heap_kept,
         "normalisation": f"geomean of calibration, running median of {SMOOTHING_ROUNDS}",
+        **({"head_env": dict(config.head_env)} if config.head_env else {}),
     }
 
 
@@ -176,7 +195,16 @@ def measure(
 ) -> list[Measured]:
     """Start a fresh worker per (label, tree), measure them all in interleaved rounds."""
     sides = [
-        Side(label, tree.root, cases, work_dir, config.device, THREADS, WARMUP)
+        Side(
+            label,
+            tree.root,
+            cases,
+            work_dir,
+            config.device,
+            THREADS,
+            WARMUP,
+            env=dict(config.head_env) if label == "head" else None,
+        )
         for label, tree in trees
     ]
     with running(sides):

@@ -12,7 +12,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 WORKER_FILE = Path(__file__).with_name("worker.py")
@@ -44,8 +44,10 @@ class Side:
         device: str = "cpu",
         threads: int = 1,
         warmup: int = 2,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.label, self.root, self.cases_file = label, Path(root), Path(cases_file)
+        self.env = dict(env or {})  # set in this side's worker only (on top of the gate's own)
         self.work_dir, self.device, self.threads, self.warmup = work_dir, device, threads, warmup
         self.proc: subprocess.Popen | None = None
         self.log_path = work_dir / f"{label}-{id(self):x}.log"
@@ -55,7 +57,7 @@ class Side:
     # ------------------------------------------------------------------ process
 
     def start(self) -> None:
-        env = dict(os.environ)
+        env = {**os.environ, **self.env}
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             env[var] = str(self.threads)
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # an idle OpenMP thread must not spin

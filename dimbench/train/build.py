@@ -58,13 +58,19 @@ def build_model(
     return model
 
 
-def check_backends(scan_backend: str, attn_backend: str, device: torch.device) -> None:
-    """Refuse a kernel backend that does not exist or cannot run on ``device`` (UsageError)."""
-    from dimbench.ops.attention import resolve_attention_backend
-    from dimbench.ops.scan import resolve_backend
+def check_backends(
+    scan_backend: str,
+    attn_backend: str,
+    device: torch.device,
+    conv_backend: str = "auto",
+    dtype: str | torch.dtype | None = None,
+) -> dict[str, str]:
+    """Resolve the backend of every kernel a model can declare (``registry.KERNELS``) for
+    ``device`` and ``dtype`` (None: float32) through ``dimbench.ops.backends.resolve``; one that
+    does not exist or cannot run there is a ``BackendError`` (a UsageError). Returns the
+    concrete backends, keyed by kernel."""
+    from dimbench.ops.backends import resolve
+    from dimbench.registry import KERNELS
 
-    try:
-        resolve_backend(scan_backend, device)
-        resolve_attention_backend(attn_backend, torch.empty(0, device="meta"))
-    except (ValueError, RuntimeError) as e:
-        raise UsageError(str(e)) from None
+    asked = {"scan": scan_backend, "attention": attn_backend, "conv": conv_backend}
+    return {kernel: resolve(kernel, asked[kernel], device, dtype) for kernel in KERNELS}

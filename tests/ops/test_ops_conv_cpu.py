@@ -5,7 +5,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from dimbench.ops import causal_conv1d, causal_conv1d_ref, conv_backends, conv_cpu
-from dimbench.ops.conv import resolve_auto
+from dimbench.ops.conv import resolve_for
 from dimbench.ops.layout import CHANNEL_LAST, CHANNEL_MAJOR
 
 pytestmark = pytest.mark.skipif(
@@ -227,10 +227,10 @@ def test_meta_tensors_and_fake_shapes():
 
 def test_auto_picks_the_kernel_for_fp32_and_bf16_and_torch_otherwise():
     w = torch.randn(4, 3)
-    assert resolve_auto(torch.randn(1, 4, 9), w) == "cpu"
-    assert resolve_auto(torch.randn(1, 4, 9).bfloat16(), w) == "cpu"
-    assert resolve_auto(torch.randn(1, 4, 9).double(), w) == "torch"
-    assert resolve_auto(torch.empty(1, 4, 9, device="meta"), w) == "torch"
+    assert resolve_for(torch.randn(1, 4, 9), w) == "cpu"
+    assert resolve_for(torch.randn(1, 4, 9).bfloat16(), w) == "cpu"
+    assert resolve_for(torch.randn(1, 4, 9).double(), w) == "torch"
+    assert resolve_for(torch.empty(1, 4, 9, device="meta"), w) == "torch"
     x64 = torch.randn(1, 4, 9, dtype=torch.float64)
     torch.testing.assert_close(
         causal_conv1d(x64, w.double(), None, "silu"),

@@ -19,6 +19,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from dimbench.ops import (
+    backends,
     causal_conv1d,
     causal_conv1d_ref,
     conv_backends,
@@ -180,7 +181,7 @@ def test_saved_states_are_the_states_before_each_chunk(length):
 @interpreted
 def test_auto_never_picks_the_interpreter_on_cpu():
     assert "triton" in scan_backends("cpu")
-    assert scan_mod.resolve_backend("auto", torch.device("cpu")) != "triton"
+    assert backends.resolve("scan", "auto", "cpu") != "triton"
     assert conv_backends("cpu")[0] != "triton"
 
 
@@ -364,7 +365,7 @@ def test_mamba_ssm_wrapper_plumbs_arguments_and_gradients(monkeypatch, with_cu_s
 def test_mamba_ssm_missing_is_a_reason_not_an_error():
     if "mamba_ssm" in scan_backends():
         pytest.skip("mamba_ssm is installed here")
-    reason = scan_mod._BACKENDS["mamba_ssm"].unavailable_reason()
+    reason = backends.unavailable_reason("scan", "mamba_ssm")
     assert reason and ("selective_scan_cuda" in reason or "CUDA" in reason)
 
 
@@ -410,7 +411,7 @@ def _check_cuda_backend(inputs, dtype, with_opts, backend):
 @pytest.mark.cuda
 @needs_triton_cuda
 def test_cuda_auto_picks_a_gpu_kernel_and_conv_matches():
-    name = scan_mod.resolve_backend("auto", torch.device("cuda"))
+    name = backends.resolve("scan", "auto", "cuda")
     assert name == ("mamba_ssm" if "mamba_ssm" in scan_backends("cuda") else "triton")
     x = torch.randn(2, 64, 1000, device="cuda", requires_grad=True)
     w = torch.randn(64, 4, device="cuda", requires_grad=True)

@@ -46,6 +46,7 @@ from dimbench.regress.sides import Side, WorkerError, running
 from dimbench.regress.stats import FASTER, NOISY, OK, REGRESSION, compare
 from dimbench.regress.worker import CUDA_CLOCK, Runner, timer
 from dimbench.regress.worktree import (
+    Revision,
     checkout,
     head_revision,
     resolve_base,
@@ -613,6 +614,43 @@ def test_each_side_imports_its_own_tree_and_builds_its_own_kernel(tmp_path, monk
     assert all(len(k) == 1 and k[0].startswith(str(tmp_path / "cache")) for k in kernels)
     assert kernels[0] != kernels[1]
     assert all(side.proc is None for side in sides)  # closed
+
+
+ENV_CASES = SIDE_CASES.split("def where(device):")[0] + textwrap.dedent(
+    """
+    def marked(device):
+        import os
+
+        if os.environ.get("DIMBENCH_TEST_SIDE_MARK"):
+            raise RuntimeError("marked " + os.environ["DIMBENCH_TEST_SIDE_MARK"])
+        return lambda: None
+
+
+    def gate_cases(device):
+        return [Case("marked", "kernel", marked)]
+
+
+    CALIBRATION = (Case("calib", "calibration", lambda d: lambda: None),)
+    """
+)
+
+
+def test_head_env_is_set_in_the_head_workers_only(tmp_path, monkeypatch):
+    """$DIMBENCH_REGRESS_HEAD_ENV (the sensitivity check's way to slow one side down) reaches
+    the head's worker and not the base's; a malformed one is a one-line UsageError."""
+    monkeypatch.setenv(gate.HEAD_ENV, "DIMBENCH_TEST_SIDE_MARK=head")
+    config = GateConfig(rounds=5)
+    assert config.head_env == (("DIMBENCH_TEST_SIDE_MARK", "head"),)
+    cases = tmp_path / "env_cases.py"
+    cases.write_text(ENV_CASES)
+    tree = Revision(REPO, "0" * 40)
+    listed = gate.load_cases(cases, "cpu")
+    base, head = gate.measure([("base", tree), ("head", tree)], cases, listed, config, 0, tmp_path)
+    assert base.errors == {} and "marked head" in head.errors["marked"]
+    assert head.samples.settings["head_env"] == {"DIMBENCH_TEST_SIDE_MARK": "head"}
+    monkeypatch.setenv(gate.HEAD_ENV, "NOT-A-PAIR")
+    with pytest.raises(UsageError, match="NAME=VALUE"):
+        GateConfig()
 
 
 def test_an_old_layout_base_imports_its_top_level_packages(tmp_path):

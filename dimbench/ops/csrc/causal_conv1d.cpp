@@ -5,14 +5,16 @@
 // strides): channel-major (rows of L contiguous elements, any channel stride) or channel-last
 // (the channels of a step contiguous, any time stride: a (B, L, D) projection's output, or a
 // channel slice of one); weights, bias and all arithmetic are fp32. Vectors hold 16 elements
-// (GCC/clang vector extensions: one zmm with AVX-512, two ymm with AVX2, NEON quads on Arm):
-// 16 steps of a row channel-major, 16 channels of a step channel-last. The forward reads x once
-// and writes out once. The backward recomputes the pre-activation from x (nothing but x is
+// (dimbench_simd.h, with the bf16 conversions and their rounding rule): 16 steps of a row
+// channel-major, 16 channels of a step channel-last. The forward reads x once and writes out
+// once. The backward recomputes the pre-activation from x (nothing but x is
 // saved), then g = dout * act'(pre) with the weight and bias sums, and dx_t = sum_j w[K-1-j]
 // g[t+j]: per row from an L1/L2-resident scratch row (channel-major), or step by step from a
 // ring of the last K steps' g (channel-last).
 // A work unit is one channel over the whole batch, so each channel's weight and bias gradient is
 // summed by one thread in a fixed order: deterministic, whatever the thread count.
+// Every entry point runs with denormals flushed (FTZ and DAZ) and restores the caller's mode,
+// as the scan does: one rule for subnormals in both kernels (dimbench_simd.h).
 //
 // Compiled at first use by dimbench/ops/conv_cpu.py (through ops/cbuild.py), loaded by ctypes.
 
@@ -22,94 +24,25 @@
 #include <cstring>
 #include <utility>
 #include <vector>
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
 
-typedef float vf __attribute__((vector_size(64)));
-typedef int32_t vi __attribute__((vector_size(64)));
-typedef uint32_t vu __attribute__((vector_size(64)));
-typedef uint16_t vh __attribute__((vector_size(32)));
+#include "dimbench_simd.h"
 
 namespace {
 
 constexpr int V = 16;     // time steps per vector
 constexpr int MAXK = 64;  // widest kernel
 
-inline vf splat(float a) { return vf{} + a; }
-
-inline vf loadu(const float* p) {
-  vf v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-
-inline void storeu(float* p, vf v) { std::memcpy(p, &v, sizeof(v)); }
-
-// bf16 <-> fp32: bf16 is the high half of an fp32; rounding to nearest even, NaN stays NaN.
-inline float bf16_to_f32(uint16_t h) {
-  uint32_t u = uint32_t(h) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-
-inline uint16_t f32_to_bf16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  if (f != f) return 0x7fc0;
-  return uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
-
-struct F32 {
-  using T = float;
-  static vf load(const T* p) { return loadu(p); }
-  static void store(T* p, vf v) { storeu(p, v); }
-  static float get(const T* p) { return *p; }
-  static void put(T* p, float v) { *p = v; }
+// Element access for fp32 (T = float) and bf16 (T = bf16) activations.
+template <typename E>
+struct IOf {
+  using T = E;
+  static vf load(const T* p) { return load16(p); }
+  static void store(T* p, vf v) { store16(p, v); }
+  static float get(const T* p) { return to_f32(*p); }
+  static void put(T* p, float v) { from_f32(v, p); }
 };
-
-struct BF16 {
-  using T = uint16_t;
-#if defined(__AVX512F__) && defined(__AVX512BW__)
-  static vf load(const T* p) {
-    const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p));
-    return (vf)_mm512_slli_epi32(w, 16);
-  }
-#if defined(__AVX512BF16__)
-  // vcvtneps2bf16 rounds to nearest even like torch, but flushes subnormals (|v| < 1.2e-38)
-  // to zero; the integer route below keeps them, at twice the cost of the whole SiLU pass.
-  static void store(T* p, vf v) {
-    _mm256_storeu_si256((__m256i*)p, (__m256i)_mm512_cvtneps_pbh((__m512)v));
-  }
-#else
-  static void store(T* p, vf v) {
-    const __m512i u = (__m512i)v;
-    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-    __m512i r = _mm512_srli_epi32(
-        _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb), 16);
-    const __mmask16 nan = _mm512_cmp_ps_mask((__m512)v, (__m512)v, _CMP_UNORD_Q);
-    r = _mm512_mask_mov_epi32(r, nan, _mm512_set1_epi32(0x7fc0));
-    _mm256_storeu_si256((__m256i*)p, _mm512_cvtepi32_epi16(r));
-  }
-#endif
-#else
-  static vf load(const T* p) {
-    vh h;
-    std::memcpy(&h, p, sizeof(h));
-    return (vf)(__builtin_convertvector(h, vu) << 16);
-  }
-  static void store(T* p, vf v) {
-    const vu u = (vu)v;
-    vu r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-    r = v != v ? vu{} + 0x7fc0u : r;
-    const vh h = __builtin_convertvector(r, vh);
-    std::memcpy(p, &h, sizeof(h));
-  }
-#endif
-  static float get(const T* p) { return bf16_to_f32(*p); }
-  static void put(T* p, float v) { *p = f32_to_bf16(v); }
-};
+using F32 = IOf<float>;
+using BF16 = IOf<bf16>;
 
 // exp(x), relative error ~2e-7 (Cephes expf: x = k ln2 + r, a degree-5 polynomial in r, times
 // 2^k); 0 below -87.3, clamped at exp(88.4) above.
@@ -636,10 +569,13 @@ void dimbench_conv_fwd(int64_t batch, int64_t length, int64_t width, int32_t bf1
   const int K = (int)width;
   const bool cl = channel_last != 0;
   const Strides sx{x_s[0], x_s[1], x_s[2]}, so{o_s[0], o_s[1], o_s[2]};
-  if (bf16)
-    fwd_dispatch<BF16>(cl, batch, length, K, x, sx, w, bias, silu != 0, out, so, d_begin, d_end);
-  else
-    fwd_dispatch<F32>(cl, batch, length, K, x, sx, w, bias, silu != 0, out, so, d_begin, d_end);
+  with_denormals_flushed([&] {
+    if (bf16)
+      fwd_dispatch<BF16>(cl, batch, length, K, x, sx, w, bias, silu != 0, out, so, d_begin,
+                         d_end);
+    else
+      fwd_dispatch<F32>(cl, batch, length, K, x, sx, w, bias, silu != 0, out, so, d_begin, d_end);
+  });
 }
 
 // Channels [d_begin, d_end) of the backward (dout and dx in x's layout): dx written in full for
@@ -653,12 +589,14 @@ void dimbench_conv_bwd(int64_t batch, int64_t length, int64_t width, int32_t bf1
   const bool cl = channel_last != 0;
   const Strides sx{x_s[0], x_s[1], x_s[2]}, sg{g_s[0], g_s[1], g_s[2]};
   const Strides sdx{dx_s[0], dx_s[1], dx_s[2]};
-  if (bf16)
-    bwd_dispatch<BF16>(cl, batch, length, K, x, sx, w, bias, silu != 0, dout, sg, dx, sdx, dw, db,
-                       d_begin, d_end);
-  else
-    bwd_dispatch<F32>(cl, batch, length, K, x, sx, w, bias, silu != 0, dout, sg, dx, sdx, dw, db,
-                      d_begin, d_end);
+  with_denormals_flushed([&] {
+    if (bf16)
+      bwd_dispatch<BF16>(cl, batch, length, K, x, sx, w, bias, silu != 0, dout, sg, dx, sdx, dw,
+                         db, d_begin, d_end);
+    else
+      bwd_dispatch<F32>(cl, batch, length, K, x, sx, w, bias, silu != 0, dout, sg, dx, sdx, dw,
+                        db, d_begin, d_end);
+  });
 }
 
 }  // extern "C"

@@ -12,8 +12,8 @@
 // The backward recomputes the forward chunk by chunk (CHUNK steps) from the states the forward
 // saved at chunk starts, so it needs O(CHUNK) scratch per unit rather than O(L).
 // Every entry point runs with denormals flushed (FTZ and DAZ, or FZ on Arm) and restores the
-// caller's floating-point mode: decayed states would otherwise turn subnormal, which costs some
-// CPUs (Intel's microcode assists) 10-20x.
+// caller's floating-point mode: decayed states would otherwise turn subnormal. The vectors, the
+// bfloat16 conversions (and their rounding rule) and that guard are dimbench_simd.h's.
 //
 // Compiled at first use by dimbench/ops/scan_cpu.py (g++ -O3 -march=native), loaded by ctypes.
 
@@ -22,17 +22,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <tuple>
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
-#if defined(__x86_64__) || defined(__i386__)
-#include <xmmintrin.h>
-#endif
 
-typedef float vf __attribute__((vector_size(64)));
-typedef int32_t vi __attribute__((vector_size(64)));
-typedef uint32_t vu __attribute__((vector_size(64)));
-typedef uint16_t vh __attribute__((vector_size(32)));
+#include "dimbench_simd.h"
 
 namespace {
 
@@ -42,103 +33,6 @@ constexpr int CHUNK = 128;  // time steps between saved states; a multiple of T
 constexpr int MAXN = 64;   // largest d_state of the generic path
 constexpr int NB = 8;      // vectors per backward block: 8 state dims of 1 unit, 4 of 2
 constexpr int ABI = 3;     // bumped whenever ScanArgs or an entry point changes
-
-// ----------------------------------------------------------------------- floating-point mode
-
-#if defined(__x86_64__) || defined(__i386__)
-constexpr bool kFlushes = true;
-inline uint64_t fp_control() { return _mm_getcsr(); }
-inline void set_fp_control(uint64_t v) { _mm_setcsr((unsigned)v); }
-constexpr uint64_t kFlushBits = 0x8040;  // MXCSR FTZ (bit 15) and DAZ (bit 6)
-#elif defined(__aarch64__)
-constexpr bool kFlushes = true;
-inline uint64_t fp_control() {
-  uint64_t v;
-  asm volatile("mrs %0, fpcr" : "=r"(v));
-  return v;
-}
-inline void set_fp_control(uint64_t v) { asm volatile("msr fpcr, %0" : : "r"(v)); }
-constexpr uint64_t kFlushBits = uint64_t(1) << 24;  // FPCR.FZ
-#else
-constexpr bool kFlushes = false;
-inline uint64_t fp_control() { return 0; }
-inline void set_fp_control(uint64_t) {}
-constexpr uint64_t kFlushBits = 0;
-#endif
-
-// Runs fn with denormals flushed in this thread, then restores the caller's mode. fn is called
-// through a non-inlined function so that no arithmetic is scheduled across the mode switches.
-template <typename F>
-__attribute__((noinline)) void call_noinline(F& fn) {
-  fn();
-}
-
-template <typename F>
-void with_denormals_flushed(F fn) {
-  const uint64_t saved = fp_control();
-  set_fp_control(saved | kFlushBits);
-  call_noinline(fn);
-  set_fp_control(saved);
-}
-
-// ----------------------------------------------------------------------- vectors and types
-
-inline vf splat(float a) { return vf{} + a; }
-
-inline vf loadu(const float* p) {
-  vf v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-
-inline void storeu(float* p, vf v) { std::memcpy(p, &v, sizeof(v)); }
-
-struct bf16 {
-  uint16_t bits;
-};
-
-// bfloat16 is the top half of a float32: widening is a shift; narrowing rounds to nearest even.
-inline float to_f32(float x) { return x; }
-inline float to_f32(bf16 x) {
-  const uint32_t b = uint32_t(x.bits) << 16;
-  float f;
-  std::memcpy(&f, &b, 4);
-  return f;
-}
-
-inline void from_f32(float v, float* d) { *d = v; }
-inline void from_f32(float v, bf16* d) {
-  uint32_t b;
-  std::memcpy(&b, &v, 4);
-  if ((b & 0x7fffffffu) > 0x7f800000u) {
-    d->bits = uint16_t((b >> 16) | 0x40);  // NaN stays a (quiet) NaN
-    return;
-  }
-  if ((b & 0x7f800000u) == 0) b &= 0x80000000u;  // subnormal -> signed zero, as the vector path
-  d->bits = uint16_t((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
-}
-
-inline vf load16(const float* p) { return loadu(p); }
-inline vf load16(const bf16* p) {
-  vh h;
-  std::memcpy(&h, p, sizeof(h));
-  return (vf)(__builtin_convertvector(h, vu) << 16);
-}
-
-inline void store16(float* p, vf v) { storeu(p, v); }
-inline void store16(bf16* p, vf v) {
-#if defined(__AVX512BF16__)
-  const __m256bh r = _mm512_cvtneps_pbh((__m512)v);  // round to nearest even, subnormals -> 0
-  std::memcpy(p, &r, sizeof(r));
-#else
-  const vu b = (vu)v;
-  vu r = (b + 0x7fffu + ((b >> 16) & 1u)) >> 16;
-  r = (b & 0x7fffffffu) > 0x7f800000u ? (b >> 16) | 0x40u : r;
-  r = (b & 0x7f800000u) == 0 ? (b >> 16) & 0x8000u : r;
-  const vh h = __builtin_convertvector(r, vh);
-  std::memcpy(p, &h, sizeof(h));
-#endif
-}
 
 // ----------------------------------------------------------------------- elementwise math
 
