@@ -6,6 +6,12 @@ measurement finishes, so an interrupted sweep loses nothing; a rerun into the sa
 the configurations already measured. The raw samples of each row (every latency, telemetry
 samples) go to ``<suite>.samples.jsonl`` beside the CSV, one JSON object per line, keyed like
 the row.
+
+Each suite's CSV has the suite's own ``Schema``: the common head (what was measured, where),
+the suite's metric columns, the common tail (status, provenance). The suites declare theirs
+(``dimbench.bench.spec.Suite``); nothing here knows a suite. CSVs from older dimbench versions,
+which carried every suite's columns, read with their values unchanged; appending to one
+rewrites it in its suite's layout, keeping any other column that holds a value.
 """
 
 from __future__ import annotations
@@ -15,13 +21,13 @@ import io
 import json
 import math
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dimbench.errors import UsageError
 
-# name -> meaning. A CSV's columns: these, the metric columns the suites register, then TAIL.
+# name -> meaning. A CSV's columns: these, its suite's metric columns, then TAIL_COLUMNS.
 HEAD_COLUMNS: dict[str, str] = {
     "suite": "the suite that measured the row (throughput, memory, flops, ...)",
     "model": "registry name, e.g. DiM-H/2",
@@ -54,33 +60,7 @@ TAIL_COLUMNS: dict[str, str] = {
     "wall_s": "seconds the whole measurement took (process start to result)",
     "timestamp": "UTC time the row was written (ISO 8601)",
 }
-METRIC_COLUMNS: dict[str, str] = {}  # registered by the suites (dimbench.bench.register_suite)
-COLUMNS: dict[str, str] = {**HEAD_COLUMNS, **TAIL_COLUMNS}  # kept in CSV order, updated in place
-
-
-def register_columns(
-    columns: dict[str, str], keys: tuple[str, ...] = (), row_keys: tuple[str, ...] = ()
-) -> None:
-    """Add a suite's metric columns to the one schema every result CSV has. A name another
-    suite registered with another meaning is an error; the same meaning is shared.
-
-    Of ``columns``, ``keys`` join a measurement's identity beside KEY_COLUMNS (e.g. the device
-    profile a prediction used), and ``row_keys`` tell apart the rows one measurement writes
-    (e.g. one per operator category): a rerun replaces all of a measurement's rows."""
-    unknown = [k for k in (*keys, *row_keys) if k not in columns]
-    if unknown:
-        raise ValueError(f"key columns {unknown} are not among the columns registered")
-    for name, meaning in columns.items():
-        known = {**HEAD_COLUMNS, **TAIL_COLUMNS, **METRIC_COLUMNS}.get(name)
-        if known is not None and known != meaning:
-            raise ValueError(f"result column {name!r} means {known!r} already, not {meaning!r}")
-        METRIC_COLUMNS.setdefault(name, meaning)
-    ordered = {**HEAD_COLUMNS, **METRIC_COLUMNS, **TAIL_COLUMNS}
-    COLUMNS.clear()
-    COLUMNS.update(ordered)
-    for target, names in ((EXTRA_KEY_COLUMNS, keys), (ROW_KEY_COLUMNS, row_keys)):
-        target.extend(k for k in names if k not in target)
-
+COMMON_COLUMNS: dict[str, str] = {**HEAD_COLUMNS, **TAIL_COLUMNS}
 
 # What identifies a measurement: a rerun with the same key is the same measurement.
 KEY_COLUMNS = (
@@ -97,10 +77,6 @@ KEY_COLUMNS = (
     "compile",
     "weights",
 )
-# Registered by suites (register_columns): more columns of a measurement's identity, and the
-# columns that tell apart the rows of one measurement. A row's identity is all three.
-EXTRA_KEY_COLUMNS: list[str] = []
-ROW_KEY_COLUMNS: list[str] = []
 STATUSES = ("ok", "oom", "timeout", "error")
 # Rows that a rerun does not repeat; timeouts and errors are retried unless asked not to.
 FINAL_STATUSES = frozenset({"ok", "oom"})
@@ -108,18 +84,6 @@ FINAL_STATUSES = frozenset({"ok", "oom"})
 
 def utc_timestamp() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def make_row(**fields) -> dict:
-    """A full row: every column present (missing ones empty), unknown names refused."""
-    unknown = set(fields) - set(COLUMNS)
-    if unknown:
-        raise KeyError(f"unknown result columns: {', '.join(sorted(unknown))}")
-    if fields.get("status") not in STATUSES:
-        raise ValueError(f"status must be one of {STATUSES}, got {fields.get('status')!r}")
-    row = {name: fields.get(name) for name in COLUMNS}
-    row["timestamp"] = row["timestamp"] or utc_timestamp()
-    return row
 
 
 def key_part(value) -> str:
@@ -136,10 +100,66 @@ def row_key(row: dict) -> tuple[str, ...]:
     return tuple(key_part(row.get(c)) for c in KEY_COLUMNS)
 
 
-def full_key(row: dict) -> tuple[str, ...]:
-    """The identity of one row: its configuration plus the suites' extra key columns."""
-    extra = EXTRA_KEY_COLUMNS + ROW_KEY_COLUMNS
-    return row_key(row) + tuple(key_part(row.get(c)) for c in extra)
+@dataclass(frozen=True)
+class Schema:
+    """The columns of one suite's CSV: the common head, the suite's ``metrics`` (name ->
+    meaning), the common tail. Of the metrics, ``keys`` join a measurement's identity beside
+    KEY_COLUMNS (e.g. the device profile a prediction used), and ``row_keys`` tell apart the
+    rows one measurement writes (e.g. one per operator category): a rerun replaces all of a
+    measurement's rows."""
+
+    suite: str
+    metrics: Mapping[str, str] = field(default_factory=dict)
+    keys: tuple[str, ...] = ()
+    row_keys: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        common = [c for c in self.metrics if c in COMMON_COLUMNS]
+        if common:
+            raise ValueError(
+                f"suite {self.suite!r}: {', '.join(common)} are common result columns, not its own"
+            )
+        unknown = [k for k in (*self.keys, *self.row_keys) if k not in self.metrics]
+        if unknown:
+            raise ValueError(f"suite {self.suite!r}: key columns {unknown} are not its columns")
+
+    @classmethod
+    def from_header(cls, suite: str, header: Iterable[str]) -> Schema:
+        """The schema a CSV of a suite nobody declares has: its header (meanings unknown).
+        Its measurements are told apart by the common key; their rows by all its own
+        columns, as which of them tell rows apart is not known."""
+        own = [c for c in header if c not in COMMON_COLUMNS]
+        return cls(suite, dict.fromkeys(own, ""), row_keys=tuple(own))
+
+    @property
+    def columns(self) -> dict[str, str]:
+        """Every column, in CSV order: name -> meaning."""
+        return {**HEAD_COLUMNS, **self.metrics, **TAIL_COLUMNS}
+
+    @property
+    def measurement(self) -> tuple[str, ...]:
+        """The columns of a measurement's identity."""
+        return KEY_COLUMNS + self.keys
+
+    def row(self, **fields) -> dict:
+        """A full row: every column present (missing ones empty), unknown names refused."""
+        unknown = set(fields) - set(self.columns)
+        if unknown:
+            raise KeyError(f"unknown {self.suite} result columns: {', '.join(sorted(unknown))}")
+        if fields.get("status") not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {fields.get('status')!r}")
+        row = {name: fields.get(name) for name in self.columns}
+        row["timestamp"] = row["timestamp"] or utc_timestamp()
+        return row
+
+    def layout(self, header: Iterable[str], holds_value: Callable[[str], bool]) -> list[str]:
+        """The columns a file with ``header`` is written (and read) in: this schema's, plus
+        each other column of the file that ``holds_value`` (an older layout's or a newer
+        dimbench's), before the tail, so that nothing is lost."""
+        own = list(self.columns)
+        extra = [c for c in header if c not in self.columns and holds_value(c)]
+        at = len(own) - len(TAIL_COLUMNS)
+        return own[:at] + extra + own[at:]
 
 
 def _cell(value) -> str:
@@ -169,12 +189,13 @@ class CsvContents:
 
 
 def read_result_csv(path: Path) -> CsvContents | None:
-    """The rows of a dimbench result CSV (None for a missing or empty file).
+    """The rows of a dimbench result CSV (None for a missing or empty file), in the file's own
+    layout.
 
-    Raises ``ResultFileError`` for a file with another header (a foreign CSV, or one from a
-    newer dimbench) or a malformed row anywhere but at the end. A last line without its
-    newline and with too few fields is a row whose writer was killed mid-write: it is reported
-    as ``partial_tail`` and left out; every intact row is kept.
+    Raises ``ResultFileError`` for a file that is not one of ours (a foreign CSV: no suite,
+    model, image size or status column) or has a malformed row anywhere but at the end. A last
+    line without its newline and with too few fields is a row whose writer was killed
+    mid-write: it is reported as ``partial_tail`` and left out; every intact row is kept.
     """
     if not path.exists() or path.stat().st_size == 0:
         return None
@@ -196,13 +217,11 @@ def read_result_csv(path: Path) -> CsvContents | None:
     except csv.Error as e:
         raise ResultFileError(f"{path} is not a readable CSV ({e}); move it away") from None
     header, body = lines[0], lines[1:]
-    unknown = [c for c in header if c not in COLUMNS]
     missing = [c for c in IDENTITY_COLUMNS if c not in header]
-    if unknown or missing:
-        what = f"unknown columns {', '.join(unknown[:3])}" if unknown else "no " + missing[0]
+    if missing:
         raise ResultFileError(
-            f"{path} is not a dimbench result file ({what}); move it away or choose another "
-            "--out (it is left as it is)"
+            f"{path} is not a dimbench result file (no {missing[0]} column); move it away or "
+            "choose another --out (it is left as it is)"
         )
     clean_end = text.endswith(("\n", "\r"))
     partial = False
@@ -218,23 +237,36 @@ def read_result_csv(path: Path) -> CsvContents | None:
     return CsvContents(header=header, rows=rows, partial_tail=partial, clean_end=clean_end)
 
 
-class ResultStore:
-    """The CSV (and raw-sample JSONL) of one suite in one results folder."""
+def _file_layout(schema: Schema, contents: CsvContents) -> list[str]:
+    return schema.layout(contents.header, lambda c: any(r[c] for r in contents.rows))
 
-    def __init__(self, out_dir: str | Path, suite: str):
+
+class ResultStore:
+    """The CSV (and raw-sample JSONL) of one suite in one results folder, in its ``schema``."""
+
+    def __init__(self, out_dir: str | Path, schema: Schema):
         self.out_dir = Path(out_dir)
-        self.suite = suite
-        self.csv_path = self.out_dir / f"{suite}.csv"
-        self.samples_path = self.out_dir / f"{suite}.samples.jsonl"
+        self.schema = schema
+        self.suite = schema.suite
+        self.csv_path = self.out_dir / f"{self.suite}.csv"
+        self.samples_path = self.out_dir / f"{self.suite}.samples.jsonl"
 
     def check(self) -> None:
         """Refuse a foreign or corrupt CSV before any measurement (``ResultFileError``)."""
         read_result_csv(self.csv_path)
 
     def rows(self) -> list[dict]:
-        """Every intact row in the CSV, in file order, as strings ("" for empty)."""
+        """Every intact row in the CSV, in file order, as strings ("" for empty), with the
+        schema's columns (and any other column of the file that holds a value)."""
         contents = read_result_csv(self.csv_path)
-        return [] if contents is None else contents.rows
+        if contents is None:
+            return []
+        layout = _file_layout(self.schema, contents)
+        return [{c: r.get(c, "") for c in layout} for r in contents.rows]
+
+    def frame(self):
+        """The CSV's rows as ``load_results`` gives them (the latest per key)."""
+        return load_results(self.csv_path, {self.suite: self.schema})
 
     def done_keys(self, retry_failed: bool = True) -> set[tuple[str, ...]]:
         """Keys a rerun should skip: rows with a final status (ok, oom), plus timeouts and
@@ -248,31 +280,38 @@ class ResultStore:
     def append(self, row: dict, raw: dict | None = None) -> None:
         """Append one row (and its raw samples); the file is created with a header if new.
 
-        A CSV in an older dimbench layout is first rewritten in today's (every value kept); a
-        cut-off last line is dropped so the new row lands on a line of its own."""
+        A CSV in another layout (an older dimbench's, with every suite's columns) is first
+        rewritten in the schema's, keeping every column that holds a value; a cut-off last
+        line is dropped so the new row lands on a line of its own."""
+        unknown = set(row) - set(self.schema.columns)
+        if unknown:
+            raise KeyError(f"unknown {self.suite} result columns: {', '.join(sorted(unknown))}")
         self.out_dir.mkdir(parents=True, exist_ok=True)
         contents = read_result_csv(self.csv_path)
-        if contents is not None and (contents.header != list(COLUMNS) or not contents.clean_end):
-            self._rewrite(contents.rows)
+        layout = (
+            list(self.schema.columns) if contents is None else _file_layout(self.schema, contents)
+        )
+        if contents is not None and (contents.header != layout or not contents.clean_end):
+            self._rewrite(contents.rows, layout)
         with self.csv_path.open("a", newline="") as f:
             writer = csv.writer(f)
             if contents is None:
-                writer.writerow(COLUMNS)
-            writer.writerow([_cell(row.get(c)) for c in COLUMNS])
+                writer.writerow(layout)
+            writer.writerow([_cell(row.get(c)) for c in layout])
         if raw is not None:
             record = {c: row.get(c) for c in KEY_COLUMNS}
             record.update(status=row.get("status"), timestamp=row.get("timestamp"), **raw)
             with self.samples_path.open("a") as f:
                 f.write(json.dumps(record, default=_json_default) + "\n")
 
-    def _rewrite(self, rows: list[dict]) -> None:
-        """Today's layout, the intact rows only; atomically (a temp file, then rename)."""
+    def _rewrite(self, rows: list[dict], layout: list[str]) -> None:
+        """The intact rows in ``layout``; atomically (a temp file, then rename)."""
         tmp = self.csv_path.with_suffix(".csv.tmp")
         with tmp.open("w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(COLUMNS)
+            writer.writerow(layout)
             for r in rows:
-                writer.writerow([r.get(c, "") or "" for c in COLUMNS])
+                writer.writerow([r.get(c, "") or "" for c in layout])
         tmp.replace(self.csv_path)
 
 
@@ -282,51 +321,76 @@ def _json_default(obj):
     return str(obj)
 
 
-def load_results(paths: Iterable[str | Path] | str | Path):
+def load_results(
+    paths: Iterable[str | Path] | str | Path, schemas: Mapping[str, Schema] | None = None
+):
     """All result rows from CSV files or folders of them as one DataFrame, the latest row per
     key (a rerun's row replaces the earlier one). Numeric columns come back as numbers.
+
+    Each CSV's rows are read with the schema of their suite from ``schemas`` (suite name ->
+    Schema; ``dimbench.bench.schemas()`` gives the registered ones): its columns, and its key
+    columns to tell a rerun from another measurement. The rows of a suite ``schemas`` lacks
+    read with their file's header as their schema (``Schema.from_header``). Columns of
+    another suite that an older layout carried, empty in these rows, are left out.
 
     In a folder, only dimbench result CSVs are read (other CSVs beside them are skipped); a
     dimbench CSV that is corrupt raises ``ResultFileError``."""
     import pandas as pd
 
+    schemas = schemas or {}
     if isinstance(paths, (str, Path)):
         paths = [paths]
-    contents: list[CsvContents] = []
+    by_suite: dict[str, list] = {}
     for p in map(Path, paths):
         for f in sorted(p.glob("*.csv")) if p.is_dir() else [p]:
             if p.is_dir() and not _looks_like_results(f):
                 continue
             c = read_result_csv(f)
-            if c is not None:
-                contents.append(c)
+            if c is None or not c.rows:
+                continue
+            buf = io.StringIO()
+            writer = csv.writer(buf)
+            writer.writerow(c.header)
+            writer.writerows([r[h] for h in c.header] for r in c.rows)
+            buf.seek(0)
+            frame = pd.read_csv(buf, dtype={"git_sha": str, "suite": str})
+            for name, part in frame.groupby("suite", sort=False, dropna=False):
+                by_suite.setdefault(str(name), []).append(part)
     frames = []
-    for c in contents:
-        buf = io.StringIO()
-        writer = csv.writer(buf)
-        writer.writerow(c.header)
-        writer.writerows([r[h] for h in c.header] for r in c.rows)
-        buf.seek(0)
-        frames.append(pd.read_csv(buf, dtype={"git_sha": str}))
-    frames = [f for f in frames if len(f)]
+    for name, parts in by_suite.items():
+        df = pd.concat(parts, ignore_index=True)
+        schema = schemas.get(name) or Schema.from_header(name, df.columns)
+        frames.append(_latest(_in_layout(df, schema), schema))
     if not frames:
-        return pd.DataFrame(columns=list(COLUMNS))
-    df = pd.concat(frames, ignore_index=True)
-    for c in COLUMNS:
+        columns = {c: None for s in schemas.values() for c in s.columns} or COMMON_COLUMNS
+        return pd.DataFrame(columns=list(columns))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _in_layout(df, schema: Schema):
+    """``df`` with the schema's columns (empty where the file had none), and the other
+    columns that hold a value."""
+    layout = schema.layout(df.columns, lambda c: df[c].notna().any())
+    for c in layout:
         if c not in df.columns:
-            df[c] = None
-    # a configuration's rows are those of its latest measurement (the rows written with its
-    # last row's timestamp): a rerun replaces them all, whatever rows the earlier run wrote
-    measurement = list(KEY_COLUMNS) + EXTRA_KEY_COLUMNS
+            df[c] = math.nan  # what an empty CSV column reads as
+    return df[layout]
+
+
+def _latest(df, schema: Schema):
+    """A configuration's rows are those of its latest measurement (the rows written with its
+    last row's timestamp): a rerun replaces them all, whatever rows the earlier run wrote."""
+    import pandas as pd
+
+    measurement = list(schema.measurement)
     config = pd.Series(
         ["\x1f".join(k) for k in zip(*(df[c].map(key_part) for c in measurement), strict=True)],
         index=df.index,
     )
     stamp = df["timestamp"].map(key_part)
     df = df.loc[stamp == stamp.groupby(config).transform("last")].reset_index(drop=True)
-    keys = df[measurement + ROW_KEY_COLUMNS].astype(str)
-    df = df.loc[~keys.duplicated(keep="last")].reset_index(drop=True)
-    return df
+    keys = df[measurement + list(schema.row_keys)].astype(str)
+    return df.loc[~keys.duplicated(keep="last")].reset_index(drop=True)
 
 
 def _looks_like_results(path: Path) -> bool:
@@ -338,4 +402,4 @@ def _looks_like_results(path: Path) -> bool:
         header = next(csv.reader([first]), [])
     except (OSError, UnicodeDecodeError, csv.Error):
         return False
-    return header[:2] == list(COLUMNS)[:2]
+    return header[:2] == list(HEAD_COLUMNS)[:2]

@@ -151,11 +151,13 @@ def test_plot_into_a_read_only_folder(tmp_path, capsys, monkeypatch):
     import errno
 
     import dimbench.paths
-    from dimbench.results import ResultStore, make_row
+    from dimbench.bench import get_suite
+    from dimbench.results import ResultStore
 
-    store = ResultStore(tmp_path, "flops")
+    schema = get_suite("flops").schema
+    store = ResultStore(tmp_path, schema)
     key = dict(model="DiT-T/2", image_size=32, batch_size=1, device="meta", dtype="fp32")
-    store.append(make_row(suite="flops", **key, mode="forward", status="ok", gflops=1.0))
+    store.append(schema.row(suite="flops", **key, mode="forward", status="ok", gflops=1.0))
 
     def read_only(*args, **kwargs):  # what a read-only mount answers (root included)
         raise OSError(errno.EROFS, "Read-only file system")
@@ -240,9 +242,11 @@ def test_an_interrupted_sweep_says_what_it_kept(tmp_path, capsys, monkeypatch):
     assert cli([*args, "--out", str(tmp_path)]) == 130
     err = capsys.readouterr().err
     assert "interrupted: 1 of 3 configurations measured and kept" in err
+    from dimbench.bench import get_suite
     from dimbench.results import ResultStore
 
-    assert [r["image_size"] for r in ResultStore(tmp_path, "flops").rows()] == ["32"]
+    rows = ResultStore(tmp_path, get_suite("flops").schema).rows()
+    assert [r["image_size"] for r in rows] == ["32"]
 
 
 @pytest.mark.parametrize(

@@ -65,7 +65,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("measure", "metrics"),
     ("train",),
     ("bench",),
-    ("plots", "plots_profile", "plots_train"),
+    ("plots",),
     ("regress",),
     ("commands", "cli", "__main__"),
 )
@@ -73,11 +73,7 @@ APART = (("measure", "metrics"),)  # same layer, no arrow either way
 
 # (importer, imported): arrows in other work's areas that close a cycle or point up, kept until
 # that work lands.
-ALLOWED: dict[tuple[str, str], str] = {
-    # cycle plots <-> plots_profile (each imports the other inside a function; _first and _slug
-    # copied); goes with the plots/ package and its one style module (issue 21)
-    ("dimbench.plots_profile", "dimbench.plots"): "cycle",
-}
+ALLOWED: dict[tuple[str, str], str] = {}
 
 Edge = tuple[str, str]
 

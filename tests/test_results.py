@@ -1,37 +1,30 @@
-"""The results store (rows, CSV append, resume keys, raw JSONL) and the scaling plots."""
+"""The results store (rows, CSV append, resume keys, raw JSONL), each suite's schema, and old
+CSVs that carried every suite's columns."""
 
 from __future__ import annotations
 
 import csv
 import json
-import math
+import shutil
+from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from dimbench.bench.registry import all_suites
 from dimbench.results import (
-    COLUMNS,
+    COMMON_COLUMNS,
+    HEAD_COLUMNS,
     KEY_COLUMNS,
-    METRIC_COLUMNS,
-    ResultStore,
+    TAIL_COLUMNS,
+    Schema,
     load_results,
-    make_row,
     row_key,
 )
+from tests.rows import KEY, SCHEMAS, make_row, store_of
 
-all_suites()  # the built-in suites register their result columns
-
-KEY = dict(
-    suite="throughput",
-    model="DiM-T/2",
-    image_size=256,
-    batch_size=1,
-    device="cpu",
-    dtype="fp32",
-    mode="forward",
-    scan_backend="cpu",
-    attn_backend="-",
-)
+COMMITTED = Path(__file__).resolve().parents[1] / "results" / "amd-epyc-avx512-2c"
+# the one layout every suite's CSV had before each suite had its own schema
+OLD_LAYOUT_COLUMNS = 64
 
 
 def test_columns_cover_the_issue_and_architecture():
@@ -43,13 +36,16 @@ def test_columns_cover_the_issue_and_architecture():
         "energy_j_per_img", "gpu_power_w", "gpu_util_pct", "gpu_sm_clock_mhz", "gpu_temp_c",
         "timestamp",
     }  # fmt: skip
-    assert required <= set(COLUMNS)
-    assert set(KEY_COLUMNS) <= set(COLUMNS) and set(METRIC_COLUMNS) <= set(COLUMNS)
+    assert required <= set(SCHEMAS["throughput"].columns)
+    for schema in SCHEMAS.values():
+        assert set(KEY_COLUMNS) <= set(schema.columns) and set(schema.metrics) <= set(
+            schema.columns
+        )
 
 
 def test_make_row_fills_and_validates():
     row = make_row(**KEY, status="ok", imgs_per_s=2.0)
-    assert list(row) == list(COLUMNS)
+    assert list(row) == list(SCHEMAS["throughput"].columns)
     assert row["imgs_per_s"] == 2.0 and row["latency_ms"] is None and row["timestamp"]
     with pytest.raises(KeyError, match="bogus"):
         make_row(**KEY, status="ok", bogus=1)
@@ -58,7 +54,7 @@ def test_make_row_fills_and_validates():
 
 
 def test_append_resume_and_raw_samples(tmp_path):
-    store = ResultStore(tmp_path / "out", "throughput")
+    store = store_of(tmp_path / "out", "throughput")
     assert store.done_keys() == set()
     ok = make_row(**KEY, status="ok", imgs_per_s=3.25, latency_ms=307.7)
     oom = make_row(**{**KEY, "image_size": 1536}, status="oom", error="CUDA out of memory")
@@ -79,7 +75,7 @@ def test_append_resume_and_raw_samples(tmp_path):
     # a rerun's row for the timed-out config supersedes the old one
     store.append(make_row(**{**KEY, "image_size": 1024}, status="ok", imgs_per_s=0.5))
     assert row_key(timeout) in store.done_keys()
-    df = load_results(tmp_path / "out")
+    df = load_results(tmp_path / "out", SCHEMAS)
     assert len(df) == 3
     assert df.set_index("image_size").loc[1024, "status"] == "ok"
     assert df["imgs_per_s"].dtype.kind == "f"
@@ -95,127 +91,122 @@ def test_old_csv_layout_is_rewritten_not_corrupted(tmp_path):
         w = csv.writer(f)
         w.writerow(["suite", "model", "image_size", "status", "peak_mem_mb"])
         w.writerow(["memory", "DiT-T/2", "64", "ok", "12.5"])
-    store = ResultStore(tmp_path, "memory")
+    store = store_of(tmp_path, "memory")
     store.append(make_row(**{**KEY, "suite": "memory"}, status="ok", peak_mem_mb=20.0))
     rows = store.rows()
-    assert list(rows[0]) == list(COLUMNS)
+    assert list(rows[0]) == list(SCHEMAS["memory"].columns)
     assert rows[0]["peak_mem_mb"] == "12.5" and rows[1]["peak_mem_mb"] == "20"
 
 
-# ----------------------------------------------------------------------------- plots
+# ----------------------------------------------------------------------------- schemas
 
 
-def _rows(tmp_path):
-    """A throughput/memory/flops folder where DiM starts slower and overtakes DiT between
-    512 and 1024 px, and DiT runs out of memory at 1536."""
-    tp = ResultStore(tmp_path, "throughput")
-    mem = ResultStore(tmp_path, "memory")
-    fl = ResultStore(tmp_path, "flops")
-    ips = {
-        "DiM-T/2": {256: 10.0, 512: 3.0, 1024: 1.0, 1536: 0.5},
-        "DiT-T/2": {256: 20.0, 512: 4.0, 1024: 0.5, 1536: None},
-        "U-ViT-T/2": {256: 5.0, 512: 1.0, 1024: 0.2, 1536: 0.05},
-    }
-    for model, series in ips.items():
-        fam = {"DiM": "dim", "DiT": "dit", "U-V": "uvit"}[model[:3]]
-        for res, v in series.items():
-            key = {**KEY, "model": model, "image_size": res}
-            common = dict(family=fam, device_name="Test CPU", load_avg_1m=1.5)
-            if v is None:
-                tp.append(make_row(**key, status="oom", error="out of memory", **common))
-                mem.append(make_row(**{**key, "suite": "memory"}, status="oom", **common))
-            else:
-                tp.append(make_row(**key, status="ok", imgs_per_s=v, latency_ms=1e3 / v, **common))
-                mem.append(make_row(**{**key, "suite": "memory"}, status="ok", peak_mem_mb=res / 4))
-            gmacs = (res / 16) ** 2 * (4 if fam == "dim" else (res / 256) ** 2)
-            fl.append(
-                make_row(
-                    **{**key, "suite": "flops", "device": "meta"},
-                    status="ok",
-                    gmacs=gmacs,
-                    gflops=2 * gmacs,
-                )
-            )
+def test_a_suites_csv_holds_the_common_columns_and_its_own_only(tmp_path):
+    """Each suite's CSV: the common key and provenance columns plus the suite's declared ones
+    (before each suite had its own schema, every CSV had all 64 of every suite)."""
+    store = store_of(tmp_path, "throughput")
+    store.append(make_row(**KEY, status="ok", imgs_per_s=1.0))
+    with store.csv_path.open(newline="") as f:
+        header = next(csv.reader(f))
+    throughput = SCHEMAS["throughput"]
+    assert header == [*HEAD_COLUMNS, *throughput.metrics, *TAIL_COLUMNS]
+    assert len(header) < OLD_LAYOUT_COLUMNS
+    for other in ("scope", "category", "op", "predicted_latency_ms", "device_profile"):
+        assert other not in header
+    # each suite's schema comes from its declaration: its columns and key columns
+    assert SCHEMAS["predict"].keys == ("device_profile",)
+    assert SCHEMAS["profile"].row_keys == ("scope", "category")
+    assert set(SCHEMAS["flops"].metrics) == {"gmacs", "gflops", "params_m"}
+    with pytest.raises(KeyError, match="unknown throughput result columns: scope"):
+        make_row(**KEY, status="ok", scope="model")
 
 
-def test_crossover_is_interpolated_in_log_space():
-    from dimbench.plots import _crossing
-
-    # between 512 (0.75x) and 1024 (2x): log-linear, so the fraction is ln(1/0.75) / ln(2/0.75)
-    expected = 512 * 2 ** (math.log(1 / 0.75) / math.log(2 / 0.75))
-    assert _crossing([256, 512, 1024], [0.5, 0.75, 2.0]) == pytest.approx(expected)
-    assert _crossing([256, 512], [1.2, 1.5]) is None  # ahead from the start
-    assert _crossing([256, 512], [0.2, 0.5]) is None  # never
-    assert _crossing([256, 512, 1024], [0.5, 1.0, 2.0]) == pytest.approx(512)
+def test_a_schema_refuses_bad_declarations():
+    with pytest.raises(ValueError, match="key columns"):
+        Schema("x", {"a": "a column"}, keys=("b",))
+    with pytest.raises(ValueError, match="common result columns"):
+        Schema("x", {"status": "mine"})
 
 
-def test_comparison_pairs_by_size():
-    from dimbench.plots import comparison_pairs
+def test_a_column_means_one_thing_in_every_suite():
+    import dataclasses
 
-    assert comparison_pairs(["DiM-S/2", "DiT-S/2", "U-ViT-S/2"]) == [
-        ("DiM-S/2", "DiT-S/2"),
-        ("DiM-S/2", "U-ViT-S/2"),
-    ]
-    pairs = comparison_pairs(["DiM-S/2", "DiM-H/2", "DiT-S/2", "DiT-XL/2", "U-ViT-H/2"])
-    assert ("DiM-H/2", "DiT-XL/2") in pairs and ("DiM-H/2", "U-ViT-H/2") in pairs
-    assert ("DiM-S/2", "DiT-S/2") in pairs and ("DiM-S/2", "DiT-XL/2") not in pairs
+    from dimbench.bench import get_suite, register_suite
 
-
-def test_plot_scaling_writes_png_svg_and_summary(tmp_path):
-    from dimbench.plots import plot_scaling
-
-    _rows(tmp_path)
-    out = plot_scaling(tmp_path)
-    names = sorted(p.name for p in out["figures"])
-    assert names == ["scaling.png", "scaling.svg"]
-    png = (tmp_path / "scaling.png").read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
-    svg = (tmp_path / "scaling.svg").read_text()
-    assert "OOM" in svg  # DiT's 1536 px point is marked
-
-    assert list(out["crossovers"]) == ["cpu, fp32, forward, batch 1", "GFLOPs, forward"]
-    cross = out["crossovers"]["cpu, fp32, forward, batch 1"]
-    by_base = {c.baseline: c for c in cross}
-    dit = by_base["DiT-T/2"]
-    assert dit.resolutions == [256, 512, 1024]
-    assert dit.ratios == pytest.approx([0.5, 0.75, 2.0])
-    assert 512 < dit.crossover_px < 1024
-    assert "1536 px DiT-T/2 gave oom" in dit.note
-    assert by_base["U-ViT-T/2"].crossover_px is None  # DiM ahead everywhere
-    summary = (tmp_path / "summary.md").read_text()
-    assert "DiM-T/2 overtakes DiT-T/2 at about" in summary
-    assert "DiM-T/2 is faster than U-ViT-T/2 at every resolution" in summary
-    assert "![scaling](scaling.png)" in summary
-    # the synthetic FLOPs: DiM 4 x tokens, baselines tokens x (res/256)^2 -> equal at 512 px
-    (flops,) = [c for c in out["crossovers"]["GFLOPs, forward"] if c.baseline == "DiT-T/2"]
-    assert flops.kind == "flops" and flops.crossover_px == pytest.approx(512)
-    assert "DiM-T/2 needs fewer GFLOPs than DiT-T/2 from about 512 px" in summary
+    flops = get_suite("flops")
+    clash = dataclasses.replace(flops, name="flops2", columns={"gflops": "something else"})
+    with pytest.raises(ValueError, match="'gflops' of suite 'flops2' means"):
+        register_suite(clash)
 
 
-def cli(args: list[str]) -> int:
-    from dimbench.cli import main
+@pytest.mark.parametrize("suite", ["throughput", "memory", "flops", "profile", "predict"])
+def test_committed_old_layout_csvs_load_with_the_same_values(suite, tmp_path):
+    """results/amd-epyc-avx512-2c holds CSVs in the old layout (every suite's columns): read with
+    the suite's schema, every value is the one in the file, and only empty columns are left out."""
+    shutil.copy(COMMITTED / f"{suite}.csv", tmp_path)
+    path = tmp_path / f"{suite}.csv"
+    raw = pd.read_csv(path, dtype={"git_sha": str})
+    assert len(raw.columns) > len(SCHEMAS[suite].columns)  # the old layout
+    df = load_results(tmp_path, SCHEMAS)
+    assert len(df) == len(raw)  # no row of these files supersedes another
+    assert list(df.columns) == list(SCHEMAS[suite].columns)
+    for column in raw.columns:
+        if column in df.columns:
+            same = (df[column] == raw[column]) | (df[column].isna() & raw[column].isna())
+            assert same.all(), column
+        else:
+            assert raw[column].isna().all(), column  # another suite's column, empty here
 
-    with pytest.raises(SystemExit) as e:
-        main(args)
-    return e.value.code
+
+def test_appending_to_an_old_layout_csv_rewrites_it_in_the_suites_own(tmp_path):
+    shutil.copy(COMMITTED / "throughput.csv", tmp_path)
+    store = store_of(tmp_path, "throughput")
+    before = store.rows()
+    with store.csv_path.open(newline="") as f:
+        assert len(next(csv.reader(f))) == OLD_LAYOUT_COLUMNS
+    store.append(make_row(**KEY, status="ok", imgs_per_s=1.0))
+    with store.csv_path.open(newline="") as f:
+        assert next(csv.reader(f)) == list(SCHEMAS["throughput"].columns)
+    after = store.rows()
+    assert after[:-1] == before and after[-1]["imgs_per_s"] == "1"
 
 
-def test_plot_command_errors_are_one_line(tmp_path, capsys):
-    assert cli(["plot", str(tmp_path)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("dimbench: error: no result CSVs") and "\n" not in err
+def test_an_old_layout_column_that_holds_a_value_is_kept(tmp_path):
+    """Rewriting drops only empty columns: a value in a column the suite no longer declares
+    (or a newer dimbench's) stays in the file and in what is read."""
+    path = tmp_path / "throughput.csv"
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["suite", "model", "image_size", "status", "imgs_per_s", "scope", "op"])
+        w.writerow(["throughput", "DiT-T/2", "64", "ok", "2.5", "model", ""])
+    store = store_of(tmp_path, "throughput")
+    store.append(make_row(**KEY, status="ok", imgs_per_s=1.0))
+    with path.open(newline="") as f:
+        header = next(csv.reader(f))
+    assert "scope" in header and "op" not in header
+    assert header.index("scope") < header.index("status")  # before the common tail
+    rows = store.rows()
+    assert [r["scope"] for r in rows] == ["model", ""] and rows[0]["imgs_per_s"] == "2.5"
+    df = load_results(tmp_path, SCHEMAS)
+    assert list(df["scope"].fillna("")) == ["model", ""]
 
 
-def test_plot_command_groups_by_configuration(tmp_path, capsys):
-    _rows(tmp_path)
-    ResultStore(tmp_path, "throughput").append(
-        make_row(**{**KEY, "dtype": "bf16"}, status="ok", imgs_per_s=12.0)
-    )
-    assert cli(["plot", str(tmp_path), "--format", "png"]) == 0
-    out = capsys.readouterr().out
-    assert (tmp_path / "scaling_cpu_fp32_forward_b1.png").exists()
-    assert (tmp_path / "scaling_cpu_bf16_forward_b1.png").exists()
-    assert "overtakes DiT-T/2" in out
+def test_a_csv_of_an_undeclared_suite_reads_with_its_header_as_its_schema(tmp_path):
+    """A plugin's suite whose module was not imported: its rows still read, its columns as
+    its header has them, a rerun's row replacing the earlier one by the common key."""
+    path = tmp_path / "mysuite.csv"
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([*COMMON_COLUMNS, "score"])
+        for stamp, score in (("2026-01-01T00:00:00Z", "1.5"), ("2026-01-02T00:00:00Z", "2.5")):
+            row = {**dict.fromkeys(COMMON_COLUMNS, ""), **KEY, "suite": "mysuite"}
+            row.update(status="ok", timestamp=stamp, score=score)
+            w.writerow([row[c] for c in [*COMMON_COLUMNS, "score"]])
+    store_of(tmp_path, "throughput").append(make_row(**KEY, status="ok", imgs_per_s=1.0))
+    df = load_results(tmp_path, SCHEMAS)
+    mine = df[df["suite"] == "mysuite"]
+    assert list(mine["score"]) == [2.5]
+    assert list(df[df["suite"] == "throughput"]["imgs_per_s"]) == [1.0]
 
 
 # ----------------------------------------------------------------------------- damaged files
@@ -226,7 +217,7 @@ def test_foreign_csv_is_refused_and_left_as_it_is(tmp_path):
 
     path = tmp_path / "throughput.csv"
     path.write_text("name,score\nalice,3\n")
-    store = ResultStore(tmp_path, "throughput")
+    store = store_of(tmp_path, "throughput")
     with pytest.raises(ResultFileError, match="not a dimbench result file"):
         store.check()
     with pytest.raises(ResultFileError):
@@ -237,11 +228,13 @@ def test_foreign_csv_is_refused_and_left_as_it_is(tmp_path):
 def test_corrupt_row_is_refused(tmp_path):
     from dimbench.results import ResultFileError
 
-    store = ResultStore(tmp_path, "throughput")
+    store = store_of(tmp_path, "throughput")
     store.append(make_row(**KEY, status="ok", imgs_per_s=1.0))
     with store.csv_path.open("a") as f:
         f.write("throughput,DiM-T/2,too,few\n")
-        f.write(",".join(["x"] * len(COLUMNS)) + "\n")  # an intact row after the broken one
+        f.write(
+            ",".join(["x"] * len(SCHEMAS["throughput"].columns)) + "\n"
+        )  # an intact row after the broken one
     before = store.csv_path.read_text()
     with pytest.raises(ResultFileError, match="row 2 has 4 fields"):
         store.check()
@@ -255,7 +248,7 @@ def test_corrupt_row_is_refused(tmp_path):
 def test_binary_bytes_are_refused_naming_the_file_and_line(tmp_path, capsys):
     from dimbench.cli import main
 
-    store = ResultStore(tmp_path, "throughput")
+    store = store_of(tmp_path, "throughput")
     store.append(make_row(**KEY, status="ok", imgs_per_s=1.0))
     with store.csv_path.open("ab") as f:
         f.write(b"\xff\xfe\x00binary tail")
@@ -270,7 +263,7 @@ def test_binary_bytes_are_refused_naming_the_file_and_line(tmp_path, capsys):
 
 def test_truncated_last_row_keeps_the_intact_rows(tmp_path):
     """A writer killed mid-row: the next append lands on its own line, readers skip the stub."""
-    store = ResultStore(tmp_path, "throughput")
+    store = store_of(tmp_path, "throughput")
     store.append(make_row(**{**KEY, "image_size": 32}, status="ok", imgs_per_s=1.0))
     store.append(make_row(**{**KEY, "image_size": 64}, status="ok", imgs_per_s=2.0))
     text = store.csv_path.read_text()
@@ -284,7 +277,7 @@ def test_truncated_last_row_keeps_the_intact_rows(tmp_path):
 
 
 def test_complete_last_row_without_newline_is_kept(tmp_path):
-    store = ResultStore(tmp_path, "throughput")
+    store = store_of(tmp_path, "throughput")
     store.append(make_row(**KEY, status="ok", imgs_per_s=1.0))
     store.csv_path.write_text(store.csv_path.read_text().rstrip("\r\n"))
     store.append(make_row(**{**KEY, "image_size": 64}, status="ok", imgs_per_s=2.0))
@@ -294,7 +287,7 @@ def test_complete_last_row_without_newline_is_kept(tmp_path):
 def test_plot_refuses_header_only_results(tmp_path, capsys):
     from dimbench.cli import main
 
-    (tmp_path / "throughput.csv").write_text(",".join(COLUMNS) + "\n")
+    (tmp_path / "throughput.csv").write_text(",".join(SCHEMAS["throughput"].columns) + "\n")
     (tmp_path / "notes.csv").write_text("a,b\n1,2\n")  # not ours: skipped, not an error
     with pytest.raises(SystemExit) as e:
         main(["plot", str(tmp_path)])

@@ -2,6 +2,6 @@
 configuration (``runner``, ``worker``), the work a measurement times (``workload``), and the
 suites (``suites/``), registered with ``register_suite``."""
 
-from dimbench.bench.registry import all_suites, get_suite, register_suite, suite_names
+from dimbench.bench.registry import all_suites, get_suite, register_suite, schemas, suite_names
 
-__all__ = ["all_suites", "get_suite", "register_suite", "suite_names"]
+__all__ = ["all_suites", "get_suite", "register_suite", "schemas", "suite_names"]

@@ -19,10 +19,11 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from dimbench.bench.registry import get_suite
 from dimbench.bench.spec import Config, Suite, Sweep, fmt, params_m
 from dimbench.errors import Interrupted, terminate_as_interrupt
 from dimbench.registry import KERNELS, get_model
-from dimbench.results import ResultStore, key_part, load_results, make_row, row_key
+from dimbench.results import ResultStore, key_part, row_key
 
 WORKER = "dimbench.bench.worker"
 STDERR_TAIL = 4000  # bytes of a dead worker's stderr kept to explain it
@@ -122,7 +123,8 @@ def run_inline(cfg: Config, suite: Suite) -> dict:
 
 
 def result_row(cfg: Config, result: dict) -> dict:
-    """The CSV row for ``cfg`` from a worker's result (or from its death)."""
+    """The CSV row for ``cfg`` (in its suite's schema) from a worker's result (or from its
+    death)."""
     from dimbench.measure.metadata import run_metadata
 
     meta = result.get("meta")
@@ -137,7 +139,7 @@ def result_row(cfg: Config, result: dict) -> dict:
         family, tokens, params = None, None, None
     metrics = dict(result.get("metrics") or {})
     metrics.setdefault("params_m", params)
-    return make_row(
+    return get_suite(cfg.suite).schema.row(
         **cfg.key_fields(),
         family=family,
         tokens=tokens,
@@ -186,7 +188,7 @@ def run_sweep(
     )
 
     console = console or Console(stderr=True)
-    store = ResultStore(out_dir, sweep.suite.name)
+    store = ResultStore(out_dir, sweep.suite.schema)
     configs = sweep.configs()
     done = set() if redo else store.done_keys(retry_failed=retry_failed)
     todo = [c for c in configs if row_key(c.key_fields()) not in done]
@@ -237,7 +239,7 @@ def run_sweep(
             received.signum,
         ) from None
     keys = {row_key(c.key_fields()) for c in configs}
-    df = load_results(store.csv_path)
+    df = store.frame()
     if df.empty:
         return df
     mask = [row_key(r) in keys for r in df.to_dict("records")]

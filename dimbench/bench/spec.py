@@ -18,6 +18,7 @@ from dimbench.compile import check_compiler
 from dimbench.devices import parse_device
 from dimbench.dtypes import NAMES as DTYPES
 from dimbench.errors import UsageError
+from dimbench.results import Schema
 from dimbench.threads import check_omp_policy
 
 MODES = ("forward", "train")
@@ -52,6 +53,10 @@ class Panel:
     fallback: tuple[str, ...] = ()  # suites whose rows it draws when this suite has none
     device_ylabels: tuple[tuple[str, str], ...] = ()  # (device type, ylabel): what was measured
     x: str = "image_size"
+    # the metric of another suite's panel this one is drawn over (dashed lines, labelled with
+    # ``tag``) where that panel is in the figure; else it is a panel of its own
+    over: str = ""
+    tag: str = ""  # words after its lines' labels and in the title, e.g. "predicted"
 
     def ylabel_for(self, device: str | None) -> str:
         return dict(self.device_ylabels).get(str(device or "").split(":")[0], self.ylabel)
@@ -70,6 +75,9 @@ class Ratio:
     crossing: str
     ahead: str
     behind: str
+    # marks its crossovers beside another suite's in one figure (label suffix, dash-dotted
+    # lines), e.g. "predicted"
+    tag: str = ""
 
 
 @dataclass(frozen=True)
@@ -79,7 +87,7 @@ class Suite:
 
     name: str
     measure: Callable[[Config], dict]  # runs one configuration (in its own process if isolated)
-    columns: dict[str, str]  # its metric columns: name -> meaning (added to the result schema)
+    columns: dict[str, str]  # its metric columns: name -> meaning (its CSV: these + common ones)
     summary: tuple[SummaryColumn, ...]  # the summary table's columns
     row_line: Callable[[dict], str]  # what is printed after a finished row's key fields
     panels: tuple[Panel, ...] = ()
@@ -91,6 +99,23 @@ class Suite:
     )
     # environment of the measuring process, e.g. a malloc policy (read when the process starts)
     worker_env: Callable[[Config], dict[str, str]] = lambda cfg: {}
+    # of its columns, those that join a measurement's identity (rows of one figure are drawn
+    # apart by them), and those that tell apart the rows one measurement writes
+    keys: tuple[str, ...] = ()
+    row_keys: tuple[str, ...] = ()
+    # "module:function(results_dir, formats, rows) -> [paths]" drawing a figure of its own
+    figure: str = ""
+    # how the results summary says its rows were made ({column}: the values in that column);
+    # "": measured on the device (isolated) or counted on the meta device
+    provenance: str = ""
+
+    def __post_init__(self) -> None:
+        self.schema  # noqa: B018  (a declaration with bad key columns fails where it is made)
+
+    @property
+    def schema(self) -> Schema:
+        """Its CSV's columns: the common key and provenance columns and its own."""
+        return Schema(self.name, self.columns, self.keys, self.row_keys)
 
 
 # Metric columns more than one suite writes (each suite declares the ones it writes)

@@ -176,7 +176,7 @@ def train_compare(
 
 def write_report(out: Path, rows: list[dict], meta_path: Path) -> list[Path]:
     """The figures (train_compare.png/svg) and summary.md of a finished comparison."""
-    from dimbench.plots_train import plot_train_compare
+    from dimbench.plots.training import plot_train_compare
     from dimbench.train.compare.summary import summary_markdown
 
     figures = plot_train_compare(out, rows=rows)

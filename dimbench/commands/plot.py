@@ -19,9 +19,7 @@ def plot(
     pair per device/dtype/mode/batch group) and summary.md (where DiM overtakes each
     baseline) beside the CSVs.
     """
-    from dimbench.bench.registry import all_suites
-
-    all_suites()  # the suites register their result columns
+    from dimbench.bench.registry import schemas
     from dimbench.errors import UsageError
     from dimbench.paths import writable_dir
     from dimbench.results import load_results
@@ -33,19 +31,21 @@ def plot(
     for f in fmt:
         if f not in ("png", "svg", "pdf"):
             raise UsageError(f"unknown figure format {f!r}; valid: png, svg, pdf")
-    rows = load_results(results_dir)
+    rows = load_results(results_dir, schemas())
     if rows.empty:
         raise UsageError(
             f"no result rows in {results_dir} (no dimbench CSVs, or only their headers); "
             "run `dimbench run SUITE --out DIR` first"
         )
     writable_dir(results_dir, "RESULTS_DIR")  # the figures and summary.md go beside the CSVs
-    from dimbench.plots import plot_scaling
+    from dimbench.plots.folder import plot_results
+    from dimbench.plots.summary import write_summary
 
-    out = plot_scaling(results_dir, formats=tuple(fmt))
+    out = plot_results(results_dir, formats=tuple(fmt), rows=rows)
+    summary = write_summary(results_dir, rows, out)
     for path in out["figures"]:
         typer.echo(f"wrote {path}")
-    typer.echo(f"wrote {results_dir / 'summary.md'}")
+    typer.echo(f"wrote {summary}")
     for label, items in out["crossovers"].items():
         for c in items:
             typer.echo(f"[{label}] {c.sentence()}")

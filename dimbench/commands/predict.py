@@ -90,7 +90,7 @@ def predict(
             if v not in allowed:
                 raise UsageError(f"unknown {name} {v!r}; valid: {', '.join(allowed)}")
     out_dir = writable_dir(out if out is not None else default_out("cpu"))
-    store = ResultStore(out_dir, "predict")
+    store = ResultStore(out_dir, get_suite("predict").schema)
     store.check()
 
     from dimbench.measure.metadata import run_metadata
@@ -148,9 +148,7 @@ def predict(
                             )
                             ms = per_image_ms(model, r, b, d, m, write=True) * b
                             rows.append((model, r, b, d, m, ms))
-    from dimbench.results import load_results
-
-    df = load_results(store.csv_path)
+    df = store.frame()
     df = df[df["device_profile"] == profile.label]
     table = Table(
         title=f"dimbench predict [{profile.label}: {profile.device_name}]", title_justify="left"
@@ -208,7 +206,7 @@ def crossover_lines(models, resolutions, batch_sizes, dtypes, modes, per_image_m
     import math
 
     from dimbench.measure.cost_model import crossover_px
-    from dimbench.plots import _crossing, comparison_pairs
+    from dimbench.plots.crossover import comparison_pairs, crossing
     from dimbench.registry import get_model
 
     lines = []
@@ -225,7 +223,7 @@ def crossover_lines(models, resolutions, batch_sizes, dtypes, modes, per_image_m
                     label = f"[{d}, {m}, batch {b}]"
                     measured = zip(resolutions, ratios, strict=True)
                     pairs = ", ".join(f"{r}: {q:.2f}x" for r, q in measured)
-                    grid = _crossing(list(resolutions), ratios)
+                    grid = crossing(list(resolutions), ratios)
                     if grid is None:
                         where = "ahead" if all(q >= 1 for q in ratios) else "behind"
                         lines.append(

@@ -91,7 +91,7 @@ def profile(
         raise UsageError("--warmup must be >= 1 (the first step is not representative)")
     roofline = dp.load(device_profile) if device_profile is not None else dp.cached(device)
     out_dir = writable_dir(out if out is not None else default_out(device))
-    store = ResultStore(out_dir, suite.name)
+    store = ResultStore(out_dir, suite.schema)
     store.check()
     console = Console(stderr=True)
     env = {}  # what the workers read
@@ -106,7 +106,7 @@ def profile(
         env[TRACE_ENV] = str((out_dir / "traces").resolve())
     df = run_sweep(sweep, out_dir, redo=redo, env=env)
     out_console = Console() if Console().is_terminal else Console(width=160)
-    from dimbench.plots_profile import plot_profile
+    from dimbench.plots.profile import plot_profile
 
     for table in profile_tables(df):
         out_console.print(table)

@@ -163,7 +163,7 @@ def run(
     )
     sweep.validate()
     out_dir = writable_dir(out if out is not None else default_out(device))
-    store = ResultStore(out_dir, the_suite.name)
+    store = ResultStore(out_dir, the_suite.schema)
     store.check()
     df = run_sweep(sweep, out_dir, retry_failed=retry_failed, redo=redo)
     console = Console()

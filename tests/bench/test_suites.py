@@ -390,7 +390,7 @@ def test_run_throughput_end_to_end_and_resume(tmp_path, capsys):
     args = ["run", "throughput", "--res", "32", "--models", "DiM-T/2", "U-ViT-T/2"]
     args += ["--repeats", "3", "--warmup", "1", "--threads", "1", "--out", str(out)]
     assert cli(args) == 0
-    rows = ResultStore(out, "throughput").rows()
+    rows = ResultStore(out, get_suite("throughput").schema).rows()
     assert [(r["model"], r["status"]) for r in rows] == [("DiM-T/2", "ok"), ("U-ViT-T/2", "ok")]
     dim, uvit = rows
     from dimbench.ops import scan_backends
@@ -411,7 +411,7 @@ def test_run_throughput_end_to_end_and_resume(tmp_path, capsys):
 
     # a rerun into the same folder measures nothing new
     assert cli(args) == 0
-    assert len(ResultStore(out, "throughput").rows()) == 2
+    assert len(ResultStore(out, get_suite("throughput").schema).rows()) == 2
     assert "2 of 2 configurations already in" in capsys.readouterr().err
 
 
@@ -432,7 +432,7 @@ def test_run_flops_in_process(tmp_path):
     # repeated --res works like the space-separated form; --redo measures again
     args = ["run", "flops", "--res", "32", "--res", "64", "--models", "DiT-T/2", "--redo"]
     assert cli([*args, "--out", str(tmp_path)]) == 0
-    assert len(ResultStore(tmp_path, "flops").rows()) == 6
+    assert len(ResultStore(tmp_path, get_suite("flops").schema).rows()) == 6
     assert len(load_results(tmp_path)) == 4  # the new rows supersede the old
 
 
@@ -487,7 +487,8 @@ def test_cuda_sweep_end_to_end(tmp_path):
     ]
     assert cli(args) == 0
     assert cli(["run", "memory", *args[2:]]) == 0
-    rows = ResultStore(tmp_path, "throughput").rows() + ResultStore(tmp_path, "memory").rows()
+    stores = [ResultStore(tmp_path, get_suite(s).schema) for s in ("throughput", "memory")]
+    rows = [r for store in stores for r in store.rows()]
     assert len(rows) == 12 and {r["status"] for r in rows} == {"ok"}
     assert all(r["device_name"] and r["cuda_version"] for r in rows)
     assert all(float(r["peak_mem_reserved_mb"]) >= float(r["peak_mem_mb"]) > 0 for r in rows)

@@ -221,16 +221,19 @@ def test_profile_command_end_to_end(tmp_path, capsys, monkeypatch):
 
 def test_a_configurations_latest_rows_replace_its_earlier_ones(tmp_path):
     """An error row, then the category rows of a successful rerun: only the latter remain."""
-    from dimbench.results import ResultStore, load_results, make_row
+    from dimbench.bench import get_suite, schemas
+    from dimbench.results import ResultStore, load_results
 
-    store = ResultStore(tmp_path, "profile")
+    schema = get_suite("profile").schema
+    make_row = schema.row
+    store = ResultStore(tmp_path, schema)
     key = dict(suite="profile", model="DiT-T/2", image_size=32, batch_size=1, device="cpu",
                dtype="fp32", mode="forward")  # fmt: skip
     store.append(make_row(**key, status="error", error="boom", timestamp="2026-01-01T00:00:00Z"))
     for category in ("matmul", "total"):
         store.append(make_row(**key, status="ok", scope="model", category=category, time_ms=1.0,
                               timestamp="2026-01-01T00:01:00Z"))  # fmt: skip
-    df = load_results(tmp_path)
+    df = load_results(tmp_path, schemas())
     assert list(df["category"]) == ["matmul", "total"] and set(df["status"]) == {"ok"}
     from dimbench.results import KEY_COLUMNS
 

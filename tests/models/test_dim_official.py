@@ -489,6 +489,7 @@ def test_the_cifar_config_converts_but_is_not_sampled():
 def test_run_with_official_weights(tmp_path, capsys):
     """`dimbench run ... --weights nnet_ema.pth`: the released weights in the measured model,
     and a model they do not fit is refused before anything runs."""
+    from dimbench.bench import get_suite
     from dimbench.cli import main
     from dimbench.results import ResultStore
 
@@ -498,7 +499,7 @@ def test_run_with_official_weights(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(args)
     assert e.value.code == 0
-    rows = ResultStore(tmp_path / "res", "memory").rows()
+    rows = ResultStore(tmp_path / "res", get_suite("memory").schema).rows()
     assert [r["status"] for r in rows] == ["ok", "ok"]
     assert {r["weights"] for r in rows} == {str((tmp_path / "nnet_ema.pth").resolve())}
     capsys.readouterr()

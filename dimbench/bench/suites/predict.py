@@ -18,7 +18,6 @@ from dimbench.bench.spec import PARAMS_COLUMN, Config, Panel, Ratio, Suite, Summ
 from dimbench.bench.suites.flops import COLUMNS as FLOPS_COLUMNS
 from dimbench.bench.suites.profile import COLUMNS as PROFILE_COLUMNS
 from dimbench.bench.suites.profile import PROFILE_ENV
-from dimbench.results import register_columns
 
 COLUMNS = {
     "predicted_latency_ms": "cost model: one forward (or train step) of the batch, ms",
@@ -33,7 +32,6 @@ COLUMNS = {
     "ops": PROFILE_COLUMNS["ops"],
     **PARAMS_COLUMN,
 }
-register_columns(COLUMNS, keys=("device_profile",))
 
 
 def predict(cfg: Config, cost, recording_device: str = "cpu") -> dict:
@@ -97,9 +95,15 @@ SUITE = register_suite(
             SummaryColumn("roofline_latency_ms", "roofline ms", ".3g"),
         ),
         row_line=row_line,
-        # drawn over the throughput panel (dashed) where that panel has rows of its own
+        # drawn over the throughput panel (dashed) where the figure has that panel
         panels=(
-            Panel("predicted_imgs_per_s", "Throughput (predicted)", "throughput (images / s)"),
+            Panel(
+                "predicted_imgs_per_s",
+                "Throughput (predicted)",
+                "throughput (images / s)",
+                over="imgs_per_s",
+                tag="predicted",
+            ),
         ),
         ratio=Ratio(
             name="predicted throughput",
@@ -110,6 +114,9 @@ SUITE = register_suite(
             crossing="is predicted to overtake {b} at about {x:.0f} px",
             ahead="is predicted faster than {b} at every resolution ({span})",
             behind="is predicted slower than {b} up to {hi} px (no crossover)",
+            tag="predicted",
         ),
+        keys=("device_profile",),
+        provenance="predicted by the cost model, nothing run (device profiles: {device_profile})",
     )
 )

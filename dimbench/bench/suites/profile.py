@@ -30,7 +30,6 @@ from pathlib import Path
 from dimbench.bench.registry import register_suite
 from dimbench.bench.spec import PARAMS_COLUMN, Config, Suite, SummaryColumn, fmt
 from dimbench.bench.suites.flops import COLUMNS as FLOPS_COLUMNS
-from dimbench.results import register_columns
 
 TRACE_ENV = "DIMBENCH_TRACE_DIR"
 PROFILE_ENV = "DIMBENCH_DEVICE_PROFILE"
@@ -55,7 +54,6 @@ COLUMNS = {
     **PARAMS_COLUMN,
 }
 KEYS = ("scope", "category")
-register_columns(COLUMNS, row_keys=KEYS)
 
 
 def trace_path(cfg: Config, folder: str | Path) -> Path:
@@ -199,5 +197,7 @@ SUITE = register_suite(
             SummaryColumn("roofline_pct", "% roofline", ".0f"),
         ),
         row_line=row_line,
+        row_keys=KEYS,
+        figure="dimbench.plots.profile:plot_profile",
     )
 )

@@ -8,7 +8,7 @@
 - :mod:`.store`: ``train_compare.csv`` / ``.json``, and what a rerun resumes
 - :mod:`.ui`: progress bars and printed lines; :mod:`.summary`: ``summary.md``
 
-The figures are drawn by the command (:mod:`dimbench.plots_train`).
+The figures are drawn by the command (:mod:`dimbench.plots.training`).
 """
 
 from dimbench.train.compare.budget import Budget, Point, evaluation_points, parse_budget

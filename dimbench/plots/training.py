@@ -1,14 +1,15 @@
 """The training-comparison figure of a ``dimbench train-compare`` folder: held-out loss and
 quick-look FID (and SWD) against steps, training wall time and training FLOPs, one line per
-model, in the scaling plots' colours (:func:`dimbench.plots.model_style`). The written summary
-is :mod:`dimbench.train.compare.summary`.
+label, in the palette every figure uses (:func:`dimbench.plots.style.model_styles`: a label is
+styled by its model's family). The written summary is :mod:`dimbench.train.compare.summary`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from dimbench.plots import _plain_y_labels, model_style
+from dimbench.plots.models import model_family
+from dimbench.plots.style import fit_suptitle, model_styles, plain_log_ticks, save_figure
 from dimbench.train.compare.store import CSV_NAME, read_rows
 from dimbench.train.compare.summary import as_float, labels_in_order, series
 
@@ -48,7 +49,19 @@ def plot_train_compare(
         if not path.is_file():
             raise FileNotFoundError(f"no {CSV_NAME} in {out_dir}")
         rows = read_rows(path)
+    fig = train_compare_figure(rows)
+    files = save_figure(fig, out_dir / "train_compare", formats)
+    plt.close(fig)
+    return files
+
+
+def train_compare_figure(rows: list[dict]):
+    """The figure of a comparison's rows; the caller closes it."""
+    import matplotlib.pyplot as plt
+
     labels = labels_in_order(rows)
+    model_of = {r["label"]: r["model"] for r in rows}
+    styles = model_styles(labels, family=lambda label: model_family(model_of[label]))
     metrics = [("heldout_loss", "held-out loss (EMA weights)")]
     if any(r.get("fid") for r in rows):
         metrics.append(("fid", f"FID ({_counts(rows, 'fid')})"))
@@ -67,7 +80,7 @@ def plot_train_compare(
                 scale, prefix = _flops_unit(flops_max)
                 xlabel = xlabel.replace("FLOPs", f"{prefix}FLOPs")
             for label in labels:
-                style = model_style(label, labels)
+                style = styles[label]
                 xs, ys = series(rows, label, x, metric)
                 xs = [v / scale for v in xs]
                 ax.plot(xs, ys, label=label, linewidth=1.8, markersize=4, **style)
@@ -77,7 +90,7 @@ def plot_train_compare(
                     ax.plot(xr, yr, color=style["color"], linewidth=1, linestyle=":", alpha=0.8)
             if metric == "heldout_loss":
                 ax.set_yscale("log")
-                _plain_y_labels(ax)
+                plain_log_ticks(ax)
             ax.grid(True, which="major", alpha=0.3)
             ax.grid(True, which="minor", alpha=0.1)
             if i == len(metrics) - 1:
@@ -89,11 +102,5 @@ def plot_train_compare(
                           title_fontsize=7)  # fmt: skip
     device = next((r["device_name"] for r in rows if r.get("device_name")), "")
     budget = next((r["budget"] for r in rows if r.get("budget")), "")
-    fig.suptitle(f"dimbench train-compare: {budget}" + (f" on {device}" if device else ""))
-    files = []
-    for fmt in formats:
-        path = out_dir / f"train_compare.{fmt}"
-        fig.savefig(path, dpi=130 if fmt == "png" else None)
-        files.append(path)
-    plt.close(fig)
-    return files
+    fit_suptitle(fig, f"dimbench train-compare: {budget}" + (f" on {device}" if device else ""))
+    return fig
