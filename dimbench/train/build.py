@@ -32,6 +32,7 @@ def build_model(
     scan_backend: str = "auto",
     attn_backend: str = "auto",
     device: torch.device | str | None = None,
+    conv_backend: str = "auto",
 ) -> nn.Module:
     """``registry.create_model`` with the CLI's errors: unknown name / bad size -> UsageError."""
     from dimbench.registry import UnknownModelError, create_model
@@ -43,6 +44,7 @@ def build_model(
             device=device,
             scan_backend=scan_backend,
             attn_backend=attn_backend,
+            conv_backend=conv_backend,
             downsample=downsample,
             **overrides,
         )
@@ -58,13 +60,17 @@ def build_model(
     return model
 
 
-def check_backends(scan_backend: str, attn_backend: str, device: torch.device) -> None:
+def check_backends(
+    scan_backend: str, attn_backend: str, device: torch.device, conv_backend: str = "auto"
+) -> None:
     """Refuse a kernel backend that does not exist or cannot run on ``device`` (UsageError)."""
     from dimbench.ops.attention import resolve_attention_backend
+    from dimbench.ops.backends import resolve
     from dimbench.ops.scan import resolve_backend
 
     try:
         resolve_backend(scan_backend, device)
         resolve_attention_backend(attn_backend, torch.empty(0, device="meta"))
+        resolve("conv", conv_backend, device)
     except (ValueError, RuntimeError) as e:
         raise UsageError(str(e)) from None
