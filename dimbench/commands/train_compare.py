@@ -81,11 +81,11 @@ CompareModels = Annotated[
 
 def _option(flag: str, kind: type, help: str):
     """A train-compare option whose default (None) is the preset's, then the base one."""
-    return Annotated[kind | None, typer.Option(flag, help=help, show_default=False)]
+    return Annotated[kind | None, typer.Option(flag, help=f"{help} [the preset's]")]
 
 
 Budget = _option("--budget", str, "STEPS, FLOPs (2e15, 2PF) or SECONDS (600s, 10m)")
-Preset = _option("--preset", str, " | ".join(PRESETS))
+Preset = Annotated[str | None, typer.Option("--preset", help=" | ".join(PRESETS))]
 Match = _option("--match", str, " | ".join(MATCH_MODES))
 Evals = _option("--evals", int, "Evaluation points over the budget")
 FidEvery = _option("--fid-every", int, "Quality metrics at every k-th point (and the last)")
