@@ -1,5 +1,5 @@
 """``python -m dimbench ...``: the command line, from an install or a checkout."""
 
-from dimbench.cli import main
+from dimbench.cli.program import main
 
 main()

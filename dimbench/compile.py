@@ -9,9 +9,12 @@ residual adds) is inductor's to fuse. The first call compiles (tens of seconds o
 
 from __future__ import annotations
 
-from torch import nn
+from typing import TYPE_CHECKING
 
 from dimbench.errors import UsageError
+
+if TYPE_CHECKING:  # torch is imported where a model is compiled: the CLI's specs import this
+    from torch import nn
 
 COMPILERS = ("eager", "inductor")
 

@@ -8,6 +8,9 @@ import re
 from dimbench.errors import UsageError
 
 DEVICE_FORMS = "cpu, cuda or cuda:N"
+# every command's --device unless given: the GPU where torch sees one, else the CPU (results
+# and runs record the device it resolved to)
+DEFAULT_DEVICE = "auto"
 
 
 def parse_device(text: str, *, allow_auto: bool = False, option: str = "--device") -> str:

@@ -115,7 +115,7 @@ def test_train_refuses_bad_values_before_any_work(args, message, tmp_path, capsy
     [
         (["--eta", "-1"], "--eta must be >= 0"),
         (["--cfg-scale", "-0.5"], "--cfg-scale must be >= 0"),
-        (["--weights", "best"], "--weights must be 'ema' or 'model'"),
+        (["--ckpt-weights", "best"], "--ckpt-weights must be 'ema' or 'model'"),
         (["--order", "4"], "--order must be 1, 2 or 3"),
         (["--scan-backend", "bogus"], "unknown scan backend 'bogus'"),
     ],

@@ -8,7 +8,6 @@ on. Configurations whose rows are already in the results folder are skipped (see
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -16,7 +15,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
 from pathlib import Path
 
 from dimbench.bench.registry import get_suite
@@ -29,12 +27,9 @@ WORKER = "dimbench.bench.worker"
 STDERR_TAIL = 4000  # bytes of a dead worker's stderr kept to explain it
 
 
-def run_isolated(
-    cfg: Config, suite: Suite | None = None, env: Mapping[str, str] | None = None
-) -> dict:
-    """Run ``cfg`` in a fresh ``python -m dimbench.bench.worker`` process (``env``: variables
-    set for it on top of this process's); always returns a result dict (status ok / oom /
-    timeout / error)."""
+def run_isolated(cfg: Config, suite: Suite | None = None) -> dict:
+    """Run ``cfg`` in a fresh ``python -m dimbench.bench.worker`` process; always returns a
+    result dict (status ok / oom / timeout / error)."""
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="dimbench-") as tmp:
         cfg_path, out_path, err_path = (Path(tmp) / n for n in ("cfg.json", "out.json", "err"))
@@ -45,7 +40,6 @@ def run_isolated(
                 worker_env["OMP_WAIT_POLICY"] = cfg.omp_wait_policy.upper()
             if suite is not None:
                 worker_env.update(suite.worker_env(cfg))
-            worker_env.update(env or {})
             proc = subprocess.Popen(
                 [sys.executable, "-m", WORKER, str(cfg_path), str(out_path)],
                 env=worker_env,
@@ -172,11 +166,9 @@ def run_sweep(
     redo: bool = False,
     console=None,
     show_progress: bool = True,
-    env: Mapping[str, str] | None = None,
 ):
     """Measure every configuration of ``sweep`` not already in ``out_dir`` and return the
-    sweep's rows (new and earlier) as a DataFrame. ``env``: environment variables the
-    measurements see (a worker's, or this process's for the time of an inline one)."""
+    sweep's rows (new and earlier) as a DataFrame."""
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -220,10 +212,9 @@ def run_sweep(
             for cfg in todo:
                 progress.update(task, description=cfg.label())
                 if sweep.suite.isolated:
-                    result = run_isolated(cfg, sweep.suite, env)
+                    result = run_isolated(cfg, sweep.suite)
                 else:
-                    with _environ(env or {}):
-                        result = run_inline(cfg, sweep.suite)
+                    result = run_inline(cfg, sweep.suite)
                 rows = result_rows(cfg, result)
                 for i, row in enumerate(rows):
                     store.append(row, raw=result.get("raw") if i == 0 else None)
@@ -256,21 +247,6 @@ def _log_error(store: ResultStore, cfg: Config, stderr: str) -> None:
 
     with errors_log(store).open("a") as f:
         f.write(f"=== {utc_timestamp()} {cfg.label()}\n{stderr.rstrip()}\n")
-
-
-@contextlib.contextmanager
-def _environ(env: Mapping[str, str]):
-    """``env`` set in this process's environment for the block, the previous values restored."""
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _row_line(suite: Suite, row: dict) -> str:

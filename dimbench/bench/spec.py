@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
 from dimbench.compile import check_compiler
 from dimbench.devices import parse_device
 from dimbench.dtypes import NAMES as DTYPES
 from dimbench.errors import UsageError
-from dimbench.results import Schema
+from dimbench.results import KEY_COLUMNS, Schema
 from dimbench.threads import check_omp_policy
 
 MODES = ("forward", "train")
@@ -31,6 +31,22 @@ GPU_MODELS = ("DiM-H/2", "DiT-XL/2", "U-ViT-H/2")
 PAPER_MODELS = ("DiM-L/2", "DiM-H/2", "DiT-XL/2", "U-ViT-H/2")
 DEFAULT_RESOLUTIONS = (256, 512, 1024, 1536)
 NO_BACKEND = "-"  # in the scan column of a model without a scan, and vice versa
+# `dimbench run`'s timing where not given, by device kind: a CPU step is slow, a GPU one fast
+RUN_TIMING = {
+    "cpu": {"warmup": 1, "repeats": 10, "budget_s": 20.0},
+    "cuda": {"warmup": 3, "repeats": 20, "budget_s": 10.0},
+}
+
+
+def run_timing(device: str, **given: float | None) -> dict:
+    """``given`` (warmup, repeats, budget_s) with RUN_TIMING's value for ``device`` where None."""
+    defaults = RUN_TIMING["cuda" if device.startswith("cuda") else "cpu"]
+    return {k: defaults[k] if v is None else v for k, v in given.items()}
+
+
+def run_timing_help(name: str) -> str:
+    """``[CPU 10, GPU 20]``: RUN_TIMING's ``name`` for the help text."""
+    return f"[CPU {RUN_TIMING['cpu'][name]:g}, GPU {RUN_TIMING['cuda'][name]:g}]"
 
 
 @dataclass(frozen=True)
@@ -141,20 +157,12 @@ def fmt(value, spec: str) -> str:
     return f"{v:,.0f}" if abs(v) >= 10_000 else format(v, spec)
 
 
-@dataclass(frozen=True)
-class Config:
-    """One measurement: everything the measuring process needs, JSON-serialisable."""
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """How each configuration of a sweep is measured, the same for all of them: declared once,
+    for a ``Sweep`` and for each of its ``Config``s (``Sweep.configs`` carries them over)."""
 
-    suite: str
-    model: str
-    image_size: int
-    batch_size: int = 1
     device: str = "cpu"
-    dtype: str = "fp32"
-    mode: str = "forward"
-    scan_backend: str = NO_BACKEND
-    attn_backend: str = NO_BACKEND
-    conv_backend: str = NO_BACKEND
     compile: str = "eager"
     weights: str = ""  # a checkpoint (dimbench's or a released DiM file) to load; "": random init
     warmup: int = 1
@@ -164,6 +172,28 @@ class Config:
     sample_steps: int = SAMPLE_STEPS
     threads: int | None = None
     omp_wait_policy: str | None = None  # OMP_WAIT_POLICY for the measuring process
+    # what a suite reads beyond these (e.g. the profile's device_profile and trace_dir): travels
+    # with the configuration to its process; not part of a measurement's identity
+    suite_options: dict[str, str] = field(default_factory=dict, hash=False)
+
+    def settings(self) -> dict:
+        """These fields and their values."""
+        return {f.name: getattr(self, f.name) for f in fields(Settings)}
+
+
+@dataclass(frozen=True)
+class Config(Settings):
+    """One measurement: everything the measuring process needs, JSON-serialisable."""
+
+    suite: str
+    model: str
+    image_size: int
+    batch_size: int = 1
+    dtype: str = "fp32"
+    mode: str = "forward"
+    scan_backend: str = NO_BACKEND
+    attn_backend: str = NO_BACKEND
+    conv_backend: str = NO_BACKEND
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -174,20 +204,12 @@ class Config:
         return cls(**{k: v for k, v in d.items() if k in names})
 
     def key_fields(self) -> dict:
-        return {
-            "suite": self.suite,
-            "model": self.model,
-            "image_size": self.image_size,
-            "batch_size": self.batch_size,
-            "device": self.device,
-            "dtype": self.dtype,
-            "mode": self.mode,
-            "scan_backend": self.scan_backend,
-            "attn_backend": self.attn_backend,
-            "conv_backend": self.conv_backend,
-            "compile": self.compile,
-            "weights": self.weights,
-        }
+        """What identifies the measurement (``results.KEY_COLUMNS``, a field each)."""
+        return {name: getattr(self, name) for name in KEY_COLUMNS}
+
+    def option(self, name: str) -> str | None:
+        """A suite option (``suite_options``), None when not given."""
+        return self.suite_options.get(name)
 
     def backend_kwargs(self) -> dict[str, str]:
         """The backends to build the model with (``create_model`` keywords)."""
@@ -212,9 +234,10 @@ def params_m(name: str) -> float:
     return sum(p.numel() for p in model.parameters()) / 1e6
 
 
-@dataclass
-class Sweep:
-    """The cross product models x resolutions x batch sizes x dtypes x modes on one device."""
+@dataclass(frozen=True)
+class Sweep(Settings):
+    """The cross product models x resolutions x batch sizes x dtypes x modes on one device,
+    each measured with the same ``Settings``."""
 
     suite: Suite
     models: list[str]
@@ -222,19 +245,9 @@ class Sweep:
     batch_sizes: list[int] = field(default_factory=lambda: [1])
     dtypes: list[str] = field(default_factory=lambda: ["fp32"])
     modes: list[str] = field(default_factory=lambda: ["forward"])
-    device: str = "cpu"
     scan_backend: str = "auto"
     attn_backend: str = "auto"
     conv_backend: str = "auto"
-    compile: str = "eager"
-    weights: str = ""
-    warmup: int = 1
-    repeats: int = 3
-    budget_s: float | None = None
-    timeout_s: float = 300.0
-    sample_steps: int = SAMPLE_STEPS
-    threads: int | None = None
-    omp_wait_policy: str | None = None
 
     def requested(self, kernel: str) -> str:
         """The backend asked for ``kernel`` (scan, attention, conv)."""
@@ -255,8 +268,11 @@ class Sweep:
         return out
 
     def configs(self) -> list[Config]:
-        """Every configuration, smallest resolution first within each model, backends resolved.
-        Call ``validate()`` first."""
+        """Every configuration, smallest resolution first within each model, backends resolved,
+        the settings carried over. Call it on ``validate()``'s result."""
+        settings = self.settings()
+        if not self.suite.isolated:  # counted, not run: nothing is allocated or loaded
+            settings.update(device="meta", compile="eager", weights="")
         out = []
         for model in self.models:
             for dtype in self.dtypes:
@@ -270,26 +286,18 @@ class Sweep:
                                     model=model,
                                     image_size=res,
                                     batch_size=batch,
-                                    device=self.device if self.suite.isolated else "meta",
                                     dtype=dtype if self.suite.isolated else "fp32",
                                     mode=mode,
                                     **backends,
-                                    compile=self.compile if self.suite.isolated else "eager",
-                                    weights=self.weights if self.suite.isolated else "",
-                                    warmup=self.warmup,
-                                    repeats=self.repeats,
-                                    budget_s=self.budget_s,
-                                    timeout_s=self.timeout_s,
-                                    sample_steps=self.sample_steps,
-                                    threads=self.threads,
-                                    omp_wait_policy=self.omp_wait_policy,
+                                    **settings,
                                 )
                             )
         # FLOPs do not depend on dtype: one row per (model, res, batch, mode)
         return list(dict.fromkeys(out))
 
-    def validate(self) -> None:
-        """Refuse bad input with a one-line UsageError before anything runs."""
+    def validate(self) -> Sweep:
+        """This sweep checked, with its device and weights resolved (``auto`` -> the device,
+        the weights' absolute path); bad input is a one-line UsageError before anything runs."""
         from dimbench.ops.backends import resolve
         from dimbench.registry import KERNELS, get_model, list_models
 
@@ -318,8 +326,9 @@ class Sweep:
                 if v not in allowed:
                     raise UsageError(f"unknown {name} {v!r}; valid: {', '.join(allowed)}")
         check_compiler(self.compile)
-        if self.weights:
-            self.weights = check_weights(self.weights, self.models, self.resolutions[0])
+        weights = self.weights
+        if weights:
+            weights = check_weights(weights, self.models, self.resolutions[0])
         if self.warmup < 0 or self.repeats < 1:
             raise UsageError("--warmup must be >= 0 and --repeats >= 1")
         if self.timeout_s <= 0:
@@ -328,14 +337,15 @@ class Sweep:
             check_omp_policy(self.omp_wait_policy)
         if self.threads is not None and self.threads < 1:
             raise UsageError("--threads must be >= 1")
-        self.device = parse_device(self.device)
+        device = parse_device(self.device, allow_auto=True)
         if self.suite.isolated:
             # a backend named explicitly must exist even if no model in the sweep uses it
             used = {k for m in self.models for k in get_model(m).kernels}
             for kernel in KERNELS:
                 if kernel in used or self.requested(kernel) != "auto":
                     for dtype in self.dtypes:
-                        resolve(kernel, self.requested(kernel), self.device, dtype)
+                        resolve(kernel, self.requested(kernel), device, dtype)
+        return replace(self, device=device, weights=weights)
 
 
 def check_weights(path: str, models: list[str], image_size: int) -> str:

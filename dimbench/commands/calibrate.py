@@ -1,46 +1,43 @@
 """`dimbench calibrate`: this device's ceilings and operator costs, into a device profile."""
 
-from __future__ import annotations
-
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
+from dimbench.cli import options as o
+from dimbench.devices import DEFAULT_DEVICE
 
-def calibrate(
-    device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N"),
-    out: Path = typer.Option(
-        None,
-        "--out",
-        help="Profile file [~/.cache/dimbench/devices/<machine>.json, where profile and "
-        "predict look for it]",
-        show_default=False,
-    ),
-    show: bool = typer.Option(
-        False, "--show", help="Print the profile (--out, else this machine's) and exit"
-    ),
-    models: list[str] = typer.Option(
-        None,
-        "--models",
-        help="Models whose operators are measured [the suites' defaults: DiM-S/2 DiT-S/2 "
-        "U-ViT-S/2 on CPU, DiM-H/2 DiT-XL/2 U-ViT-H/2 on a GPU]",
-    ),
-    res: list[int] = typer.Option(
-        None, "--res", help="Their resolutions, space-separated [256 512 1024 1536]"
-    ),
-    dtype: list[str] = typer.Option(
-        ["fp32", "bf16"], "--dtype", help="fp32 | bf16 | fp16 (autocast), space-separated"
-    ),
-    threads: int = typer.Option(None, "--threads", help="torch threads [torch's default]"),
-    clock: str = typer.Option(
-        "wall",
+CALIBRATED_DTYPES = ("fp32", "bf16")  # the precisions predict and profile price by default
+ProfileFile = o.out(
+    "Profile file [~/.cache/dimbench/devices/<machine>.json, where profile and predict look for it]"
+)
+Show = Annotated[
+    bool, typer.Option("--show", help="Print the profile (--out, else this machine's) and exit")
+]
+Clock = Annotated[
+    str,
+    typer.Option(
         "--clock",
         help="wall | process: process CPU time instead of wall time (with --threads 1 on a "
         "shared machine; compare with forward times taken the same way)",
     ),
-    budget: float = typer.Option(
-        0.03, "--budget", help="Timed seconds per ceiling (at least three calls each)"
-    ),
+]
+Budget = Annotated[
+    float, typer.Option("--budget", help="Timed seconds per ceiling (at least three calls each)")
+]
+
+
+def calibrate(
+    device: o.Device = DEFAULT_DEVICE,
+    out: ProfileFile = None,
+    show: Show = False,
+    models: o.Models = None,
+    res: o.Resolutions = None,
+    dtype: o.Dtypes = CALIBRATED_DTYPES,
+    threads: o.Threads = None,
+    clock: Clock = "wall",
+    budget: Budget = 0.03,
 ) -> None:
     """Measure this device's ceilings and the cost of the models' operators, once.
 
@@ -58,7 +55,7 @@ def calibrate(
     from dimbench.paths import writable_file
     from dimbench.registry import get_model
 
-    device = parse_device(device)
+    device = parse_device(device, allow_auto=True)
     target = out if out is not None else dp.default_path(device)
     if show:
         if not Path(target).is_file():

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import typer
 
+from dimbench.cli import options as o
+from dimbench.devices import DEFAULT_DEVICE
+
 FID_HELP = "\n\n".join(
     [
         "FID between generated images GEN and a reference REF.",
@@ -34,17 +37,11 @@ def fid(
     kid: bool = typer.Option(False, "--kid", help="Also KID (needs images or cached features)."),
     swd: bool = typer.Option(False, "--swd", help="Also multi-scale sliced Wasserstein (x1e3)."),
     no_fid: bool = typer.Option(False, "--no-fid", help="Skip FID (with --swd: no Inception)."),
-    inception_weights: Path | None = typer.Option(
-        None,
-        "--inception-weights",
-        help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth (or torch-fidelity's copy).",
-    ),
+    inception_weights: o.InceptionWeights = None,
     batch_size: int = typer.Option(50, "--batch-size", help="Images per Inception batch."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    device: o.Device = DEFAULT_DEVICE,
     num: int | None = typer.Option(None, "--num", help="Use at most N images of each set."),
-    cache_dir: Path | None = typer.Option(
-        None, "--cache-dir", help="Reference statistics cache [default: ~/.cache/dimbench]."
-    ),
+    cache_dir: o.CacheDir = None,
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the cache."),
 ) -> None:
     from dimbench.errors import UsageError

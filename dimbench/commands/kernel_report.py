@@ -6,6 +6,10 @@ from pathlib import Path
 
 import typer
 
+from dimbench.cli import options as o
+
+MarkdownFile = o.out("Write the Markdown here [stdout]")
+
 
 def kernel_report(
     benchmarks: Path = typer.Argument(
@@ -14,9 +18,7 @@ def kernel_report(
         "--benchmark-enable --benchmark-json=FILE)",
         show_default=False,
     ),
-    out: Path | None = typer.Option(
-        None, "--out", help="Write the Markdown here [stdout]", show_default=False
-    ),
+    out: MarkdownFile = None,
 ) -> None:
     """Summarise a kernel benchmark run: per length, every scan backend's forward and
     forward+backward median, their ratio, the speed-up over `ref` in the same run, and the

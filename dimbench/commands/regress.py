@@ -12,6 +12,9 @@ from pathlib import Path
 
 import typer
 
+from dimbench.cli import options as o
+from dimbench.devices import DEFAULT_DEVICE
+
 REGRESS_HELP = "\n\n".join(
     [
         "Measure the source tree this is run from (the head, uncommitted edits included) "
@@ -81,7 +84,7 @@ def regress(
     rounds: int = typer.Option(
         60, "--rounds", help="Interleaved rounds (samples per benchmark and side), at least 5"
     ),
-    device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N"),
+    device: o.Device = DEFAULT_DEVICE,
     seed: int = typer.Option(0, "--seed", help="Seed of the shuffled order of the rounds"),
     json_out: Path | None = typer.Option(
         None,
@@ -95,6 +98,7 @@ def regress(
     from rich.console import Console
 
     from dimbench import regress as gate
+    from dimbench.devices import parse_device
     from dimbench.errors import UsageError, terminate_as_interrupt
 
     if not 0 < threshold < 10:
@@ -107,7 +111,7 @@ def regress(
         raise UsageError(
             "--base compares with a revision, --baseline/--update with a file: not both"
         )
-    _check_device(device)
+    device = parse_device(device, allow_auto=True)
     root = gate.source_tree()
     head = gate.head_revision(root)
     config = gate.GateConfig(
@@ -150,19 +154,6 @@ def regress(
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report, indent=1) + "\n")
     raise typer.Exit(result.exit_code)
-
-
-def _check_device(device: str) -> None:
-    from dimbench.errors import UsageError
-
-    kind, _, index = device.partition(":")
-    if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (kind == "cpu" and index):
-        raise UsageError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
-    if kind == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {device}: no CUDA device on this machine")
 
 
 def check_writable(path: Path, option: str) -> None:

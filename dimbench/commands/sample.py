@@ -1,10 +1,13 @@
 """`dimbench sample`: draw samples from a training checkpoint (sharded under torchrun)."""
 
-from __future__ import annotations
-
 from pathlib import Path
+from typing import Annotated
 
 import typer
+
+from dimbench.cli import options as o
+from dimbench.diffusion.sampler_names import DEFAULT_STEPS, SAMPLERS
+from dimbench.train.sample_config import SampleConfig
 
 HELP = """Sample from a checkpoint written by `dimbench train`; writes PNGs, samples.npz, grid.png.
 
@@ -15,103 +18,115 @@ the training resolution by direct extrapolation, plus upsample guidance (Hwang e
 """
 
 
-def sample(
-    ckpt: Path = typer.Option(..., "--ckpt", help="checkpoint.pt, or a run folder holding one."),
-    num: int = typer.Option(
-        16,
+Ckpt = Annotated[Path, typer.Option("--ckpt", help="checkpoint.pt, or a run folder holding one")]
+Num = Annotated[
+    int,
+    typer.Option(
         "--num",
         "--num-samples",
         help="Number of samples (under torchrun write --num-samples: torchrun's own parser "
-        "takes --num for its --numa-binding).",
+        "takes --num for its --numa-binding)",
     ),
-    sampler: str = typer.Option("dpm++", "--sampler", help="dpm++|ddim|ddpm."),
-    steps: int | None = typer.Option(
-        None, "--steps", help="Sampling steps (default: dpm++ 50, ddim 50, ddpm 250)."
-    ),
-    cfg_scale: float = typer.Option(0.0, "--cfg-scale", help="Guidance s, paper form (0 = none)."),
-    upsample: int | None = typer.Option(
-        None, "--upsample", help="Training-free upsampling factor: 2 or 3."
-    ),
-    upsample_guidance: bool = typer.Option(
-        True,
-        "--upsample-guidance/--no-upsample-guidance",
-        help="Upsample guidance with --upsample.",
-    ),
-    out: Path | None = typer.Option(
-        None, "--out", help="Output folder [CKPT's run folder/samples].", show_default=False
-    ),
-    batch_size: int = typer.Option(16, "--batch-size", help="Samples per batch (global batches)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of labels and noise."),
-    weights: str = typer.Option("ema", "--weights", help="ema|model."),
-    class_label: int | None = typer.Option(
-        None,
-        "--class-label",
-        help="One class for every sample (default: random over the data's classes).",
-    ),
-    order: int = typer.Option(2, "--order", help="DPM-Solver++ order: 1, 2 or 3."),
-    eta: float = typer.Option(0.0, "--eta", help="DDIM eta, >= 0 (0 = deterministic)."),
-    vae: str | None = typer.Option(
-        None,
-        "--vae",
-        help="Local SD VAE to decode latents (default: the one used in training, if any).",
-    ),
-    device: str = typer.Option("auto", "--device", help="auto|cpu|cuda."),
-    scan_backend: str = typer.Option("auto", "--scan-backend", help="Selective-scan backend."),
-    attn_backend: str = typer.Option("auto", "--attn-backend", help="Attention backend."),
-    clip_x0: bool | None = typer.Option(
-        None,
-        "--clip-x0/--no-clip-x0",
-        help="Clamp every x_0 prediction to [-1, 1] [on for pixel-space models, off for latents].",
+]
+Sampler = Annotated[str, typer.Option("--sampler", help=" | ".join(SAMPLERS))]
+Steps = Annotated[
+    int | None,
+    typer.Option(
+        "--steps",
+        help="Sampling steps [" + ", ".join(f"{k} {v}" for k, v in DEFAULT_STEPS.items()) + "]",
         show_default=False,
     ),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+]
+CfgScale = Annotated[float, typer.Option("--cfg-scale", help="Guidance s, paper form (0 = none)")]
+Upsample = Annotated[
+    int | None, typer.Option("--upsample", help="Training-free upsampling factor: 2 or 3")
+]
+UpsampleGuidance = Annotated[
+    bool,
+    typer.Option(
+        "--upsample-guidance/--no-upsample-guidance", help="Upsample guidance with --upsample"
+    ),
+]
+SamplesDir = o.out("Output folder [CKPT's run folder/samples]")
+BatchSize = Annotated[int, typer.Option("--batch-size", help="Samples per batch (global batches)")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed of labels and noise")]
+ClassLabel = Annotated[
+    int | None,
+    typer.Option(
+        "--class-label",
+        help="One class for every sample [random over the data's classes]",
+        show_default=False,
+    ),
+]
+Order = Annotated[int, typer.Option("--order", help="DPM-Solver++ order: 1, 2 or 3")]
+Eta = Annotated[float, typer.Option("--eta", help="DDIM eta, >= 0 (0 = deterministic)")]
+ClipX0 = Annotated[
+    bool | None,
+    typer.Option(
+        "--clip-x0/--no-clip-x0",
+        help="Clamp every x_0 prediction to [-1, 1] [on for pixel-space models, off for latents]",
+        show_default=False,
+    ),
+]
+D = SampleConfig  # the defaults
+
+
+def sample(
+    ckpt: Ckpt,
+    num: Num = D.num,
+    sampler: Sampler = D.sampler,
+    steps: Steps = D.steps,
+    cfg_scale: CfgScale = D.cfg_scale,
+    upsample: Upsample = D.upsample,
+    upsample_guidance: UpsampleGuidance = D.upsample_guidance,
+    out: SamplesDir = None,
+    batch_size: BatchSize = D.batch_size,
+    seed: Seed = D.seed,
+    ckpt_weights: o.CkptWeights = D.weights,
+    class_label: ClassLabel = D.class_label,
+    order: Order = D.order,
+    eta: Eta = D.eta,
+    vae: o.Vae = D.vae,
+    device: o.Device = D.device,
+    scan_backend: o.ScanBackend = D.scan_backend,
+    attn_backend: o.AttnBackend = D.attn_backend,
+    conv_backend: o.ConvBackend = D.conv_backend,
+    clip_x0: ClipX0 = D.clip_x0,
+    progress: o.Progress = D.progress,
 ) -> None:
-    from dimbench.train import distributed as D
+    given = {k: v for k, v in locals().items() if k not in ("ckpt", "out", "ckpt_weights")}
+    from dimbench.train import distributed
     from dimbench.train.generate import generate
 
-    if out is None:
-        out = (ckpt if ckpt.is_dir() else ckpt.parent) / "samples"
-    dist = D.setup(device)
+    cfg = SampleConfig(**given, weights=ckpt_weights)
+    out = out if out is not None else (ckpt if ckpt.is_dir() else ckpt.parent) / "samples"
+    cfg.validate()  # before torchrun's process group is joined
+    dist = distributed.setup(cfg.device)
     try:
-        summary = generate(
-            ckpt,
-            out,
-            num=num,
-            sampler=sampler,
-            steps=steps,
-            cfg_scale=cfg_scale,
-            upsample=upsample,
-            upsample_guidance=upsample_guidance,
-            batch_size=batch_size,
-            seed=seed,
-            weights=weights,
-            class_label=class_label,
-            order=order,
-            eta=eta,
-            vae=vae,
-            scan_backend=scan_backend,
-            attn_backend=attn_backend,
-            progress=progress,
-            dist=dist,
-            clip_x0=clip_x0,
-        )
+        summary = generate(ckpt, out, cfg, dist)
     finally:
-        D.cleanup()
+        distributed.cleanup()
     if dist.is_main:
-        size = "x".join(str(s) for s in summary["image_size"])
+        report(summary, out)
+
+
+def report(summary: dict, out: Path) -> None:
+    """What was drawn, and the warnings about it."""
+    size = "x".join(str(s) for s in summary["image_size"])
+    typer.echo(
+        f"{summary['num']} samples of {summary['model']} at {size} ({summary['sampler']}, "
+        f"{summary['steps']} steps) from its {summary['weights_used']} in "
+        f"{summary['seconds']:.1f} s -> {out}"
+    )
+    if summary["weights_warning"]:
+        typer.echo(f"warning: {summary['weights_warning']}", err=True)
+    if "lag1_autocorrelation" in summary:
         typer.echo(
-            f"{num} samples of {summary['model']} at {size} ({sampler}, {summary['steps']} steps) "
-            f"from its {summary['weights_used']} in {summary['seconds']:.1f} s -> {out}"
+            f"mean lag-1 pixel autocorrelation {summary['lag1_autocorrelation']:.2f} "
+            "(noise ~0, photographs ~0.9)"
         )
-        if summary["weights_warning"]:
-            typer.echo(f"warning: {summary['weights_warning']}", err=True)
-        if "lag1_autocorrelation" in summary:
-            typer.echo(
-                f"mean lag-1 pixel autocorrelation {summary['lag1_autocorrelation']:.2f} "
-                "(noise ~0, photographs ~0.9)"
-            )
-        if not summary["decoded"]:
-            typer.echo("latent samples saved as samples.npz 'latents'; pass --vae to decode to PNG")
+    if not summary["decoded"]:
+        typer.echo("latent samples saved as samples.npz 'latents'; pass --vae to decode to PNG")
 
 
 def register(app: typer.Typer) -> None:

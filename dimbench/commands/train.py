@@ -1,16 +1,21 @@
 """`dimbench train`: train DiM or a baseline (single process, or DDP under torchrun)."""
 
-from __future__ import annotations
-
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-HELP = """Train a diffusion model on the bundled photos, an image folder or pre-extracted latents.
+from dimbench.cli import options as o
+from dimbench.train.config import PAPER_DEFAULTS, PAPER_WARMUP, TrainConfig
 
-The defaults follow the DiM paper (AdamW lr 2e-4, weight decay 0.03, betas 0.99/0.99, eps 1e-15,
-grad clip 1.0, EMA 0.9999 with timm's warm-up, label dropout 0.1; warm-up 5000 steps, capped at
-10% of --steps).
+_P = {k: o.number(v) for k, v in PAPER_DEFAULTS.items() if isinstance(v, float)}  # for help
+_BETAS = [o.number(b) for b in PAPER_DEFAULTS["betas"]]
+HELP = f"""Train a diffusion model on the bundled photos, an image folder or pre-extracted latents.
+
+The defaults follow the DiM paper (AdamW lr {_P["lr"]}, weight decay {_P["weight_decay"]},
+betas {_BETAS[0]}/{_BETAS[1]}, eps {_P["adam_eps"]}, grad clip
+{_P["grad_clip"]}, EMA {_P["ema_decay"]} with timm's warm-up, label dropout
+{_P["label_dropout"]}; warm-up {PAPER_WARMUP} steps, capped at 10% of --steps).
 Pixel space (3 channels) for photos and image folders; latents (4 channels) for .npy/.npz files,
 U-ViT feature folders, or any images with --vae. Under `torchrun --nproc_per_node=N` the same
 command trains with DistributedDataParallel; --batch-size is the global batch.
@@ -21,140 +26,103 @@ images_seen, flops, grad_norm) and OUT/config.json. --resume continues a run exa
 """
 
 
-def train(
-    model: str = typer.Option(..., "--model", help="Registered model name, e.g. DiM-T/2."),
-    data: str = typer.Option(
-        "photos",
-        "--data",
-        help="'photos', an image folder (one sub-folder per class), or .npy/.npz latents.",
-    ),
-    image_size: int = typer.Option(..., "--image-size", help="Image resolution in pixels."),
-    steps: int = typer.Option(..., "--steps", help="Total optimisation steps."),
-    batch_size: int = typer.Option(16, "--batch-size", help="Global batch size (all ranks)."),
-    out: Path | None = typer.Option(
-        None,
-        "--out",
-        help="Run folder: checkpoint, log, config [runs/train-MODEL-SIZEpx, e.g. "
-        "runs/train-DiM-T_2-32px].",
-        show_default=False,
-    ),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly."),
-    init_from: str | None = typer.Option(
-        None, "--init-from", help="Weak-to-strong: start from a (lower-resolution) checkpoint."
-    ),
-    init_weights: str = typer.Option(
-        "ema", "--init-weights", help="--init-from weights: ema|model."
-    ),
-    lr: float | None = typer.Option(None, "--lr", help="Peak learning rate (default: 2e-4)."),
-    weight_decay: float | None = typer.Option(
-        None, "--weight-decay", help="AdamW weight decay (default: 0.03)."
-    ),
-    beta1: float | None = typer.Option(None, "--beta1", help="AdamW beta1 (default: 0.99)."),
-    beta2: float | None = typer.Option(None, "--beta2", help="AdamW beta2 (default: 0.99)."),
-    adam_eps: float | None = typer.Option(
-        None, "--adam-eps", help="AdamW epsilon (default: 1e-15)."
-    ),
-    warmup: int | None = typer.Option(
-        None, "--warmup", help="Linear warm-up steps (default: min(5000, steps/10))."
-    ),
-    grad_clip: float | None = typer.Option(
-        None, "--grad-clip", help="Gradient-norm clip, 0 = off (default: 1.0)."
-    ),
-    ema_decay: float | None = typer.Option(
-        None, "--ema-decay", help="EMA decay (default: 0.9999)."
-    ),
-    ema_warmup: bool | None = typer.Option(
-        None,
+Model = Annotated[str, typer.Option("--model", help="Registered model name, e.g. DiM-T/2")]
+Steps = Annotated[int, typer.Option("--steps", help="Total optimisation steps", show_default=False)]
+RunDir = o.out(
+    "Run folder: checkpoint, log, config [runs/train-MODEL-SIZEpx, e.g. runs/train-DiM-T_2-32px]"
+)
+Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --out exactly")]
+InitFrom = Annotated[
+    str | None,
+    typer.Option("--init-from", help="Weak-to-strong: start from a (lower-resolution) checkpoint"),
+]
+Beta1 = Annotated[
+    float | None,
+    typer.Option("--beta1", help=f"AdamW beta1 [{_BETAS[0]}]"),
+]
+Beta2 = Annotated[
+    float | None,
+    typer.Option("--beta2", help=f"AdamW beta2 [{_BETAS[1]}]"),
+]
+AdamEps = Annotated[
+    float | None,
+    typer.Option("--adam-eps", help=f"AdamW epsilon [{_P['adam_eps']}]"),
+]
+GradClip = Annotated[
+    float | None,
+    typer.Option("--grad-clip", help=f"Gradient-norm clip, 0 = off [{_P['grad_clip']}]"),
+]
+EmaWarmup = Annotated[
+    bool | None,
+    typer.Option(
         "--ema-warmup/--no-ema-warmup",
         help="timm's EMA decay warm-up, 1 - (1 + step)^(-2/3) up to --ema-decay: without it a "
-        "short run's EMA is still mostly its initial weights (default: on).",
-    ),
-    label_dropout: float | None = typer.Option(
-        None, "--label-dropout", help="Probability of the null label, for CFG (default: 0.1)."
-    ),
-    bf16: bool | None = typer.Option(
-        None, "--bf16/--no-bf16", help="bf16 autocast (default: off)."
-    ),
-    seed: int | None = typer.Option(
-        None, "--seed", help="Seed of init, data order and noise (default: 0)."
-    ),
-    schedule: str | None = typer.Option(
-        None,
-        "--schedule",
-        help="scaled_linear|linear (default: DiT: linear; DiM, U-ViT: scaled_linear).",
-    ),
-    loss: str | None = typer.Option(
-        None, "--loss", help="mse|hybrid (default: hybrid if the model learns sigma)."
-    ),
-    vae: str | None = typer.Option(
-        None,
-        "--vae",
-        help="Local Stable Diffusion VAE weights: train on latents encoded on the fly.",
-    ),
-    device: str = typer.Option("auto", "--device", help="auto|cpu|cuda."),
-    scan_backend: str = typer.Option(
-        "auto", "--scan-backend", help="Selective-scan backend (DiM)."
-    ),
-    attn_backend: str = typer.Option(
-        "auto", "--attn-backend", help="Attention backend (DiT, U-ViT)."
-    ),
-    compile: bool = typer.Option(
-        False,
-        "--compile/--eager",
-        help="Train the model through torch.compile (inductor; the first step compiles).",
-    ),
-    num_workers: int = typer.Option(0, "--num-workers", help="DataLoader worker processes."),
-    log_every: int = typer.Option(10, "--log-every", help="Steps per CSV row (loss averaged)."),
-    ckpt_every: int | None = typer.Option(
-        None,
-        "--ckpt-every",
-        help="Steps per checkpoint (also at the end, and on Ctrl-C / SIGTERM) [10% of --steps].",
+        "short run's EMA is still mostly its initial weights "
+        f"[{'on' if PAPER_DEFAULTS['ema_warmup'] else 'off'}]",
         show_default=False,
     ),
-    ckpt_minutes: float = typer.Option(
-        10.0, "--ckpt-minutes", help="A checkpoint at least this often (minutes of training)."
+]
+LabelDropout = Annotated[
+    float | None,
+    typer.Option(
+        "--label-dropout",
+        help=f"Probability of the null label, for CFG [{_P['label_dropout']}]",
     ),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+]
+Loss = Annotated[
+    str | None, typer.Option("--loss", help="mse | hybrid [hybrid if the model learns sigma]")
+]
+LogEvery = Annotated[int, typer.Option("--log-every", help="Steps per CSV row (loss averaged)")]
+CkptMinutes = Annotated[
+    float,
+    typer.Option("--ckpt-minutes", help="A checkpoint at least this often (minutes of training)"),
+]
+
+
+def train(
+    model: Model,
+    image_size: o.ImageSize,
+    steps: Steps,
+    data: o.Data = o.default(TrainConfig, "data"),
+    batch_size: o.BatchSize = o.default(TrainConfig, "batch_size"),
+    out: RunDir = None,
+    resume: Resume = False,
+    init_from: InitFrom = None,
+    init_weights: o.InitWeights = o.default(TrainConfig, "init_weights"),
+    lr: o.Lr = None,
+    weight_decay: o.WeightDecay = None,
+    beta1: Beta1 = None,
+    beta2: Beta2 = None,
+    adam_eps: AdamEps = None,
+    warmup: o.Warmup = None,
+    grad_clip: GradClip = None,
+    ema_decay: o.EmaDecay = None,
+    ema_warmup: EmaWarmup = None,
+    label_dropout: LabelDropout = None,
+    dtype: o.Dtype = None,
+    seed: o.Seed = None,
+    schedule: o.Schedule = None,
+    loss: Loss = None,
+    vae: o.Vae = None,
+    device: o.Device = o.default(TrainConfig, "device"),
+    scan_backend: o.ScanBackend = o.default(TrainConfig, "scan_backend"),
+    attn_backend: o.AttnBackend = o.default(TrainConfig, "attn_backend"),
+    conv_backend: o.ConvBackend = o.default(TrainConfig, "conv_backend"),
+    compile: o.Compile = False,
+    num_workers: o.NumWorkers = o.default(TrainConfig, "num_workers"),
+    log_every: LogEvery = o.default(TrainConfig, "log_every"),
+    ckpt_every: o.CkptEvery = None,
+    ckpt_minutes: CkptMinutes = o.default(TrainConfig, "ckpt_minutes"),
+    progress: o.Progress = o.default(TrainConfig, "progress"),
 ) -> None:
-    from dimbench.train.config import TrainConfig
+    given = {k: v for k, v in locals().items() if k not in ("beta1", "beta2", "compile", "out")}
     from dimbench.train.trainer import train as run_training
 
-    betas = None
-    if beta1 is not None or beta2 is not None:
-        betas = (0.99 if beta1 is None else beta1, 0.99 if beta2 is None else beta2)
-    cfg = TrainConfig(
-        model=model,
-        data=data,
-        image_size=image_size,
-        steps=steps,
-        batch_size=batch_size,
-        out=str(out if out is not None else default_out(model, image_size)),
-        lr=lr,
-        weight_decay=weight_decay,
-        betas=betas,
-        adam_eps=adam_eps,
-        warmup=warmup,
-        grad_clip=grad_clip,
-        ema_decay=ema_decay,
-        ema_warmup=ema_warmup,
-        label_dropout=label_dropout,
-        bf16=bf16,
-        seed=seed,
-        schedule=schedule,
-        loss=loss,
-        vae=vae,
-        init_from=init_from,
-        init_weights=init_weights,
-        resume=resume,
-        device=device,
-        scan_backend=scan_backend,
-        attn_backend=attn_backend,
+    cfg = TrainConfig(  # the options are TrainConfig's fields, but for these four
+        **given,
+        betas=betas(beta1, beta2),
         compile="inductor" if compile else "eager",
-        num_workers=num_workers,
-        log_every=log_every,
-        ckpt_every=ckpt_every,
-        ckpt_minutes=ckpt_minutes,
-        progress=progress,
+        out=str(out if out is not None else default_out(model, image_size)),
     )
     summary = run_training(cfg)
     if summary["is_main"]:
@@ -162,6 +130,14 @@ def train(
             f"trained {cfg.model} to step {summary['steps']}: loss {summary['loss']:.4f}, "
             f"{summary['steps_per_s']:.2f} steps/s -> {summary['out']}"
         )
+
+
+def betas(beta1: float | None, beta2: float | None) -> tuple[float, float] | None:
+    """AdamW's betas from --beta1 / --beta2, the paper's for the one not given; None: neither."""
+    if beta1 is None and beta2 is None:
+        return None
+    paper = PAPER_DEFAULTS["betas"]
+    return (paper[0] if beta1 is None else beta1, paper[1] if beta2 is None else beta2)
 
 
 def default_out(model: str, image_size: int) -> Path:

@@ -17,10 +17,8 @@ import numpy as np
 import torch
 
 from dimbench.diffusion.guidance import ModelFn
+from dimbench.diffusion.sampler_names import DEFAULT_STEPS, SAMPLERS
 from dimbench.diffusion.schedule import NoiseSchedule
-
-SAMPLERS = ("dpm++", "ddim", "ddpm")
-DEFAULT_STEPS = {"dpm++": 50, "ddim": 50, "ddpm": 250}
 
 
 def spaced_timesteps(num_timesteps: int, steps: int) -> list[int]:

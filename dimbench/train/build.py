@@ -32,6 +32,7 @@ def build_model(
     scan_backend: str = "auto",
     attn_backend: str = "auto",
     device: torch.device | str | None = None,
+    conv_backend: str = "auto",
 ) -> nn.Module:
     """``registry.create_model`` with the CLI's errors: unknown name / bad size -> UsageError."""
     from dimbench.registry import UnknownModelError, create_model
@@ -43,6 +44,7 @@ def build_model(
             device=device,
             scan_backend=scan_backend,
             attn_backend=attn_backend,
+            conv_backend=conv_backend,
             downsample=downsample,
             **overrides,
         )

@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass, field
 
 from dimbench.compile import check_compiler
+from dimbench.devices import DEFAULT_DEVICE
 from dimbench.errors import UsageError
 from dimbench.latents import SD_LATENT_SCALE
 
@@ -24,11 +25,15 @@ PAPER_DEFAULTS = {
     # from about 1e5 steps on the warm-up no longer matters
     "ema_warmup": True,
     "label_dropout": 0.1,
-    "bf16": False,
+    "dtype": "fp32",
     "seed": 0,
-    "latent_scale": SD_LATENT_SCALE,
 }
 PAPER_WARMUP = 5000
+TRAIN_DTYPES = ("fp32", "bf16")  # bf16: torch.autocast (fp32 weights and optimiser state)
+WEIGHT_SETS = (
+    "ema",
+    "model",
+)  # a checkpoint's two sets of weights (--init-weights, --ckpt-weights)
 
 # Settings that define the optimisation trajectory: a resumed run must use the checkpoint's.
 TRAJECTORY_KEYS = (
@@ -45,7 +50,7 @@ TRAJECTORY_KEYS = (
     "ema_decay",
     "ema_warmup",
     "label_dropout",
-    "bf16",
+    "dtype",
     "seed",
     "schedule",
     "loss",
@@ -63,7 +68,7 @@ class TrainConfig:
     data: str = "photos"
     image_size: int = 32
     steps: int = 1000
-    batch_size: int = 32  # global, over all ranks
+    batch_size: int = 16  # global, over all ranks
     out: str = "runs/train"
     lr: float | None = None
     weight_decay: float | None = None
@@ -74,18 +79,19 @@ class TrainConfig:
     ema_decay: float | None = None
     ema_warmup: bool | None = None  # timm's EMA decay warm-up (1 - (1 + step)^-2/3)
     label_dropout: float | None = None
-    bf16: bool | None = None
+    dtype: str | None = None  # autocast precision, one of TRAIN_DTYPES
     seed: int | None = None
     schedule: str | None = None  # None: the model family's (DiT linear, DiM/U-ViT scaled-linear)
     loss: str | None = None  # None: hybrid for learn_sigma models, else mse
     vae: str | None = None  # local SD VAE weights: train on latents encoded on the fly
     latent_scale: float | None = None
     init_from: str | None = None  # weak-to-strong: weights from a lower-resolution checkpoint
-    init_weights: str = "ema"  # which weights --init-from takes: "ema" or "model"
+    init_weights: str = "ema"  # which of WEIGHT_SETS --init-from takes
     resume: bool = False
-    device: str = "auto"
+    device: str = DEFAULT_DEVICE
     scan_backend: str = "auto"
     attn_backend: str = "auto"
+    conv_backend: str = "auto"
     compile: str = "eager"  # or "inductor": the model through torch.compile (dimbench.compile)
     num_workers: int = 0
     log_every: int = 10
@@ -101,7 +107,8 @@ class TrainConfig:
 
     def with_defaults(self) -> TrainConfig:
         """A copy with every ``None`` set to its default (schedule and loss: per model)."""
-        values = {k: v for k, v in PAPER_DEFAULTS.items() if getattr(self, k) is None}
+        defaults = {**PAPER_DEFAULTS, "latent_scale": SD_LATENT_SCALE}
+        values = {k: v for k, v in defaults.items() if getattr(self, k) is None}
         if self.warmup is None:
             values["warmup"] = min(PAPER_WARMUP, self.steps // 10)
         cfg = dataclasses.replace(self, **values)
@@ -110,6 +117,7 @@ class TrainConfig:
 
     def merged_with_checkpoint(self, saved: dict) -> TrainConfig:
         """Fill unset trajectory settings from a checkpoint's config; refuse contradicting ones."""
+        saved = saved_config(saved)
         values, clashes = {}, []
         for key in TRAJECTORY_KEYS:
             mine, theirs = getattr(self, key), saved.get(key)
@@ -143,11 +151,21 @@ class TrainConfig:
             non_negative={"--num-workers": self.num_workers},
         )
         check_recipe(self)
-        if self.init_weights not in ("ema", "model"):
+        if self.init_weights not in WEIGHT_SETS:
             raise UsageError(f"--init-weights must be 'ema' or 'model', got {self.init_weights!r}")
         if self.resume and self.init_from:
             raise UsageError("--resume and --init-from exclude each other")
         check_compiler(self.compile)
+
+
+def saved_config(saved: dict) -> dict:
+    """A checkpoint's config in today's terms: runs written before ``dtype`` stored ``bf16``
+    (a bool)."""
+    if "dtype" in saved or "bf16" not in saved:
+        return saved
+    old = {k: v for k, v in saved.items() if k != "bf16"}
+    old["dtype"] = None if saved["bf16"] is None else ("bf16" if saved["bf16"] else "fp32")
+    return old
 
 
 def check_ranges(
@@ -167,8 +185,10 @@ def check_ranges(
 
 
 def check_recipe(cfg) -> None:
-    """The optimisation recipe's ranges, for a training run or a comparison (any object with
-    lr, adam_eps, weight_decay, warmup, grad_clip, ema_decay, label_dropout and betas)."""
+    """The optimisation recipe's ranges and precision, for a training run or a comparison's
+    recipe (a TrainConfig whose unset fields are None)."""
+    if cfg.dtype is not None and cfg.dtype not in TRAIN_DTYPES:
+        raise UsageError(f"--dtype {cfg.dtype!r}: training takes {' or '.join(TRAIN_DTYPES)}")
     betas = cfg.betas if cfg.betas is not None else (None, None)
     check_ranges(
         positive={"--lr": cfg.lr, "--adam-eps": cfg.adam_eps},

@@ -12,15 +12,16 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from dimbench.diffusion.guidance import make_model_fn
-from dimbench.diffusion.samplers import DEFAULT_STEPS, SAMPLERS, sample
+from dimbench.diffusion.samplers import DEFAULT_STEPS, sample
 from dimbench.diffusion.schedule import NoiseSchedule
-from dimbench.diffusion.upsample import UPSAMPLE_FACTORS, UpsampleGuidance
+from dimbench.diffusion.upsample import UpsampleGuidance
 from dimbench.errors import UsageError
 from dimbench.latents import SD_LATENT_SCALE
 from dimbench.metrics.images import SAMPLES_NPZ, SAMPLES_RECORD
@@ -32,6 +33,7 @@ from dimbench.train.build import build_model, check_backends
 from dimbench.train.checkpoint import load_checkpoint, load_weights
 from dimbench.train.data import mix_seed
 from dimbench.train.ema import EARLY_FRACTION, EARLY_WARN, early_share
+from dimbench.train.sample_config import SampleConfig, check_weight_set
 
 SAMPLE_STREAM = 0x5A3E
 
@@ -42,10 +44,10 @@ def load_for_sampling(
     device: torch.device | str = "cpu",
     scan_backend: str = "auto",
     attn_backend: str = "auto",
+    conv_backend: str = "auto",
 ) -> tuple[torch.nn.Module, dict]:
     """The checkpoint's model (EMA or raw weights) at its training resolution, in eval mode."""
-    if weights not in ("ema", "model"):
-        raise UsageError(f"--weights must be 'ema' or 'model', got {weights!r}")
+    check_weight_set(weights)
     ckpt = load_checkpoint(ckpt_path)
     meta = ckpt["meta"]
     model = build_model(
@@ -56,6 +58,7 @@ def load_for_sampling(
         scan_backend,
         attn_backend,
         device=device,
+        conv_backend=conv_backend,
     )
     load_weights(model, ckpt[weights], str(ckpt_path))
     steps = ckpt.get("step")  # None for an official checkpoint: its file does not say
@@ -78,8 +81,8 @@ def describe_weights(meta: dict, weights: str) -> tuple[str, str | None]:
         return text, None
     return text, (
         f"{share:.0%} of the EMA's weight comes from the first {EARLY_FRACTION:.0%} of training: "
-        "the samples will look like an untrained model's; use --weights model, or train with "
-        "--ema-warmup or for longer"
+        "the samples will look like an untrained model's; use --ckpt-weights model, or train "
+        "with --ema-warmup or for longer"
     )
 
 
@@ -92,96 +95,70 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 def generate(
     ckpt: str | Path,
     out: str | Path,
-    num: int = 16,
-    sampler: str = "dpm++",
-    steps: int | None = None,
-    cfg_scale: float = 0.0,
-    upsample: int | None = None,
-    upsample_guidance: bool = True,
-    batch_size: int = 16,
-    seed: int = 0,
-    weights: str = "ema",
-    class_label: int | None = None,
-    order: int = 2,
-    eta: float = 0.0,
-    vae: str | None = None,
-    device: str = "auto",
-    scan_backend: str = "auto",
-    attn_backend: str = "auto",
-    progress: bool = True,
+    cfg: SampleConfig | None = None,
     dist: D.DistInfo | None = None,
-    clip_x0: bool | None = None,
+    **settings,
 ) -> dict:
-    """Draw ``num`` samples from a checkpoint; returns a summary (paths, timing)."""
-    if sampler not in SAMPLERS:
-        raise UsageError(f"--sampler {sampler!r}: valid: {', '.join(SAMPLERS)}")
-    if upsample is not None and upsample not in UPSAMPLE_FACTORS:
-        raise UsageError(f"--upsample must be one of {UPSAMPLE_FACTORS}, got {upsample}")
-    if num < 1 or batch_size < 1:
-        raise UsageError("--num and --batch-size must be positive")
-    if steps is not None and steps < 1:
-        raise UsageError(f"--steps must be positive, got {steps}")
-    if order not in (1, 2, 3):
-        raise UsageError(f"--order must be 1, 2 or 3, got {order}")
-    if eta < 0:
-        raise UsageError(f"--eta must be >= 0 (0 = deterministic DDIM), got {eta}")
-    if cfg_scale < 0:
-        raise UsageError(f"--cfg-scale must be >= 0 (0 = no guidance), got {cfg_scale}")
-    if weights not in ("ema", "model"):
-        raise UsageError(f"--weights must be 'ema' or 'model', got {weights!r}")
-    steps = steps or DEFAULT_STEPS[sampler]
-    dist = dist or D.setup(device)
-    check_backends(scan_backend, attn_backend, dist.device)
+    """Draw samples from a checkpoint as ``cfg`` says (``settings``: SampleConfig fields that
+    replace its values); returns a summary (paths, timing)."""
+    cfg = replace(cfg or SampleConfig(), **settings)
+    cfg.validate()
+    steps = cfg.steps or DEFAULT_STEPS[cfg.sampler]
+    dist = dist or D.setup(cfg.device)
+    check_backends(cfg.scan_backend, cfg.attn_backend, dist.device, cfg.conv_backend)
     if dist.is_main:
         writable_dir(out)
-    model, meta = load_for_sampling(ckpt, weights, dist.device, scan_backend, attn_backend)
-    weights_used, weights_warning = describe_weights(meta, weights)
+    model, meta = load_for_sampling(
+        ckpt, cfg.weights, dist.device, cfg.scan_backend, cfg.attn_backend, cfg.conv_backend
+    )
+    weights_used, weights_warning = describe_weights(meta, cfg.weights)
+    clip_x0 = cfg.clip_x0
     if clip_x0 is None:  # pixels live in [-1, 1]; latents are unbounded
         clip_x0 = not meta.get("latent")
     schedule = NoiseSchedule(meta["schedule"])
     n_cls = meta.get("data_classes") or model.num_classes
-    if class_label is not None and not 0 <= class_label < model.num_classes:
-        raise UsageError(f"--class-label {class_label} out of range [0, {model.num_classes})")
+    if cfg.class_label is not None and not 0 <= cfg.class_label < model.num_classes:
+        raise UsageError(f"--class-label {cfg.class_label} out of range [0, {model.num_classes})")
     c = model.in_channels
-    m = upsample or 1
+    m = cfg.upsample or 1
     h, w = (s // meta["downsample"] * m for s in meta["image_size"])
-    decoder = _decoder(meta, vae, dist.device)
+    decoder = _decoder(meta, cfg.vae, dist.device)
 
     out = Path(out)
     parts = out / ".parts"
     if dist.is_main:
         parts.mkdir(parents=True, exist_ok=True)
     D.barrier(dist)
-    n_batches = math.ceil(num / batch_size)
+    n_batches = math.ceil(cfg.num / cfg.batch_size)
     mine = list(range(dist.rank, n_batches, dist.world_size))
     indices, arrays, labels = [], [], []
     start = time.perf_counter()
-    bar = _bar(len(mine), progress and dist.is_main)
+    bar = _bar(len(mine), cfg.progress and dist.is_main)
     for b in mine:
-        g = torch.Generator().manual_seed(mix_seed(seed, SAMPLE_STREAM, b))
-        bs = min(batch_size, num - b * batch_size)
+        g = torch.Generator().manual_seed(mix_seed(cfg.seed, SAMPLE_STREAM, b))
+        bs = min(cfg.batch_size, cfg.num - b * cfg.batch_size)
         y = torch.randint(0, n_cls, (bs,), generator=g)
-        if class_label is not None:
-            y.fill_(class_label)
+        if cfg.class_label is not None:
+            y.fill_(cfg.class_label)
         noise = torch.randn((bs, c, h, w), generator=g)
         y, noise = y.to(dist.device), noise.to(dist.device)
-        fn = make_model_fn(model, y, cfg_scale)
+        fn = make_model_fn(model, y, cfg.cfg_scale)
         if m > 1:
-            fn = UpsampleGuidance(fn, schedule, m, c, enabled=upsample_guidance)
+            fn = UpsampleGuidance(fn, schedule, m, c, enabled=cfg.upsample_guidance)
         x0 = sample(
-            sampler,
+            cfg.sampler,
             fn,
             schedule,
             noise,
             steps,
             generator=_device_generator(g, dist.device),
-            order=order,
-            eta=eta,
+            order=cfg.order,
+            eta=cfg.eta,
             learned_variance=meta.get("loss") == "hybrid",
             clip_x0=clip_x0,
         )
         images = decoder(x0) if decoder is not None else x0
-        ids = list(range(b * batch_size, b * batch_size + bs))
+        ids = list(range(b * cfg.batch_size, b * cfg.batch_size + bs))
         if decoder is not None or not meta.get("latent"):
             arr = to_uint8(images)
             for i, img in zip(ids, arr, strict=True):
@@ -205,19 +182,19 @@ def generate(
         "ckpt": str(ckpt),
         "model": meta["model"],
         "image_size": [s * m for s in meta["image_size"]],
-        "num": num,
-        "sampler": sampler,
+        "num": cfg.num,
+        "sampler": cfg.sampler,
         "steps": steps,
-        "order": order if sampler == "dpm++" else None,
-        "cfg_scale": cfg_scale,
+        "order": cfg.order if cfg.sampler == "dpm++" else None,
+        "cfg_scale": cfg.cfg_scale,
         "clip_x0": clip_x0,
-        "upsample": upsample,
-        "upsample_guidance": bool(upsample and upsample_guidance),
-        "weights": weights,
+        "upsample": cfg.upsample,
+        "upsample_guidance": bool(cfg.upsample and cfg.upsample_guidance),
+        "weights": cfg.weights,
         "weights_used": weights_used,
         "weights_warning": weights_warning,
         "trained_steps": meta["trained_steps"],
-        "seed": seed,
+        "seed": cfg.seed,
         "world_size": dist.world_size,
         "omp_wait_policy": omp_policy_in_effect(),
         "seconds": elapsed,

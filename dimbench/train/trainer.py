@@ -88,7 +88,7 @@ class Trainer:
         cfg.validate()
         self.dist = dist or D.setup(cfg.device)
         self.device = self.dist.device
-        check_backends(cfg.scan_backend, cfg.attn_backend, self.device)
+        check_backends(cfg.scan_backend, cfg.attn_backend, self.device, cfg.conv_backend)
         self.out = Path(cfg.out)
         self.context = dict(context or {})
         resume_ckpt = self._previous_run(cfg.resume)
@@ -186,6 +186,7 @@ class Trainer:
             cfg.scan_backend,
             cfg.attn_backend,
             device=self.device,
+            conv_backend=cfg.conv_backend,
         )
         return model, overrides
 
@@ -377,7 +378,9 @@ class Trainer:
 
         self.net.train()
         autocast = (
-            torch.autocast(self.device.type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext()
+            torch.autocast(self.device.type, dtype=torch.bfloat16)
+            if cfg.dtype == "bf16"
+            else nullcontext()
         )
         with autocast:
             loss = training_losses(self.net, x, y, self.schedule, t, noise, cfg.loss).mean()

@@ -273,8 +273,7 @@ def test_cuda_without_cuda_is_a_usage_error():
 
 def test_configs_resolve_backends_per_family():
     s = sweep(models=["DiM-T/2", "DiT-T/2"], dtypes=["fp32", "bf16"], modes=["forward"])
-    s.validate()
-    cfgs = s.configs()
+    cfgs = s.validate().configs()
     assert len(cfgs) == 2 * 2 * 2
     dim = [c for c in cfgs if c.model == "DiM-T/2"]
     dit = [c for c in cfgs if c.model == "DiT-T/2"]

@@ -510,7 +510,9 @@ def test_ema_warms_up_by_default_and_sampling_warns_about_a_cold_one(tmp_path):
     assert early_share(0.9999, True, 300) < 1e-3
     cold = {"trained_steps": 300, "config": {"ema_decay": 0.9999, "ema_warmup": False}}
     text, warning = describe_weights(cold, "ema")
-    assert "no warm-up, 300 updates" in text and "97%" in warning and "--weights model" in warning
+    assert (
+        "no warm-up, 300 updates" in text and "97%" in warning and "--ckpt-weights model" in warning
+    )
     warm = {"trained_steps": 300, "config": {"ema_decay": 0.9999, "ema_warmup": True}}
     assert describe_weights(warm, "ema")[1] is None
     assert describe_weights(cold, "model") == ("raw weights after 300 steps", None)

@@ -1,7 +1,7 @@
 """Predict suite: latency and peak memory of a configuration from the cost model
 (``dimbench.measure.cost_model``), nothing run: the step's operators recorded on fake tensors,
-each priced by a device profile (this machine's, from ``dimbench calibrate``, or the file
-``DIMBENCH_DEVICE_PROFILE`` names). ``dimbench predict`` runs it in-process for any profile,
+each priced by a device profile (this machine's, from ``dimbench calibrate``, or the file its
+``device_profile`` suite option names). ``dimbench predict`` runs it in-process for any profile,
 a datasheet one included; ``dimbench plot`` draws its rows as dashed lines beside the
 measured throughput, and its crossovers beside the measured ones.
 
@@ -11,13 +11,11 @@ device (a measured one, a datasheet one) live side by side.
 
 from __future__ import annotations
 
-import os
-
 from dimbench.bench.registry import register_suite
 from dimbench.bench.spec import PARAMS_COLUMN, Config, Panel, Ratio, Suite, SummaryColumn, fmt
 from dimbench.bench.suites.flops import COLUMNS as FLOPS_COLUMNS
 from dimbench.bench.suites.profile import COLUMNS as PROFILE_COLUMNS
-from dimbench.bench.suites.profile import PROFILE_ENV
+from dimbench.bench.suites.profile import find_device_profile
 
 COLUMNS = {
     "predicted_latency_ms": "cost model: one forward (or train step) of the batch, ms",
@@ -65,8 +63,7 @@ def measure(cfg: Config) -> dict:
     from dimbench.measure import device_profile as dp
     from dimbench.measure.cost_model import CostModel
 
-    path = os.environ.get(PROFILE_ENV)
-    profile = dp.load(path) if path else dp.cached(cfg.device)
+    profile = find_device_profile(cfg)
     if profile is None:
         raise UsageError(
             f"no device profile for {cfg.device} on this machine ({dp.default_path(cfg.device)});"

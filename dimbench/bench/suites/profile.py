@@ -17,13 +17,12 @@ Rows (long format, ``scope`` and ``category`` tell them apart):
 - ``scope=memory``: ``category=held`` (parameters and optimizer state before the step) and
   ``top1``..``top5``, the operators whose allocations are live at the peak (``op``).
 
-The command sets ``DIMBENCH_TRACE_DIR`` (``--trace``: a Chrome/Perfetto trace per
-configuration) and ``DIMBENCH_DEVICE_PROFILE`` (``--device-profile``) for its workers.
+Its suite options (``Config.suite_options``, set by the command): ``trace_dir`` (``--trace``:
+a Chrome/Perfetto trace per configuration there) and ``device_profile`` (``--device-profile``).
 """
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -31,8 +30,8 @@ from dimbench.bench.registry import register_suite
 from dimbench.bench.spec import PARAMS_COLUMN, Config, Suite, SummaryColumn, fmt
 from dimbench.bench.suites.flops import COLUMNS as FLOPS_COLUMNS
 
-TRACE_ENV = "DIMBENCH_TRACE_DIR"
-PROFILE_ENV = "DIMBENCH_DEVICE_PROFILE"
+TRACE_OPTION = "trace_dir"  # suite options (Config.suite_options): where traces go
+PROFILE_OPTION = "device_profile"  # and the device profile file for the roofline
 TOP_HOLDERS = 5
 
 COLUMNS = {
@@ -62,12 +61,12 @@ def trace_path(cfg: Config, folder: str | Path) -> Path:
     return Path(folder) / f"{stem.replace(':', '')}.json"
 
 
-def find_device_profile(device: str):
-    """The device profile named by the command, else this machine's cached one, else None."""
+def find_device_profile(cfg: Config):
+    """The profile the command named, else this machine's cached one for the device, else None."""
     from dimbench.measure import device_profile as dp
 
-    path = os.environ.get(PROFILE_ENV)
-    return dp.load(path) if path else dp.cached(device)
+    path = cfg.option(PROFILE_OPTION)
+    return dp.load(path) if path else dp.cached(cfg.device)
 
 
 def _rates(time_ms: float, flops: float, nbytes: float, device_profile, dtype: str) -> dict:
@@ -94,7 +93,7 @@ def measure(cfg: Config) -> dict:
     from dimbench.measure.step_breakdown import break_down_step
 
     on_gpu = cfg.device.startswith("cuda")
-    device_profile = find_device_profile(cfg.device)
+    device_profile = find_device_profile(cfg)
     warm_up_runtime(cfg.device)
     work = build_workload(cfg)
     for _ in range(max(1, cfg.warmup)):
@@ -106,7 +105,7 @@ def measure(cfg: Config) -> dict:
         torch.cuda.synchronize(cfg.device)
         held = torch.cuda.memory_allocated(cfg.device)
         torch.cuda.reset_peak_memory_stats(cfg.device)
-    trace_dir = os.environ.get(TRACE_ENV)
+    trace_dir = cfg.option(TRACE_OPTION)
     trace = trace_path(cfg, trace_dir) if trace_dir else None
     breakdown = break_down_step(
         work.step, work.model, cfg.device, steps=max(1, cfg.repeats), trace_path=trace

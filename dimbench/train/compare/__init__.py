@@ -11,26 +11,32 @@
 The figures are drawn by the command (:mod:`dimbench.plots.training`).
 """
 
-from dimbench.train.compare.budget import Budget, Point, evaluation_points, parse_budget
-from dimbench.train.compare.config import BASE, PRESETS, CompareConfig, resolve, validate
-from dimbench.train.compare.run import CompareRun, ModelRun, run_compare
-from dimbench.train.compare.widths import PlannedModel, match_summary, match_width, plan_models
+import importlib
 
-__all__ = [
-    "BASE",
-    "PRESETS",
-    "Budget",
-    "CompareConfig",
-    "CompareRun",
-    "ModelRun",
-    "PlannedModel",
-    "Point",
-    "evaluation_points",
-    "match_summary",
-    "match_width",
-    "parse_budget",
-    "plan_models",
-    "resolve",
-    "run_compare",
-    "validate",
-]
+# name -> its module, imported on first use: the command line reads CompareConfig's defaults
+# without importing torch (the run, the evaluation and the width matching need it)
+_EXPORTS = {
+    "Budget": "budget",
+    "Point": "budget",
+    "evaluation_points": "budget",
+    "parse_budget": "budget",
+    "BASE": "config",
+    "PRESETS": "config",
+    "CompareConfig": "config",
+    "resolve": "config",
+    "validate": "config",
+    "CompareRun": "run",
+    "ModelRun": "run",
+    "run_compare": "run",
+    "PlannedModel": "widths",
+    "match_summary": "widths",
+    "match_width": "widths",
+    "plan_models": "widths",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

@@ -6,12 +6,9 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from dimbench.errors import UsageError
-
-if TYPE_CHECKING:
-    from dimbench.train.compare.widths import PlannedModel
 
 SECONDS_WARMUP = 100  # default warm-up steps under a time budget (the step count is unknown)
 
@@ -63,6 +60,14 @@ def parse_budget(text: str) -> Budget:
     return Budget(unit, value)
 
 
+class Trained(Protocol):
+    """What the budget needs of a model (``widths.PlannedModel`` is one): its name and the
+    FLOPs of one training step."""
+
+    label: str
+    train_flops_per_step: int
+
+
 @dataclass(frozen=True)
 class Point:
     """An evaluation point: index k of n; ``steps`` target (None under a time budget)."""
@@ -74,9 +79,7 @@ class Point:
     quality: bool
 
 
-def evaluation_points(
-    budget: Budget, spec: PlannedModel, evals: int, fid_every: int
-) -> list[Point]:
+def evaluation_points(budget: Budget, spec: Trained, evals: int, fid_every: int) -> list[Point]:
     """Point 0 (before training), then ``evals`` points evenly over the budget in its unit."""
     if budget.unit == "seconds":
         total = None
@@ -102,7 +105,7 @@ def evaluation_points(
     return points
 
 
-def default_warmup(budget: Budget, specs: list[PlannedModel], evals: int) -> int:
+def default_warmup(budget: Budget, specs: list[Trained], evals: int) -> int:
     """Warm-up steps when none is given: a tenth of the shortest model's run, at most 5000
     (``SECONDS_WARMUP`` under a time budget)."""
     if budget.unit == "seconds":

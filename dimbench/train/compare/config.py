@@ -13,10 +13,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from dimbench.diffusion.schedule import SCHEDULES
 from dimbench.errors import UsageError
 from dimbench.train.compare.budget import parse_budget
-from dimbench.train.config import check_ranges, check_recipe
+from dimbench.train.config import TrainConfig, check_ranges, check_recipe
 
 MATCH_MODES = ("none", "params", "flops")
 ORDERS = ("sequential", "interleaved")
@@ -24,19 +23,25 @@ SAMPLERS = ("dpm++", "ddim")  # deterministic given the noise: same samples on a
 QUALITY_METRICS = ("fid", "swd")
 
 
+def unset_recipe(**given) -> TrainConfig:
+    """A comparison's training recipe with ``given`` set and the rest unset: None takes the
+    preset's value, then BASE's (``resolve``). ``model``, ``steps`` and ``out`` are each model's
+    (set when its trainer starts)."""
+    unset = dict.fromkeys(("data", "image_size", "batch_size"))  # TrainConfig has defaults
+    return TrainConfig(model="", out="", **{**unset, **given})
+
+
 @dataclass
 class CompareConfig:
-    """One comparison. Fields left ``None`` take the preset's value (then the base default)."""
+    """One comparison. Fields left ``None`` take the preset's value (then the base default);
+    so do the ``recipe``'s (the training every model gets: data, image size, batch size, seed,
+    optimiser, precision, schedule, VAE, device and kernel backends)."""
 
     models: list[str] | None = None
-    data: str | None = None
-    image_size: int | None = None
     budget: str | None = None
     out: str = "runs/train-compare"
     preset: str | None = None
     match: str | None = None
-    batch_size: int | None = None
-    seed: int | None = None
     evals: int | None = None  # evaluation points over the budget (plus one at step 0)
     fid_every: int | None = None  # quality metrics at every k-th point (and the last)
     heldout_images: int | None = None
@@ -47,27 +52,10 @@ class CompareConfig:
     fid_ref: str | None = None  # reference images or statistics (.npz); default: from --data
     sampler: str | None = None
     sample_steps: int | None = None
-    lr: float | None = None
-    weight_decay: float | None = None
-    betas: tuple[float, float] | None = None
-    adam_eps: float | None = None
-    warmup: int | None = None
-    grad_clip: float | None = None
-    ema_decay: float | None = None
-    ema_warmup: bool | None = None
-    label_dropout: float | None = None
-    bf16: bool | None = None
-    schedule: str | None = None  # None: linear for pixels, scaled_linear for latents
-    vae: str | None = None
     order: str | None = None
-    ckpt_every: int | None = None
     eval_batch_size: int | None = None
     arch: dict = field(default_factory=dict)  # model name -> constructor overrides (presets)
-    device: str = "auto"
-    scan_backend: str = "auto"
-    attn_backend: str = "auto"
-    compile: str = "eager"  # or "inductor" (every model through torch.compile)
-    num_workers: int = 0
+    recipe: TrainConfig = field(default_factory=unset_recipe)
     inception_weights: str | None = None
     cache_dir: str | None = None
     progress: bool = True
@@ -102,7 +90,7 @@ BASE: dict = {
     "ema_decay": 0.9999,
     "ema_warmup": False,
     "label_dropout": 0.1,
-    "bf16": False,
+    "dtype": "fp32",
     "schedule": None,
     "order": "sequential",
     "ckpt_every": 1000,
@@ -181,7 +169,7 @@ PRESETS: dict[str, dict] = {
         "fid_ref_count": 50000,
         "sample_steps": 50,
         "warmup": 5000,
-        "bf16": True,
+        "dtype": "bf16",
         "order": "sequential",
         "ckpt_every": 2000,
         "eval_batch_size": 256,
@@ -190,26 +178,31 @@ PRESETS: dict[str, dict] = {
 
 
 def resolve(cfg: CompareConfig) -> CompareConfig:
-    """A copy with every unset field taken from the preset, then from the base defaults."""
+    """A copy with every unset field (the recipe's too) taken from the preset, then from the
+    base defaults."""
     if cfg.preset is not None and cfg.preset not in PRESETS:
         raise UsageError(f"--preset {cfg.preset!r}: valid: {', '.join(PRESETS)}")
     layers = [BASE, PRESETS.get(cfg.preset, {})] if cfg.preset else [BASE]
+    out = _layered(cfg, layers)
+    out.recipe = _layered(cfg.recipe, layers)
+    out.arch = {**PRESETS.get(cfg.preset or "", {}).get("arch", {}), **cfg.arch}
+    out.models = list(out.models)
+    out.metrics = tuple(out.metrics)
+    out.recipe.betas = tuple(out.recipe.betas)
+    validate(out)
+    return out
+
+
+def _layered(obj, layers: list[dict]):
+    """A copy of the dataclass ``obj`` with each None field set from the last layer naming it."""
     values = {}
-    for f in dataclasses.fields(cfg):
-        if f.name == "arch":
-            continue
-        if getattr(cfg, f.name) is None:
+    for f in dataclasses.fields(obj):
+        if getattr(obj, f.name) is None:
             for layer in reversed(layers):
                 if f.name in layer:
                     values[f.name] = layer[f.name]
                     break
-    out = dataclasses.replace(cfg, **values)
-    out.arch = {**PRESETS.get(cfg.preset or "", {}).get("arch", {}), **cfg.arch}
-    out.models = list(out.models)
-    out.metrics = tuple(out.metrics)
-    out.betas = tuple(out.betas)
-    validate(out)
-    return out
+    return dataclasses.replace(obj, **values)
 
 
 def validate(cfg: CompareConfig) -> None:
@@ -217,9 +210,10 @@ def validate(cfg: CompareConfig) -> None:
         raise UsageError("--models: name at least one model")
     if len(set(cfg.models)) != len(cfg.models):
         raise UsageError(f"--models: a model is named twice ({' '.join(cfg.models)})")
-    if cfg.data is None:
+    recipe = cfg.recipe
+    if recipe.data is None:
         raise UsageError(
-            f"--preset {cfg.preset} needs --data: a .npz/.npy of ImageNet {cfg.image_size} px "
+            f"--preset {cfg.preset} needs --data: a .npz/.npy of ImageNet {recipe.image_size} px "
             "latents (or a U-ViT feature folder)"
         )
     if cfg.budget is None:
@@ -231,24 +225,26 @@ def validate(cfg: CompareConfig) -> None:
         raise UsageError(f"--order {cfg.order!r}: valid: {', '.join(ORDERS)}")
     if cfg.sampler not in SAMPLERS:
         raise UsageError(f"--sampler {cfg.sampler!r}: valid: {', '.join(SAMPLERS)}")
-    if cfg.schedule is not None and cfg.schedule not in SCHEDULES:
-        raise UsageError(f"--schedule {cfg.schedule!r}: valid: {', '.join(SCHEDULES)}")
+    from dimbench.diffusion.schedule import SCHEDULES  # torch: the CLI imports this module
+
+    if recipe.schedule is not None and recipe.schedule not in SCHEDULES:
+        raise UsageError(f"--schedule {recipe.schedule!r}: valid: {', '.join(SCHEDULES)}")
     unknown = set(cfg.metrics) - set(QUALITY_METRICS)
     if unknown:
         valid = ", ".join(QUALITY_METRICS)
         raise UsageError(f"--metrics {','.join(sorted(unknown))}: valid: {valid}")
     positive = {
-        "--image-size": cfg.image_size,
-        "--batch-size": cfg.batch_size,
+        "--image-size": recipe.image_size,
+        "--batch-size": recipe.batch_size,
         "--evals": cfg.evals,
         "--fid-every": cfg.fid_every,
         "--heldout-images": cfg.heldout_images,
         "--heldout-timesteps": cfg.heldout_timesteps,
         "--sample-steps": cfg.sample_steps,
-        "--ckpt-every": cfg.ckpt_every,
+        "--ckpt-every": recipe.ckpt_every,
     }
     check_ranges(positive=positive)
-    check_recipe(cfg)
+    check_recipe(recipe)
     if cfg.metrics and (cfg.fid_gen < 2 or cfg.fid_ref_count < 2):
         raise UsageError("--fid-gen and --fid-ref-count must be at least 2")
     if cfg.heldout_timesteps > 1000:

@@ -97,7 +97,7 @@ class PointEvaluator:
         part, the quality columns are filled on rank 0."""
         cfg, dev = self.cfg, trainer.device
         ema = trainer.ema.module
-        bf16 = bool(cfg.bf16)
+        bf16 = cfg.recipe.dtype == "bf16"
         bs = cfg.eval_batch_size
         held = heldout_loss(ema, self.schedule, self.heldout, dev, bs, bf16, self.dist)
         raw = heldout_loss(trainer.model, self.schedule, self.heldout, dev, bs, bf16, self.dist)
@@ -127,7 +127,7 @@ class PointEvaluator:
         n = cfg.heldout_images
         ts = timestep_grid(cfg.heldout_timesteps, self.schedule.num_timesteps)
         if self.info.kind == "photos":
-            keys = [(i, mix_seed(cfg.seed, HELDOUT_SALT, i)) for i in range(n)]
+            keys = [(i, mix_seed(cfg.recipe.seed, HELDOUT_SALT, i)) for i in range(n)]
             what = f"{n} fresh random crops of the {self.info.description}"
             train = self.dataset
         else:
@@ -135,21 +135,23 @@ class PointEvaluator:
                 raise UsageError(
                     f"--heldout-images {n}: the data has only {len(self.dataset)} samples"
                 )
-            g = torch.Generator().manual_seed(mix_seed(cfg.seed, HELDOUT_SALT))
+            g = torch.Generator().manual_seed(mix_seed(cfg.recipe.seed, HELDOUT_SALT))
             chosen = torch.randperm(len(self.dataset), generator=g)[:n].tolist()
-            keys = [(i, mix_seed(cfg.seed, HELDOUT_SALT, i)) for i in chosen]
-            what = f"{n} samples of {cfg.data} excluded from training"
+            keys = [(i, mix_seed(cfg.recipe.seed, HELDOUT_SALT, i)) for i in chosen]
+            what = f"{n} samples of {cfg.recipe.data} excluded from training"
             train = Excluding(self.dataset, set(chosen))
         held = self._heldout_in_model_space(keys, ts, what)
         return held, train
 
     def _heldout_in_model_space(self, keys, ts, what) -> HeldOutSet:
-        held = build_heldout(self.dataset, keys, ts, self.cfg.seed, what)
-        if self.cfg.vae and not self.info.latent:  # pixels encoded by the VAE, as training does
+        held = build_heldout(self.dataset, keys, ts, self.cfg.recipe.seed, what)
+        if (
+            self.cfg.recipe.vae and not self.info.latent
+        ):  # pixels encoded by the VAE, as training does
             from dimbench.train.vae import encode, load_vae
 
-            vae = load_vae(self.cfg.vae, self.device)
-            g = torch.Generator().manual_seed(mix_seed(self.cfg.seed, HELDOUT_SALT, 1))
+            vae = load_vae(self.cfg.recipe.vae, self.device)
+            g = torch.Generator().manual_seed(mix_seed(self.cfg.recipe.seed, HELDOUT_SALT, 1))
             h, w = (s // self.downsample for s in held.x0.shape[-2:])
             noise = torch.randn((held.size, self.channels, h, w), generator=g)
             x0 = encode(vae, held.x0.to(self.device), noise.to(self.device), SD_LATENT_SCALE).cpu()
@@ -159,26 +161,26 @@ class PointEvaluator:
 
     def _quality_probe(self) -> QualityProbe:
         cfg = self.cfg
-        h = w = cfg.image_size // self.downsample
+        h = w = cfg.recipe.image_size // self.downsample
         probe = QualityProbe(
             metrics=tuple(cfg.metrics),
             num_gen=cfg.fid_gen,
             shape=(self.channels, h, w),
             num_classes=self.info.num_classes or self.num_classes,
-            seed=mix_seed(cfg.seed, GEN_SEED_SALT),
+            seed=mix_seed(cfg.recipe.seed, GEN_SEED_SALT),
             sampler=cfg.sampler,
             steps=cfg.sample_steps,
             batch_size=cfg.eval_batch_size,
-            bf16=bool(cfg.bf16),
+            bf16=cfg.recipe.dtype == "bf16",
         )
         if self.downsample != 1:
-            if not cfg.vae:
+            if not cfg.recipe.vae:
                 probe.notes.append("no --vae: latent samples cannot be decoded, no FID/SWD")
                 probe.metrics = ()
                 return probe
             from dimbench.train.vae import decode, load_vae
 
-            vae = load_vae(cfg.vae, self.device)
+            vae = load_vae(cfg.recipe.vae, self.device)
             probe.decoder = lambda z: decode(vae, z, SD_LATENT_SCALE)
         ref = cfg.fid_ref
         if ref is None:
@@ -211,11 +213,11 @@ class PointEvaluator:
         """uint8 reference images from the data: fresh crops (photos) or a seeded sample."""
         cfg = self.cfg
         if self.info.kind == "photos":
-            keys = [(i, mix_seed(cfg.seed, REF_SALT, i)) for i in range(n)]
+            keys = [(i, mix_seed(cfg.recipe.seed, REF_SALT, i)) for i in range(n)]
             base = self.dataset
         else:
             base = self.train_data
-            g = torch.Generator().manual_seed(mix_seed(cfg.seed, REF_SALT))
+            g = torch.Generator().manual_seed(mix_seed(cfg.recipe.seed, REF_SALT))
             idx = torch.randperm(len(base), generator=g)[:n].tolist()
-            keys = [(i, mix_seed(cfg.seed, REF_SALT, i)) for i in idx]
+            keys = [(i, mix_seed(cfg.recipe.seed, REF_SALT, i)) for i in idx]
         return to_uint8(torch.stack([base[k][0] for k in keys]))

@@ -21,6 +21,7 @@ after a resume.
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import sys
 import time
@@ -46,7 +47,6 @@ from dimbench.train.compare.ui import (
     print_summary_table,
 )
 from dimbench.train.compare.widths import PlannedModel, match_summary, plan_models
-from dimbench.train.config import TrainConfig
 from dimbench.train.data import build_dataset
 from dimbench.train.trainer import Trainer
 
@@ -71,34 +71,14 @@ class ModelRun:
         """Build the trainer (resuming from this model's checkpoint if there is one)."""
         cfg = self.comp.cfg
         total = self.points[-1].steps
-        tc = TrainConfig(
+        tc = dataclasses.replace(
+            cfg.recipe,
             model=self.spec.name,
-            data=cfg.data,
-            image_size=cfg.image_size,
             steps=total if total else 10**9,  # a time budget: the clock stops it
-            batch_size=cfg.batch_size,
             out=str(self.dir),
-            lr=cfg.lr,
-            weight_decay=cfg.weight_decay,
-            betas=tuple(cfg.betas),
-            adam_eps=cfg.adam_eps,
-            warmup=cfg.warmup,
-            grad_clip=cfg.grad_clip,
-            ema_decay=cfg.ema_decay,
-            ema_warmup=cfg.ema_warmup,
-            label_dropout=cfg.label_dropout,
-            bf16=cfg.bf16,
-            seed=cfg.seed,
             schedule=self.comp.schedule_name,
             loss="mse",
-            vae=cfg.vae,
             resume=(self.dir / CHECKPOINT_NAME).is_file(),
-            device=cfg.device,
-            scan_backend=cfg.scan_backend,
-            attn_backend=cfg.attn_backend,
-            compile=cfg.compile,
-            num_workers=cfg.num_workers,
-            ckpt_every=cfg.ckpt_every,
             progress=False,
             extra=dict(self.spec.overrides),
         )
@@ -169,12 +149,16 @@ class CompareRun:
         self.device = dist.device
         self.out = Path(cfg.out)
         self.budget = parse_budget(cfg.budget)
-        self.dataset, self.info = build_dataset(cfg.data, cfg.image_size, LATENT_DOWNSAMPLE)
-        self.channels, self.downsample = model_input(self.info, cfg.vae)
+        self.dataset, self.info = build_dataset(
+            cfg.recipe.data, cfg.recipe.image_size, LATENT_DOWNSAMPLE
+        )
+        self.channels, self.downsample = model_input(self.info, cfg.recipe.vae)
         self.specs = plan_models(cfg, self.channels, self.downsample, self.info.num_classes)
-        self.schedule_name = cfg.schedule or ("linear" if self.downsample == 1 else "scaled_linear")
-        if cfg.warmup is None:
-            cfg.warmup = default_warmup(self.budget, self.specs, cfg.evals)
+        self.schedule_name = cfg.recipe.schedule or (
+            "linear" if self.downsample == 1 else "scaled_linear"
+        )
+        if cfg.recipe.warmup is None:
+            cfg.recipe.warmup = default_warmup(self.budget, self.specs, cfg.evals)
         self.schedule = NoiseSchedule(self.schedule_name)
         self.plan = plan_record(cfg, self.budget, self.specs, self.schedule_name)
         self.store = CompareStore(self.out)
@@ -197,7 +181,7 @@ class CompareRun:
 
     def _num_classes(self) -> int:
         s = self.specs[0]
-        size, down = self.cfg.image_size, self.downsample
+        size, down = self.cfg.recipe.image_size, self.downsample
         return int(build_model(s.name, size, down, s.overrides, device="meta").num_classes)
 
     def write_meta(self, finished: bool) -> None:
@@ -209,7 +193,7 @@ class CompareRun:
             "matching": match_summary(self.specs),
             **self.evaluator.describe(),
             "schedule": self.schedule_name,
-            "warmup": self.cfg.warmup,
+            "warmup": self.cfg.recipe.warmup,
             "order": self.cfg.order,
         }
         run = {"command": self.cfg.command, "started": utc_now(), **self.machine}
@@ -241,11 +225,11 @@ class CompareRun:
             **measured,
             "eval_seconds": time.perf_counter() - start,
             "lr": getattr(tr, "last_lr", tr.optimizer.param_groups[0]["lr"]) if tr.step else 0.0,
-            "batch_size": cfg.batch_size,
-            "image_size": cfg.image_size,
+            "batch_size": cfg.recipe.batch_size,
+            "image_size": cfg.recipe.image_size,
             "budget": str(self.budget),
             "match": cfg.match,
-            "seed": cfg.seed,
+            "seed": cfg.recipe.seed,
             "device": str(tr.device),
             "world_size": self.dist.world_size,
             "device_name": self.machine["device_name"],
@@ -265,7 +249,7 @@ class CompareRun:
         cfg = self.cfg
         header = (
             f"train-compare: {len(self.specs)} models, budget {self.budget}, "
-            f"batch {cfg.batch_size}, {cfg.image_size} px, data {cfg.data}"
+            f"batch {cfg.recipe.batch_size}, {cfg.recipe.image_size} px, data {cfg.recipe.data}"
         )
         probe = self.evaluator.probe
         print_plan(self.console, header, match_summary(self.specs), probe.notes if probe else [])
@@ -313,8 +297,9 @@ def run_compare(cfg: CompareConfig) -> dict:
     cfg = resolve(cfg)
     if not cfg.command:
         cfg.command = " ".join(["dimbench", *sys.argv[1:]])
-    dist = D.setup(cfg.device)
-    check_backends(cfg.scan_backend, cfg.attn_backend, dist.device)
+    recipe = cfg.recipe
+    dist = D.setup(recipe.device)
+    check_backends(recipe.scan_backend, recipe.attn_backend, dist.device, recipe.conv_backend)
     if dist.is_main:
         writable_dir(cfg.out)
     try:

@@ -153,24 +153,24 @@ def plan_models(
     specs: list[PlannedModel] = []
     for i, name in enumerate(cfg.models):
         spec = get_model(name)
-        spec.input_size(cfg.image_size, downsample)
+        spec.input_size(cfg.recipe.image_size, downsample)
         overrides = {"in_channels": in_channels, **cfg.arch.get(name, {})}
         if num_classes is not None:
             overrides["num_classes"] = num_classes
         if spec.learn_sigma:
             overrides["learn_sigma"] = False  # epsilon MSE for every model: no sigma output
-        m = _measure(name, cfg.image_size, downsample, overrides, cfg.batch_size)
+        m = _measure(name, cfg.recipe.image_size, downsample, overrides, cfg.recipe.batch_size)
         match = None
         if i > 0 and cfg.match != "none":
             ref = specs[0]
             target = ref.params if cfg.match == "params" else ref.gflops * 1e9
             width, value = match_width(
-                name, cfg.image_size, downsample, overrides, spec, m["heads"], target,
+                name, cfg.recipe.image_size, downsample, overrides, spec, m["heads"], target,
                 cfg.match, m["width"],
             )  # fmt: skip
             overrides = _with_width(overrides, spec, width, m["heads"])
             before = m["width"]
-            m = _measure(name, cfg.image_size, downsample, overrides, cfg.batch_size)
+            m = _measure(name, cfg.recipe.image_size, downsample, overrides, cfg.recipe.batch_size)
             match = {
                 "by": cfg.match,
                 "reference": ref.label,

@@ -1,16 +1,8 @@
-"""`dimbench models` and `dimbench backends`: what this install can run."""
+"""`dimbench backends`: the kernel backends and device profiles of this machine."""
 
 from __future__ import annotations
 
 import typer
-
-
-def models() -> None:
-    """List the registered model names."""
-    from dimbench.registry import list_models
-
-    for name in list_models():
-        typer.echo(name)
 
 
 def backends() -> None:
@@ -37,5 +29,4 @@ def backends() -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("models")(models)
     app.command("backends")(backends)

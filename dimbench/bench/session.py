@@ -1,0 +1,136 @@
+"""A sweep as the commands run it (``dimbench run``, ``dimbench profile``): the device resolved,
+the suite's default models for it, the results folder checked, the rows measured into it, the
+summary printed, and the configurations that crashed counted (the command exits 1 then)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dimbench.bench.spec import DEFAULT_RESOLUTIONS, Sweep, run_timing
+from dimbench.errors import UsageError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from rich.console import Console
+
+    from dimbench.results import ResultStore
+
+TIMING_FIELDS = ("warmup", "repeats", "budget_s")
+
+
+def default_out(device: str) -> Path:
+    """Where a run's rows go unless --out says: ``runs/<machine>/``, apart from the project's
+    published results in ``results/``, so a first run measures instead of resuming them."""
+    from dimbench.measure.metadata import machine_slug
+
+    return Path("runs") / machine_slug(device)
+
+
+def suite_models(suite, device: str, models: list[str] | None) -> list[str]:
+    """``models``, else the suite's defaults for ``device`` that are registered here (the
+    others are named on stderr; none at all is a UsageError)."""
+    if models:
+        return list(models)
+    from dimbench.registry import list_models
+
+    chosen = list(suite.default_models(device))
+    registered = set(list_models())
+    missing = [m for m in chosen if m not in registered]
+    chosen = [m for m in chosen if m in registered]
+    if not chosen:
+        raise UsageError(
+            f"none of the default models ({', '.join(missing)}) is registered; "
+            "name some with --models"
+        )
+    if missing:
+        from rich.console import Console
+
+        Console(stderr=True).print(f"[yellow]not registered, skipped: {', '.join(missing)}")
+    return chosen
+
+
+def plan(
+    suite_name: str,
+    models: list[str] | None,
+    resolutions: list[int] | None,
+    device: str,
+    **settings,
+) -> Sweep:
+    """The validated sweep of ``suite_name`` on ``device`` (``auto`` resolved): ``models`` or
+    the suite's defaults there, ``resolutions`` or DEFAULT_RESOLUTIONS, and ``settings``
+    (Sweep fields; warmup, repeats and budget_s None: RUN_TIMING for the device; no
+    omp_wait_policy: the one in effect)."""
+    from dimbench.bench.registry import get_suite
+    from dimbench.devices import parse_device
+    from dimbench.threads import omp_policy_in_effect
+
+    suite = get_suite(suite_name)
+    device = parse_device(device, allow_auto=True)
+    timing = {k: settings.pop(k) for k in TIMING_FIELDS if k in settings}
+    settings.update(run_timing(device, **timing))
+    if not settings.get("omp_wait_policy"):
+        settings["omp_wait_policy"] = omp_policy_in_effect().lower() or None
+    sweep = Sweep(
+        suite=suite,
+        models=suite_models(suite, device, models),
+        resolutions=list(resolutions) if resolutions else list(DEFAULT_RESOLUTIONS),
+        device=device,
+        **settings,
+    )
+    return sweep.validate()
+
+
+def results_store(sweep: Sweep, out: Path | None) -> ResultStore:
+    """The sweep's result CSV in ``out`` (default_out otherwise), checked writable and ours
+    before anything runs."""
+    from dimbench.paths import writable_dir
+    from dimbench.results import ResultStore
+
+    out_dir = writable_dir(out if out is not None else default_out(sweep.device))
+    store = ResultStore(out_dir, sweep.suite.schema)
+    store.check()
+    return store
+
+
+def result_console() -> Console:
+    """stdout; on a log file wide enough for the whole table."""
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=160)
+
+
+def run(sweep: Sweep, out: Path | None, *, redo: bool, retry_failed: bool) -> int:
+    """``dimbench run``: measure what is not in ``out`` yet, print the summary table; returns
+    how many configurations crashed."""
+    from dimbench.bench.runner import run_sweep, summary_table
+
+    store = results_store(sweep, out)
+    df = run_sweep(sweep, store.out_dir, retry_failed=retry_failed, redo=redo)
+    console = result_console()
+    console.print(summary_table(sweep.suite, df))
+    console.print(f"rows in {store.csv_path}")
+    return report_errors(df, store, console)
+
+
+def with_options(sweep: Sweep, **options: str | None) -> Sweep:
+    """The sweep with these suite options (``Config.suite_options``; None: not given)."""
+    given = {k: v for k, v in options.items() if v is not None}
+    return replace(sweep, suite_options={**sweep.suite_options, **given})
+
+
+def report_errors(df: pd.DataFrame, store: ResultStore, console: Console) -> int:
+    """How many configurations of the sweep crashed, saying where their tracebacks are."""
+    from dimbench.bench.runner import errors_log
+
+    errors = int((df["status"] == "error").sum()) if len(df) else 0
+    if errors:
+        console.print(
+            f"[red]{errors} configuration{'s' * (errors > 1)} ended in error[/red] (a crash, "
+            f"unlike oom and timeout): the error column of {store.csv_path} says why, the "
+            f"workers' tracebacks are in {errors_log(store)}",
+            highlight=False,
+        )
+    return errors
