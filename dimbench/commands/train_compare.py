@@ -22,7 +22,13 @@ HELP = "\n\n".join(
         "(epsilon MSE on one noise schedule: linear in pixel space, scaled-linear on latents), "
         "optimiser recipe, label dropout and batch size. DiT is built without its learned-sigma "
         "output and with its in-model label dropout off (the trainer drops labels once, for "
-        "every model).",
+        "every model); U-ViT's final 3x3 conv starts as the identity (recorded in the plan and "
+        "summary.md).",
+        "--seeds N trains every model N times (seeds --seed, --seed + 1, ...: data order, init "
+        "and noise follow the seed); summary.md gives the mean and 95% CI over seeds and says "
+        "which models a paired t-test across seeds cannot tell apart. The held-out images are "
+        "images training never sees (whole bundled photographs, or --heldout DIR), with the same "
+        "noise and timesteps for every model and seed.",
         "--budget: STEPS (2000), training FLOPs (2e15, 2PF, 300TFLOPs: each model gets budget / "
         "its FLOPs per step) or training SECONDS (600s, 10m, 1h). At --evals points evenly over "
         "the budget (in its unit, so curves line up) and at step 0, the held-out denoising loss "
@@ -41,10 +47,10 @@ HELP = "\n\n".join(
         "train-compare --preset paper --data latents.npz --vae VAE_DIR --fid-ref "
         "VIRTUAL_imagenet256_labeled.npz --out DIR). Options given explicitly override the "
         "preset.",
-        "Writes OUT/train_compare.csv (one row per model and point), OUT/train_compare.json "
+        "Writes OUT/train_compare.csv (one row per model, seed and point), OUT/train_compare.json "
         "(plan, model sizes, matching, machine, command), OUT/train_compare.png/svg, "
-        "OUT/summary.md and one checkpoint folder per model. A rerun with the same --out and "
-        "settings resumes each model where it stopped.",
+        "OUT/summary.md and one checkpoint folder per model and seed. A rerun with the same --out "
+        "and settings resumes each model where it stopped.",
     ]
 )
 
@@ -90,6 +96,16 @@ Match = _option("--match", str, " | ".join(MATCH_MODES))
 Evals = _option("--evals", int, "Evaluation points over the budget")
 FidEvery = _option("--fid-every", int, "Quality metrics at every k-th point (and the last)")
 HeldoutImages = _option("--heldout-images", int, "Held-out images")
+Heldout = Annotated[
+    str | None,
+    typer.Option(
+        "--heldout",
+        help="Folder of held-out images (any depth; resized and centre-cropped) [photos: two "
+        "bundled photographs held out whole; other data: a seeded choice of its samples]",
+        show_default=False,
+    ),
+]
+Seeds = _option("--seeds", int, "Runs per model, under seeds --seed, --seed + 1, ...")
 HeldoutTimesteps = _option(
     "--heldout-timesteps", int, "Fixed timesteps (centres of equal bins of [0, 1000))"
 )
@@ -119,10 +135,12 @@ def train_compare(
     match: Match = None,
     batch_size: o.BatchSize = None,
     seed: o.Seed = None,
+    seeds: Seeds = None,
     evals: Evals = None,
     fid_every: FidEvery = None,
     heldout_images: HeldoutImages = None,
     heldout_timesteps: HeldoutTimesteps = None,
+    heldout: Heldout = None,
     metrics: Metrics = None,
     fid_gen: FidGen = None,
     fid_ref_count: FidRefCount = None,

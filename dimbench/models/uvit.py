@@ -3,9 +3,11 @@
 Time and class enter as two tokens ([label, time, patches]); a learned position embedding
 covers all of them; depth//2 in-blocks, a mid-block and depth//2 out-blocks, each out-block
 fusing its long skip with Linear(2D -> D) on cat(x, skip); LayerNorm -> Linear -> unpatchify,
-then an optional 3x3 conv on the output channels. Parameter names match the official ones, so
-the published checkpoints (``imagenet256_uvit_huge.pth``, ...) load with ``load_state_dict(sd)``
-(strict) and give the official outputs for the same inputs.
+then an optional 3x3 conv on the output channels (``conv_init="dirac"`` starts it as the
+identity, bias 0, instead of PyTorch's default init that the official code keeps: the
+epsilon prediction then need not wait for the conv to learn the identity). Parameter names
+match the official ones, so the published checkpoints (``imagenet256_uvit_huge.pth``, ...) load
+with ``load_state_dict(sd)`` (strict) and give the official outputs for the same inputs.
 
 Conventions that differ in name only:
 - ``num_classes`` counts real classes (1000 for ImageNet) and the table has one more row, the
@@ -29,6 +31,8 @@ from dimbench.models.checkpointing import GradCheckpointing, run_block
 from dimbench.registry import register_model
 
 from .layers import Attention, patch_grid, timestep_embedding, unpatchify
+
+CONV_INITS = ("torch", "dirac")  # the final conv: PyTorch's default (official) | identity
 
 
 class Block(nn.Module):
@@ -78,8 +82,11 @@ class UViT(GradCheckpointing, nn.Module):
         conv: bool = True,
         skip: bool = True,
         attn_backend: str = "auto",
+        conv_init: str = "torch",
     ) -> None:
         super().__init__()
+        if conv_init not in CONV_INITS:
+            raise ValueError(f"conv_init must be one of {', '.join(CONV_INITS)}, got {conv_init!r}")
         hw = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
         if hw[0] % patch_size or hw[1] % patch_size:
             raise ValueError(f"latent size {hw[0]}x{hw[1]} is not divisible by patch {patch_size}")
@@ -121,6 +128,9 @@ class UViT(GradCheckpointing, nn.Module):
 
         trunc_normal_(self.pos_embed, std=0.02)
         self.apply(_init_weights)
+        if conv and conv_init == "dirac":
+            nn.init.dirac_(self.final_layer.weight)
+            nn.init.zeros_(self.final_layer.bias)
         self.register_load_state_dict_pre_hook(_resample_loaded_pos_embed)
 
     @torch.jit.ignore

@@ -39,6 +39,10 @@ BUNDLED_PHOTOS = (
     ("sklearn", "datasets/images/flower.jpg"),
 )
 
+# Photographs that a comparison holds out whole (``train-compare``'s held-out set): training
+# never sees them, the other eight are its training data.
+HELDOUT_PHOTOS = ("coffee", "motorcycle_left")
+
 Key = tuple[int, int]
 
 
@@ -107,14 +111,26 @@ class PhotoCrops(Dataset):
     """Random square crops of the bundled photographs, resized to ``image_size``, random flips.
 
     The crop side is drawn uniformly between ``min_scale`` and 1 of the photo's shorter side.
-    Label = index of the source photo. ``views`` crops per photo make one epoch.
+    Label = index of the source photo among those used. ``views`` crops per photo make one
+    epoch. ``names``: only these photographs (file stems, in the bundled order); default all.
     """
 
-    def __init__(self, image_size: int, views: int = 256, min_scale: float = 0.35):
+    def __init__(
+        self,
+        image_size: int,
+        views: int = 256,
+        min_scale: float = 0.35,
+        names: tuple[str, ...] | None = None,
+    ):
         self.image_size = image_size
         self.min_scale = min_scale
         # the smallest crop must still hold image_size pixels; more resolution is wasted work
         photos = load_photos(max(64, math.ceil(2 * image_size / min_scale)))
+        if names is not None:
+            unknown = set(names) - {n for n, _ in photos}
+            if unknown:
+                raise ValueError(f"no bundled photo named {', '.join(sorted(unknown))}")
+            photos = tuple(p for p in photos if p[0] in names)
         self.names = [n for n, _ in photos]
         self.images = [to_unit_range(img) for _, img in photos]
         self.views = views
@@ -168,18 +184,26 @@ class ImageFolderData(Dataset):
         return len(self.folder.classes)
 
     def __getitem__(self, key: Key) -> tuple[torch.Tensor, int]:
-        import torchvision.transforms.functional as TF
-        from torchvision.transforms import InterpolationMode
-
         index, seed = key
         path, label = self.folder.samples[index]
-        img = self.folder.loader(path).convert("RGB")
-        img = TF.resize(img, self.image_size, InterpolationMode.BICUBIC, antialias=True)
-        img = TF.center_crop(img, [self.image_size, self.image_size])
-        x = to_unit_range(np.asarray(img))
+        x = load_square(path, self.image_size)
         if torch.rand(1, generator=_generator(seed)).item() < 0.5:
             x = x.flip(-1)
         return x, label
+
+
+def load_square(path: str | Path, image_size: int) -> torch.Tensor:
+    """An image file resized (shorter side, bicubic) and centre-cropped to ``image_size``, in
+    [-1, 1] (DiT's ImageNet pipeline without the flip)."""
+    import torchvision.transforms.functional as TF
+    from PIL import Image
+    from torchvision.transforms import InterpolationMode
+
+    with Image.open(path) as im:
+        img = im.convert("RGB")
+    img = TF.resize(img, image_size, InterpolationMode.BICUBIC, antialias=True)
+    img = TF.center_crop(img, [image_size, image_size])
+    return to_unit_range(np.asarray(img))
 
 
 def _is_image(path: str) -> bool:
@@ -409,6 +433,7 @@ def shard_bounds(global_batch: int, rank: int, world: int) -> slice:
 
 
 __all__ = [
+    "HELDOUT_PHOTOS",
     "DataInfo",
     "ImageFolderData",
     "LatentData",

@@ -1,5 +1,5 @@
-"""The comparison's evaluation, set up once from its data and the same for every model: the
-held-out set (and the training split that excludes it), the quality probe with its reference
+"""The comparison's evaluation, set up once from its data and the same for every model and
+seed: the held-out set (its split: :mod:`.heldout`), the quality probe with its reference
 images or statistics, and the measurements of one evaluation point
 (:mod:`dimbench.train.evaluate` computes them).
 """
@@ -9,14 +9,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-from torch.utils.data import Dataset
 
 from dimbench.diffusion.schedule import NoiseSchedule
-from dimbench.errors import UsageError
 from dimbench.latents import SD_LATENT_SCALE
 from dimbench.train import distributed as D
 from dimbench.train.compare.config import CompareConfig
-from dimbench.train.data import DataInfo, mix_seed
+from dimbench.train.compare.heldout import HELDOUT_SALT, HeldOutSplit
+from dimbench.train.data import mix_seed
 from dimbench.train.evaluate import (
     HeldOutSet,
     QualityProbe,
@@ -29,37 +28,21 @@ from dimbench.train.evaluate import (
 if TYPE_CHECKING:
     from dimbench.train.trainer import Trainer
 
-HELDOUT_SALT = 0x4E1D
 REF_SALT = 0x4EF0
 GEN_SEED_SALT = 0x6E5D
 
 
-class Excluding(Dataset):
-    """A dataset without some indices (the held-out ones), keyed like the trainer's datasets."""
-
-    def __init__(self, base: Dataset, excluded: set[int]):
-        self.base = base
-        self.indices = [i for i in range(len(base)) if i not in excluded]
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, key):
-        index, seed = key
-        return self.base[(self.indices[index], seed)]
-
-
 class PointEvaluator:
     """Held-out loss (EMA and raw weights) at every point, quick-look quality at the points
-    that ask for it. ``train_data`` is what the models train on (the data minus the held-out
-    samples)."""
+    that ask for it. ``split.train`` is what the models train on (without the held-out images);
+    the held-out set, its noise and timesteps come from the base seed: the same for every model
+    and every seed."""
 
     def __init__(
         self,
         cfg: CompareConfig,
         dist: D.DistInfo,
-        dataset: Dataset,
-        info: DataInfo,
+        split: HeldOutSplit,
         channels: int,
         downsample: int,
         schedule: NoiseSchedule,
@@ -68,13 +51,14 @@ class PointEvaluator:
         self.cfg = cfg
         self.dist = dist
         self.device = dist.device
-        self.dataset = dataset
-        self.info = info
+        self.split = split
+        self.train_data = split.train
+        self.info = split.info
         self.channels = channels
         self.downsample = downsample
         self.schedule = schedule
         self.num_classes = num_classes
-        self.heldout, self.train_data = self._heldout()
+        self.heldout = self._heldout()
         self.probe = self._quality_probe() if cfg.metrics else None
 
     def describe(self) -> dict:
@@ -85,9 +69,15 @@ class PointEvaluator:
                 "description": held.description,
                 "images": held.size,
                 "timesteps": held.timesteps,
-                "noise": "one fixed draw per (timestep, image), seeded by the run seed",
+                "noise": "one fixed draw per (timestep, image), seeded by the base seed: the "
+                "same for every model and seed",
                 "weights": "heldout_loss: EMA weights; heldout_loss_raw: raw weights",
-                "labels": "true labels, no label dropout, eval mode",
+                "labels": (
+                    "the null label (no class training knows), eval mode"
+                    if self.split.null_label
+                    else "true labels, no label dropout, eval mode"
+                ),
+                "split": self.split.record,
             },
             "quality": self.probe.describe() if self.probe else None,
         }
@@ -119,35 +109,17 @@ class PointEvaluator:
 
     # ---- setup ------------------------------------------------------------------------------
 
-    def _heldout(self) -> tuple[HeldOutSet, Dataset]:
-        """Fixed held-out images: fresh crops for the bundled photos (ten photographs: there
-        is nothing to hold out, the crops are new); otherwise a seeded choice of samples that
-        training never sees."""
-        cfg = self.cfg
-        n = cfg.heldout_images
-        ts = timestep_grid(cfg.heldout_timesteps, self.schedule.num_timesteps)
-        if self.info.kind == "photos":
-            keys = [(i, mix_seed(cfg.recipe.seed, HELDOUT_SALT, i)) for i in range(n)]
-            what = f"{n} fresh random crops of the {self.info.description}"
-            train = self.dataset
-        else:
-            if n >= len(self.dataset):
-                raise UsageError(
-                    f"--heldout-images {n}: the data has only {len(self.dataset)} samples"
-                )
-            g = torch.Generator().manual_seed(mix_seed(cfg.recipe.seed, HELDOUT_SALT))
-            chosen = torch.randperm(len(self.dataset), generator=g)[:n].tolist()
-            keys = [(i, mix_seed(cfg.recipe.seed, HELDOUT_SALT, i)) for i in chosen]
-            what = f"{n} samples of {cfg.recipe.data} excluded from training"
-            train = Excluding(self.dataset, set(chosen))
-        held = self._heldout_in_model_space(keys, ts, what)
-        return held, train
+    def _heldout(self) -> HeldOutSet:
+        split = self.split
+        ts = timestep_grid(self.cfg.heldout_timesteps, self.schedule.num_timesteps)
+        held = self._heldout_in_model_space(split.keys, ts, split.description)
+        if split.null_label:
+            held.y = torch.full_like(held.y, self.num_classes)
+        return held
 
     def _heldout_in_model_space(self, keys, ts, what) -> HeldOutSet:
-        held = build_heldout(self.dataset, keys, ts, self.cfg.recipe.seed, what)
-        if (
-            self.cfg.recipe.vae and not self.info.latent
-        ):  # pixels encoded by the VAE, as training does
+        held = build_heldout(self.split.source, keys, ts, self.cfg.recipe.seed, what)
+        if self.cfg.recipe.vae and self.split.pixels:  # pixels encoded by the VAE, as training does
             from dimbench.train.vae import encode, load_vae
 
             vae = load_vae(self.cfg.recipe.vae, self.device)
@@ -210,11 +182,12 @@ class PointEvaluator:
         return probe
 
     def _reference_images(self, n: int) -> torch.Tensor:
-        """uint8 reference images from the data: fresh crops (photos) or a seeded sample."""
+        """uint8 reference images from the training data: fresh crops (photos) or a seeded
+        sample."""
         cfg = self.cfg
         if self.info.kind == "photos":
             keys = [(i, mix_seed(cfg.recipe.seed, REF_SALT, i)) for i in range(n)]
-            base = self.dataset
+            base = self.train_data
         else:
             base = self.train_data
             g = torch.Generator().manual_seed(mix_seed(cfg.recipe.seed, REF_SALT))

@@ -1,22 +1,25 @@
 """The comparison itself: size the backbones, then advance each one's ``Trainer`` from
 evaluation point to evaluation point (``Trainer.fit(until=...)`` or ``fit(seconds=...)``),
-evaluate there, and append one CSV row per (model, point).
+evaluate there, and append one CSV row per (model, seed, point). ``--seeds N`` trains every
+model N times, under seeds base, base + 1, ... (data order, initialisation and noise follow
+the seed; the held-out set is the same for all).
 
 Layout of ``--out``::
 
-    train_compare.csv     one row per model and evaluation point (columns: ``store.COLUMNS``)
+    train_compare.csv     one row per model, seed and evaluation point (``store.COLUMNS``)
     train_compare.json    the plan (everything that defines the results), model sizes and
                           what --match chose, evaluation settings, machine, one entry per run
-    <model>/checkpoint.pt the trainer's checkpoint (``dimbench sample --ckpt`` reads it), with
-                          its log.csv and config.json
+    <model>/seed-<s>/checkpoint.pt  the trainer's checkpoint of that seed's run
+                          (``dimbench sample --ckpt`` reads it), with its log.csv and config.json
 
-(the command adds ``train_compare.png/svg`` and ``summary.md``). Order: ``sequential`` trains
-one model to the end of the budget after another, ``interleaved`` takes every model to point k
-before any goes on to k + 1. Resume: a rerun with the same ``--out`` and settings skips the
-points that have rows and continues each model from its checkpoint (saved at every point
-before evaluating, and by the trainer every ``ckpt_every`` steps). The data order, noise and
-timesteps come from the trainer's (seed, step)-keyed streams: the same for every model and
-after a resume.
+(the command adds ``train_compare.png/svg`` and ``summary.md``). Seeds run one after another
+(every model's first seed, then every model's second, ...); within a seed, ``sequential``
+trains one model to the end of the budget after another, ``interleaved`` takes every model to
+point k before any goes on to k + 1. Resume: a rerun with the same ``--out`` and settings
+skips the (model, seed, point) triples that have rows and continues each run from its
+checkpoint (saved at every point before evaluating, and by the trainer every ``ckpt_every``
+steps). The data order, noise and timesteps come from the trainer's (seed, step)-keyed
+streams: the same for every model of a seed, and after a resume.
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ from dimbench.train.checkpoint import CHECKPOINT_NAME
 from dimbench.train.compare.budget import Point, default_warmup, evaluation_points, parse_budget
 from dimbench.train.compare.config import CompareConfig, resolve
 from dimbench.train.compare.evaluation import PointEvaluator
-from dimbench.train.compare.store import CompareStore, plan_record, utc_now
+from dimbench.train.compare.heldout import split_heldout
+from dimbench.train.compare.store import CompareStore, plan_record, row_key, utc_now
 from dimbench.train.compare.ui import (
     CompareProgress,
     make_console,
@@ -52,20 +56,31 @@ from dimbench.train.trainer import Trainer
 
 
 class ModelRun:
-    """One backbone: its trainer (built on first use, resumed from its checkpoint), advanced
-    to each point and evaluated there."""
+    """One backbone under one seed: its trainer (built on first use, resumed from its
+    checkpoint), advanced to each point and evaluated there."""
 
-    def __init__(self, comp: CompareRun, spec: PlannedModel):
+    def __init__(self, comp: CompareRun, spec: PlannedModel, seed: int):
         self.comp = comp
         self.spec = spec
-        self.dir = comp.out / spec.slug
+        self.seed = seed
+        self.dir = comp.out / spec.slug / f"seed-{seed}"
         self.points = evaluation_points(comp.budget, spec, comp.cfg.evals, comp.cfg.fid_every)
         self.trainer: Trainer | None = None
         self.loss_sum: torch.Tensor | None = None
         self.loss_steps = 0
 
     def pending(self) -> list[Point]:
-        return [p for p in self.points if (self.spec.label, p.index) not in self.comp.done]
+        return [p for p in self.points if self.key(p) not in self.comp.done]
+
+    def key(self, point: Point) -> tuple[str, int, int]:
+        return self.spec.label, self.seed, point.index
+
+    @property
+    def name(self) -> str:
+        """The progress bar's name: the label, and the seed when there are several."""
+        if self.comp.cfg.seeds == 1:
+            return self.spec.label
+        return f"{self.spec.label} s{self.seed}"
 
     def start(self) -> Trainer:
         """Build the trainer (resuming from this model's checkpoint if there is one)."""
@@ -74,6 +89,7 @@ class ModelRun:
         tc = dataclasses.replace(
             cfg.recipe,
             model=self.spec.name,
+            seed=self.seed,
             steps=total if total else 10**9,  # a time budget: the clock stops it
             out=str(self.dir),
             schedule=self.comp.schedule_name,
@@ -94,7 +110,7 @@ class ModelRun:
 
     def advance(self, point: Point) -> None:
         """Train up to ``point`` (if its row is missing), checkpoint, evaluate, write the row."""
-        if (self.spec.label, point.index) in self.comp.done:
+        if self.key(point) in self.comp.done:
             return
         tr = self.trainer or self.start()
         if point.steps is not None and tr.step > point.steps:
@@ -111,7 +127,7 @@ class ModelRun:
         except Interrupted as e:
             signum = e.exit_code - 128
             raise Interrupted(
-                f"{signal.Signals(signum).name} while training {self.spec.label} at step "
+                f"{signal.Signals(signum).name} while training {self.name} at step "
                 f"{tr.step}: checkpoint saved in {self.dir}; rerun the same command to continue",
                 signum,
             ) from None
@@ -124,7 +140,7 @@ class ModelRun:
         self.loss_steps += 1
         # reading the loss syncs a GPU: there, only every 10 steps
         shown = tr.last_loss if tr.device.type != "cuda" or tr.step % 10 == 0 else None
-        self.comp.progress.advance(self.spec.label, tr.step, tr.wall_time, shown)
+        self.comp.progress.advance(self.name, tr.step, tr.wall_time, shown)
 
     def take_train_loss(self) -> float | None:
         """The mean training loss since the previous row (over ranks), then start anew."""
@@ -149,9 +165,12 @@ class CompareRun:
         self.device = dist.device
         self.out = Path(cfg.out)
         self.budget = parse_budget(cfg.budget)
-        self.dataset, self.info = build_dataset(
-            cfg.recipe.data, cfg.recipe.image_size, LATENT_DOWNSAMPLE
-        )
+        dataset, info = build_dataset(cfg.recipe.data, cfg.recipe.image_size, LATENT_DOWNSAMPLE)
+        self.split = split_heldout(
+            cfg.recipe.data, cfg.heldout, cfg.heldout_images, cfg.recipe.image_size,
+            cfg.recipe.seed, dataset, info,
+        )  # fmt: skip
+        self.info = self.split.info  # the training data's
         self.channels, self.downsample = model_input(self.info, cfg.recipe.vae)
         self.specs = plan_models(cfg, self.channels, self.downsample, self.info.num_classes)
         self.schedule_name = cfg.recipe.schedule or (
@@ -164,13 +183,15 @@ class CompareRun:
         self.store = CompareStore(self.out)
         self.store.check_plan(self.plan)
         self.evaluator = PointEvaluator(
-            cfg, dist, self.dataset, self.info, self.channels, self.downsample, self.schedule,
+            cfg, dist, self.split, self.channels, self.downsample, self.schedule,
             self.info.num_classes or self._num_classes(),
         )  # fmt: skip
         existing = self.store.rows()
         # rank 0's view of what is done, so that every rank skips the same points
-        self.done = D.broadcast_object({(r["label"], int(r["point"])) for r in existing}, dist)
-        self.last_rows = {r["label"]: r for r in existing}
+        base = cfg.recipe.seed
+        self.done = D.broadcast_object({row_key(r, base) for r in existing}, dist)
+        self.last_rows = {row_key(r, base)[:2]: r for r in existing}
+        self.seeds = [base + i for i in range(cfg.seeds)]
         from dimbench.measure.metadata import run_metadata
 
         self.machine = run_metadata(str(self.device))
@@ -229,7 +250,7 @@ class CompareRun:
             "image_size": cfg.recipe.image_size,
             "budget": str(self.budget),
             "match": cfg.match,
-            "seed": cfg.recipe.seed,
+            "seed": run.seed,
             "device": str(tr.device),
             "world_size": self.dist.world_size,
             "device_name": self.machine["device_name"],
@@ -240,35 +261,37 @@ class CompareRun:
             "timestamp": utc_now(),
         }
         self.store.append(row)
-        self.done.add((s.label, point.index))
-        self.progress.report(row)
+        self.done.add(run.key(point))
+        self.progress.report(row, run.name)
 
     def run(self) -> dict:
         """Train and evaluate every model (what is not done yet); returns the paths, the rows
         (rank 0) and whether this is rank 0."""
         cfg = self.cfg
         header = (
-            f"train-compare: {len(self.specs)} models, budget {self.budget}, "
+            f"train-compare: {len(self.specs)} models x {cfg.seeds} seed(s), budget {self.budget}, "
             f"batch {cfg.recipe.batch_size}, {cfg.recipe.image_size} px, data {cfg.recipe.data}"
         )
         probe = self.evaluator.probe
         print_plan(self.console, header, match_summary(self.specs), probe.notes if probe else [])
         self.write_meta(finished=False)
-        runs = [ModelRun(self, s) for s in self.specs]
-        for r in runs:
-            self._add_bar(r)
+        by_seed = [[ModelRun(self, s, seed) for s in self.specs] for seed in self.seeds]
+        for runs in by_seed:
+            for r in runs:
+                self._add_bar(r)
         with self.progress:
-            if cfg.order == "interleaved":
-                for k in range(cfg.evals + 1):
+            for runs in by_seed:
+                if cfg.order == "interleaved":
+                    for k in range(cfg.evals + 1):
+                        for r in runs:
+                            r.advance(r.points[k])
+                else:
                     for r in runs:
-                        r.advance(r.points[k])
-            else:
+                        for p in r.points:
+                            r.advance(p)
+                        r.close()
                 for r in runs:
-                    for p in r.points:
-                        r.advance(p)
                     r.close()
-        for r in runs:
-            r.close()
         self.write_meta(finished=True)
         rows = self.store.rows() if self.dist.is_main else []
         if rows:
@@ -284,12 +307,12 @@ class CompareRun:
 
     def _add_bar(self, r: ModelRun) -> None:
         seconds = self.budget.unit == "seconds"
-        last = self.last_rows.get(r.spec.label, {})
+        last = self.last_rows.get((r.spec.label, r.seed), {})
         step = int(last.get("step", 0))
         completed = float(last.get("wall_seconds", 0)) if seconds else step
         started = len(r.pending()) < len(r.points)
         total = self.budget.value if seconds else r.points[-1].steps
-        self.progress.add(r.spec.label, total, completed if started else 0, step)
+        self.progress.add(r.name, total, completed if started else 0, step)
 
 
 def run_compare(cfg: CompareConfig) -> dict:

@@ -1,9 +1,9 @@
 """What a comparison writes into ``--out`` and reads back to resume: ``train_compare.csv``
-(one row per model and evaluation point, columns ``COLUMNS``) and ``train_compare.json`` (the
+(one row per model, seed and evaluation point, columns ``COLUMNS``) and ``train_compare.json`` (the
 plan that defines the results, model sizes, evaluation settings, one entry per run).
 
-A rerun into the same folder must agree on the plan; it skips the (model, point) pairs that
-have rows.
+A rerun into the same folder must agree on the plan; it skips the (model, seed, point)
+triples that have rows.
 """
 
 from __future__ import annotations
@@ -58,7 +58,8 @@ COLUMNS: dict[str, str] = {
     "image_size": "image side in pixels",
     "budget": "the whole comparison's budget",
     "match": "--match mode (none | params | flops)",
-    "seed": "seed of data order, noise and initialisation",
+    "seed": "seed of this run's data order, noise and initialisation (base seed + i of --seeds; "
+    "the held-out set is the base seed's for every run)",
     "device": "device trained on",
     "world_size": "processes (torchrun ranks)",
     "device_name": "CPU or GPU model",
@@ -68,6 +69,15 @@ COLUMNS: dict[str, str] = {
     "torch_version": "torch.__version__",
     "timestamp": "UTC time the row was written",
 }
+
+
+def row_seed(row: dict, base_seed: int = 0) -> int:
+    """A row's seed (``base_seed`` for a row of an older CSV that has none)."""
+    return int(row["seed"]) if row.get("seed") not in (None, "") else base_seed
+
+
+def row_key(row: dict, base_seed: int = 0) -> tuple[str, int, int]:
+    return row["label"], row_seed(row, base_seed), int(row["point"])
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -114,9 +124,14 @@ def plan_record(
         "match": cfg.match,
         "batch_size": cfg.recipe.batch_size,
         "seed": cfg.recipe.seed,
+        "seeds": cfg.seeds,
         "evals": cfg.evals,
         "fid_every": cfg.fid_every,
-        "heldout": {"images": cfg.heldout_images, "timesteps": cfg.heldout_timesteps},
+        "heldout": {
+            "images": cfg.heldout_images,
+            "timesteps": cfg.heldout_timesteps,
+            "folder": cfg.heldout,
+        },
         "quality": {
             "metrics": list(cfg.metrics),
             "n_gen": cfg.fid_gen,
@@ -171,9 +186,10 @@ class CompareStore:
     def append(self, row: dict) -> None:
         append_row(self.csv, row)
 
-    def done(self) -> set[tuple[str, int]]:
-        """The (label, point) pairs that have rows: what a rerun skips."""
-        return {(r["label"], int(r["point"])) for r in self.rows()}
+    def done(self, base_seed: int) -> set[tuple[str, int, int]]:
+        """The (label, seed, point) triples that have rows: what a rerun skips (a row without a
+        seed, from an older CSV, is the base seed's)."""
+        return {row_key(r, base_seed) for r in self.rows()}
 
     def check_plan(self, plan: dict) -> None:
         """Refuse a folder that holds another comparison (or rows without their record)."""

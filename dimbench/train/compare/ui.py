@@ -76,9 +76,9 @@ class CompareProgress:
         done = wall_time if self.seconds else step
         self.bar.update(self.tasks[label], completed=done, **fields)
 
-    def report(self, row: dict) -> None:
+    def report(self, row: dict, name: str) -> None:
         text = (
-            f"{row['label']:<26} point {row['point']:>2}  step {row['step']:>6}  "
+            f"{name:<26} point {row['point']:>2}  step {row['step']:>6}  "
             f"held-out {row['heldout_loss']:.4f} (raw {row['heldout_loss_raw']:.4f})"
         )
         if row.get("train_loss") is not None:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from dimbench.errors import UsageError
 from dimbench.registry import ModelSpec, get_model
+from dimbench.train.compare.fairness import fair_start
 
 if TYPE_CHECKING:
     from dimbench.train.compare.config import CompareConfig
@@ -31,6 +32,7 @@ class PlannedModel:
     gflops: float  # forward, per image (2 FLOPs per multiply-add)
     train_flops_per_step: int  # forward + backward of one global batch
     match: dict | None = None  # what --match chose, relative to the first model
+    start: str | None = None  # the start-up choice added for a fair comparison, and why
 
     @property
     def label(self) -> str:
@@ -159,6 +161,9 @@ def plan_models(
             overrides["num_classes"] = num_classes
         if spec.learn_sigma:
             overrides["learn_sigma"] = False  # epsilon MSE for every model: no sigma output
+        overrides, start = fair_start(
+            name, spec.family_id, cfg.recipe.image_size, downsample, overrides
+        )
         m = _measure(name, cfg.recipe.image_size, downsample, overrides, cfg.recipe.batch_size)
         match = None
         if i > 0 and cfg.match != "none":
@@ -191,6 +196,7 @@ def plan_models(
                 gflops=m["gflops"],
                 train_flops_per_step=m["train_flops"],
                 match=match,
+                start=start,
             )
         )
     return specs
