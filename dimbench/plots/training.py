@@ -1,6 +1,7 @@
 """The training-comparison figure of a ``dimbench train-compare`` folder: held-out loss and
 quick-look FID (and SWD) against steps, training wall time and training FLOPs, one line per
-label, in the palette every figure uses (:func:`dimbench.plots.style.model_styles`: a label is
+label (the mean over seeds, with a band for the 95% t-interval when there are several), in the
+palette every figure uses (:func:`dimbench.plots.style.model_styles`: a label is
 styled by its model's family). The written summary is :mod:`dimbench.train.compare.summary`.
 """
 
@@ -11,7 +12,7 @@ from pathlib import Path
 from dimbench.plots.models import model_family
 from dimbench.plots.style import fit_suptitle, model_styles, plain_log_ticks, save_figure
 from dimbench.train.compare.store import CSV_NAME, read_rows
-from dimbench.train.compare.summary import as_float, labels_in_order, series
+from dimbench.train.compare.summary import as_float, labels_in_order, over_seeds
 
 X_AXES = (
     ("step", "optimisation steps"),
@@ -31,6 +32,13 @@ def _flops_unit(largest: float) -> tuple[float, str]:
 def _counts(rows: list[dict], metric: str) -> str:
     pairs = sorted({(r["n_gen"], r["n_ref"]) for r in rows if r.get(metric)})
     return ", ".join(f"n_gen={g}, n_ref={n}" for g, n in pairs)
+
+
+def _legend_title(rows: list[dict]) -> str:
+    seeds = len({r.get("seed") for r in rows})
+    if seeds < 2:
+        return "dotted: raw weights"
+    return f"mean of {seeds} seeds, band: 95% CI; dotted: raw weights"
 
 
 def plot_train_compare(
@@ -81,13 +89,18 @@ def train_compare_figure(rows: list[dict]):
                 xlabel = xlabel.replace("FLOPs", f"{prefix}FLOPs")
             for label in labels:
                 style = styles[label]
-                xs, ys = series(rows, label, x, metric)
+                xs, ys = over_seeds(rows, label, x, metric)
                 xs = [v / scale for v in xs]
-                ax.plot(xs, ys, label=label, linewidth=1.8, markersize=4, **style)
+                ax.plot(xs, [iv.mean for iv in ys], label=label, linewidth=1.8, markersize=4,
+                        **style)  # fmt: skip
+                if any(iv.n > 1 for iv in ys):  # the 95% CI over seeds
+                    lo, hi = [iv.lo for iv in ys], [iv.hi for iv in ys]
+                    ax.fill_between(xs, lo, hi, color=style["color"], alpha=0.15, linewidth=0)
                 if metric == "heldout_loss":
-                    xr, yr = series(rows, label, x, "heldout_loss_raw")
+                    xr, yr = over_seeds(rows, label, x, "heldout_loss_raw")
                     xr = [v / scale for v in xr]
-                    ax.plot(xr, yr, color=style["color"], linewidth=1, linestyle=":", alpha=0.8)
+                    ax.plot(xr, [iv.mean for iv in yr], color=style["color"], linewidth=1,
+                            linestyle=":", alpha=0.8)  # fmt: skip
             if metric == "heldout_loss":
                 ax.set_yscale("log")
                 plain_log_ticks(ax)
@@ -98,7 +111,7 @@ def train_compare_figure(rows: list[dict]):
             if j == 0:
                 ax.set_ylabel(ylabel)
             if i == 0 and j == 0:
-                ax.legend(fontsize=8, frameon=False, title="dotted: raw weights",
+                ax.legend(fontsize=8, frameon=False, title=_legend_title(rows),
                           title_fontsize=7)  # fmt: skip
     device = next((r["device_name"] for r in rows if r.get("device_name")), "")
     budget = next((r["budget"] for r in rows if r.get("budget")), "")

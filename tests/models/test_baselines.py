@@ -400,3 +400,14 @@ def test_input_not_divisible_by_patch_is_a_clear_error() -> None:
     model = create_model("U-ViT-T/2", 64)
     with pytest.raises(ValueError, match="not divisible by the patch size 2"):
         model(torch.randn(1, 4, 9, 8), torch.zeros(1), torch.zeros(1, dtype=torch.long))
+
+
+def test_uvit_dirac_init_makes_the_final_conv_the_identity():
+    x = torch.randn(2, 4, 8, 8)
+    dirac = create_model("U-ViT-T/2", 8, device="cpu", downsample=1, conv_init="dirac")
+    assert torch.equal(dirac.final_layer(x), x)  # its output is its input
+    assert torch.count_nonzero(dirac.final_layer.bias) == 0
+    official = create_model("U-ViT-T/2", 8, device="cpu", downsample=1)  # PyTorch's default
+    assert not torch.allclose(official.final_layer(x), x, atol=1e-3)
+    with pytest.raises(ValueError, match="conv_init"):
+        create_model("U-ViT-T/2", 8, device="meta", downsample=1, conv_init="zeros")

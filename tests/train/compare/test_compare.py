@@ -75,7 +75,7 @@ def test_smoke_preset_writes_csv_plots_and_metadata(smoke):
     assert meta["runs"][-1]["finished"] and "train-compare" in meta["runs"][-1]["command"]
     assert meta["quality"]["n_gen"] == 6 and meta["quality"]["n_ref"] == 12
     # each model's checkpoint is a normal trainer checkpoint at the last step
-    ckpt = torch.load(out / "dit-t-2" / "checkpoint.pt", weights_only=True)
+    ckpt = torch.load(out / "dit-t-2" / "seed-0" / "checkpoint.pt", weights_only=True)
     assert ckpt["step"] == 6 and ckpt["meta"]["model_overrides"]["learn_sigma"] is False
     assert "At equal training FLOPs" in (out / "summary.md").read_text()
 
@@ -127,7 +127,7 @@ def test_dit_trains_with_the_trainers_label_dropout_only(tmp_path):
     from dimbench.train import distributed as D
 
     comp = CompareRun(cfg, D.setup("cpu"))
-    run = ModelRun(comp, comp.specs[0])
+    run = ModelRun(comp, comp.specs[0], cfg.recipe.seed)
     trainer = run.start()
     assert trainer.model.y_embedder.dropout_prob == 0.0
     assert trainer.model.learn_sigma is False and trainer.cfg.loss == "mse"
