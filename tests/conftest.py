@@ -44,3 +44,19 @@ def fake_cuda_events(monkeypatch):
     monkeypatch.setattr(torch.cuda, "Event", Event)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: log.append("sync"))
     return log
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    """An empty ``$DIMBENCH_CACHE_DIR`` (no device profile, no FID statistics) that still finds
+    the kernels this session already built: a worker process would otherwise recompile the C++
+    scan, which takes minutes on some CPUs and tests nothing a kernel test does not."""
+    from dimbench.ops import cbuild
+
+    built = cbuild.cache_dir()
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    if built.is_dir():
+        (cache / built.name).symlink_to(built, target_is_directory=True)
+    monkeypatch.setenv("DIMBENCH_CACHE_DIR", str(cache))
+    return cache

@@ -25,7 +25,7 @@ its own members, never the layers after it):
     bench        sweeps and suites: time models, load checkpoints (train.checkpoint)
     plots        figures from result rows (and from train-compare's records)
     regress      the speed gate: its cases call ops and models, its report stands alone
-    commands     the CLI (cli.py, __main__.py, commands/)
+    commands     the CLI (cli/, __main__.py, commands/)
 
 The package's own ``__init__`` (``dimbench``: ``__version__`` and the lazy facade
 ``dimbench.register_model`` / ``register_suite``) belongs to no layer: its arrows, and arrows

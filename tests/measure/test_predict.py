@@ -252,20 +252,18 @@ def test_predict_command_writes_rows_and_plot_draws_them(tmp_path, capsys):
         (["profile", "DiT-T/2", "--device-profile", "missing.json"], "no such file"),
     ],
 )
-def test_bad_input_is_one_line_exit_2(argv, message, capsys, tmp_path, monkeypatch):
+def test_bad_input_is_one_line_exit_2(argv, message, capsys, tmp_path, fresh_cache):
     from dimbench.cli import main
 
-    monkeypatch.setenv("DIMBENCH_CACHE_DIR", str(tmp_path / "cache"))
     with pytest.raises(SystemExit) as info:
         main([*argv, "--out", str(tmp_path / "o")] if argv[0] != "calibrate" else argv)
     err = capsys.readouterr().err
     assert info.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
 
 
-def test_unwritable_out_and_missing_profile_are_one_line_exit_2(tmp_path, capsys, monkeypatch):
+def test_unwritable_out_and_missing_profile_are_one_line_exit_2(tmp_path, capsys, fresh_cache):
     from dimbench.cli import main
 
-    monkeypatch.setenv("DIMBENCH_CACHE_DIR", str(tmp_path / "cache"))
     blocker = tmp_path / "file"
     blocker.write_text("x")
     for argv in (

@@ -197,10 +197,9 @@ def test_profile_suite_rows():
     assert memory["held"]["mem_mb"] > 0 and memory["top1"]["op"].startswith("aten::")
 
 
-def test_profile_command_end_to_end(tmp_path, capsys, monkeypatch):
+def test_profile_command_end_to_end(tmp_path, capsys, fresh_cache):  # no device profile
     from dimbench.results import load_results
 
-    monkeypatch.setenv("DIMBENCH_CACHE_DIR", str(tmp_path / "cache"))  # no device profile
     out = tmp_path / "out"
     assert cli(["profile", "DiM-T/2", "--res", "32", "--trace", "--out", str(out)]) == 0
     text = capsys.readouterr().out
