@@ -91,6 +91,7 @@ def run(
     omp_wait_policy: OmpWaitPolicy = None,
     sample_steps: SampleSteps = o.default(Sweep, "sample_steps"),
     redo: o.Redo = False,
+    memory_check: o.MemoryCheck = o.default(Sweep, "memory_check"),
     retry_failed: RetryFailed = True,
     out: ResultsDir = None,
 ) -> None:
@@ -110,6 +111,7 @@ def run(
         scan_backend=scan_backend, attn_backend=attn_backend, conv_backend=conv_backend,
         compile="inductor" if compile else "eager", weights=str(weights) if weights else "",
         threads=threads, omp_wait_policy=omp_wait_policy, sample_steps=sample_steps,
+        memory_check=memory_check,
     )  # fmt: skip
     if session.run(sweep, out, redo=redo, retry_failed=retry_failed):
         raise typer.Exit(1)
