@@ -61,7 +61,8 @@ RetryFailed = Annotated[
     bool,
     typer.Option(
         "--retry-failed/--skip-failed",
-        help="On a rerun, measure timeouts and errors again (ok and oom rows are always kept)",
+        help="On a rerun, measure timeouts and errors again (ok, oom and too_big rows are kept; "
+        "too_big ones not with --no-memory-check)",
     ),
 ]
 ResultsDir = o.out(
