@@ -314,3 +314,19 @@ def test_res_100000_is_a_too_big_row_not_a_run(tmp_path, capsys, monkeypatch):
     assert cli(args) == 0 and calls == []  # a rerun keeps the row
     # --no-memory-check runs it (and the earlier too_big row does not count as done)
     assert cli([*args, "--no-memory-check"]) == 0 and calls == [100000]
+
+
+@pytest.mark.parametrize("command", [["run", "throughput"], ["run", "memory"], ["profile"]])
+def test_no_memory_check_predicts_nothing_and_runs_it(command, tmp_path, monkeypatch):
+    from dimbench.bench import memory_check, runner
+
+    calls = []
+
+    def worker(cfg, suite=None):
+        calls.append(cfg.image_size)
+        return {"status": "oom", "error": "killed by SIGKILL", "wall_s": 75.0}
+
+    monkeypatch.setattr(runner, "run_isolated", worker)
+    monkeypatch.setattr(memory_check, "predicted_peak_bytes", lambda cfg: pytest.fail("checked"))
+    args = [*command, "--models", "DiT-T/2", "--res", "100000", "--no-memory-check"]
+    assert cli([*args, "--out", str(tmp_path)]) == 0 and calls == [100000]
