@@ -267,6 +267,8 @@ def test_train_compare_checks_the_same_recipe_ranges(args, message, tmp_path, ca
 
 # ---- one writer per --out; what cannot fit is refused before it runs -------------------------
 
+DATASHEET = str(Path(__file__).parents[1] / "results/device_profiles/h100-sxm-datasheet.json")
+
 
 def test_a_second_run_on_a_locked_out_is_one_line_exit_2_and_measures_nothing(
     tmp_path, capsys, monkeypatch
@@ -281,6 +283,8 @@ def test_a_second_run_on_a_locked_out_is_one_line_exit_2_and_measures_nothing(
             ["run", "throughput", "--models", "DiT-T/2", "--res", "32"],
             ["run", "flops", "--models", "DiT-T/2", "--res", "32"],
             ["profile", "DiT-T/2", "--res", "32"],
+            ["predict", "--models", "DiT-T/2", "--res", "32", "--device-profile", DATASHEET],
+            ["train-compare", "--preset", "smoke"],
         ):
             assert cli([*command, "--out", str(tmp_path)]) == 2
             err = one_line_error(capsys)
