@@ -46,7 +46,7 @@ HEAD_COLUMNS: dict[str, str] = {
     "weights": "the checkpoint the model's weights came from ('' = random initialisation)",
 }
 TAIL_COLUMNS: dict[str, str] = {
-    "status": "ok | oom | timeout | error",
+    "status": "ok | oom | timeout | error | too_big (predicted not to fit: nothing was run)",
     "error": "one line: why a row is not ok",
     "load_avg_1m": "1-minute load average when the measurement started",
     "threads": "torch.get_num_threads() in the measuring process",
@@ -77,9 +77,9 @@ KEY_COLUMNS = (
     "compile",
     "weights",
 )
-STATUSES = ("ok", "oom", "timeout", "error")
+STATUSES = ("ok", "oom", "timeout", "error", "too_big")
 # Rows that a rerun does not repeat; timeouts and errors are retried unless asked not to.
-FINAL_STATUSES = frozenset({"ok", "oom"})
+FINAL_STATUSES = frozenset({"ok", "oom", "too_big"})
 
 
 def utc_timestamp() -> str:
@@ -268,13 +268,18 @@ class ResultStore:
         """The CSV's rows as ``load_results`` gives them (the latest per key)."""
         return load_results(self.csv_path, {self.suite: self.schema})
 
-    def done_keys(self, retry_failed: bool = True) -> set[tuple[str, ...]]:
-        """Keys a rerun should skip: rows with a final status (ok, oom), plus timeouts and
-        errors when ``retry_failed`` is False. The last row of a key decides."""
+    def done_keys(
+        self, retry_failed: bool = True, retry_too_big: bool = False
+    ) -> set[tuple[str, ...]]:
+        """Keys a rerun should skip: rows with a final status (ok, oom, too_big), plus timeouts
+        and errors when ``retry_failed`` is False; ``retry_too_big``: not too_big rows (their
+        configurations run without the memory check). The last row of a key decides."""
         latest: dict[tuple[str, ...], str] = {}
         for row in self.rows():
             latest[row_key(row)] = row.get("status", "")
         final = FINAL_STATUSES if retry_failed else frozenset(STATUSES)
+        if retry_too_big:
+            final = final - {"too_big"}
         return {k for k, status in latest.items() if status in final}
 
     def append(self, row: dict, raw: dict | None = None) -> None:

@@ -263,3 +263,74 @@ def test_train_compare_checks_the_same_recipe_ranges(args, message, tmp_path, ca
     assert cli(["train-compare", "--preset", "smoke", "--out", str(out), *args]) == 2
     assert message in one_line_error(capsys)
     assert not out.exists()
+
+
+# ---- one writer per --out; what cannot fit is refused before it runs -------------------------
+
+DATASHEET = str(Path(__file__).parents[1] / "results/device_profiles/h100-sxm-datasheet.json")
+
+
+def test_a_second_run_on_a_locked_out_is_one_line_exit_2_and_measures_nothing(
+    tmp_path, capsys, monkeypatch
+):
+    from dimbench.bench import runner
+    from tests.test_out_lock import hold_in_another_process
+
+    monkeypatch.setattr(runner, "run_isolated", lambda *a, **k: pytest.fail("it measured"))
+    first = hold_in_another_process(tmp_path)
+    try:
+        for command in (
+            ["run", "throughput", "--models", "DiT-T/2", "--res", "32"],
+            ["run", "flops", "--models", "DiT-T/2", "--res", "32"],
+            ["profile", "DiT-T/2", "--res", "32"],
+            ["predict", "--models", "DiT-T/2", "--res", "32", "--device-profile", DATASHEET],
+            ["train-compare", "--preset", "smoke"],
+        ):
+            assert cli([*command, "--out", str(tmp_path)]) == 2
+            err = one_line_error(capsys)
+            assert f"is in use by pid {first.pid} " in err
+            assert "(dimbench run throughput --out X)" in err
+    finally:
+        first.kill()
+        first.wait()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".dimbench.lock"]  # no rows
+    assert cli(["run", "flops", "--models", "DiT-T/2", "--res", "32", "--out", str(tmp_path)]) == 0
+    assert "taking over the lock" in capsys.readouterr().err
+    assert not (tmp_path / ".dimbench.lock").exists()
+
+
+def test_res_100000_is_a_too_big_row_not_a_run(tmp_path, capsys, monkeypatch):
+    from dimbench.bench import runner
+
+    calls = []
+
+    def worker(cfg, suite=None):
+        calls.append(cfg.image_size)
+        return {"status": "oom", "error": "killed by SIGKILL", "wall_s": 75.0}
+
+    monkeypatch.setattr(runner, "run_isolated", worker)
+    args = ["run", "throughput", "--models", "DiT-T/2", "--res", "100000", "--out", str(tmp_path)]
+    assert cli(args) == 0 and calls == []
+    assert "too_big predicted peak memory 120,001 MB" in " ".join(capsys.readouterr().err.split())
+    csv = (tmp_path / "throughput.csv").read_text()
+    assert ",too_big," in csv and ",120001," in csv
+
+    assert cli(args) == 0 and calls == []  # a rerun keeps the row
+    # --no-memory-check runs it (and the earlier too_big row does not count as done)
+    assert cli([*args, "--no-memory-check"]) == 0 and calls == [100000]
+
+
+@pytest.mark.parametrize("command", [["run", "throughput"], ["run", "memory"], ["profile"]])
+def test_no_memory_check_predicts_nothing_and_runs_it(command, tmp_path, monkeypatch):
+    from dimbench.bench import memory_check, runner
+
+    calls = []
+
+    def worker(cfg, suite=None):
+        calls.append(cfg.image_size)
+        return {"status": "oom", "error": "killed by SIGKILL", "wall_s": 75.0}
+
+    monkeypatch.setattr(runner, "run_isolated", worker)
+    monkeypatch.setattr(memory_check, "predicted_peak_bytes", lambda cfg: pytest.fail("checked"))
+    args = [*command, "--models", "DiT-T/2", "--res", "100000", "--no-memory-check"]
+    assert cli([*args, "--out", str(tmp_path)]) == 0 and calls == [100000]

@@ -13,7 +13,7 @@ never run). ``from pkg import name`` points at ``pkg.name`` when that is a modul
 (b) No upward arrows, in this order (``LAYERS``; a layer may import the layers before it and
 its own members, never the layers after it):
 
-    foundation   errors, paths, devices, threads, plugins, torch_files, compile, latents
+    foundation   errors, paths, out_lock, devices, threads, plugins, torch_files, compile, latents
     ops          the kernels (dimbench/ops)
     models       the model zoo and the registry that builds it (models/, registry.py)
     diffusion    schedules, losses, samplers
@@ -49,6 +49,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     (
         "errors",
         "paths",
+        "out_lock",
         "devices",
         "threads",
         "plugins",

@@ -6,6 +6,8 @@ over the cross product, in this process, for a profile of any device (a datashee
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -84,17 +86,21 @@ def plan(
     return PredictPlan(profile, chosen, resolutions, list(batch_sizes), list(dtypes), list(modes))
 
 
-def results_store(out: Path | None) -> ResultStore:
-    """OUT/predict.csv (default: this machine's runs folder), checked before anything runs."""
+@contextmanager
+def results_store(out: Path | None) -> Iterator[ResultStore]:
+    """OUT/predict.csv (default: this machine's runs folder), checked before anything runs;
+    the folder stays locked (``OutLock``) until the block ends."""
     from dimbench.bench.registry import get_suite
     from dimbench.bench.session import default_out
+    from dimbench.out_lock import OutLock
     from dimbench.paths import writable_dir
     from dimbench.results import ResultStore
 
     out_dir = writable_dir(out if out is not None else default_out("cpu"))
-    store = ResultStore(out_dir, get_suite("predict").schema)
-    store.check()
-    return store
+    with OutLock(out_dir):
+        store = ResultStore(out_dir, get_suite("predict").schema)
+        store.check()
+        yield store
 
 
 class Predictor:

@@ -20,9 +20,9 @@ DEFAULTS = {"warmup": 1, "repeats": 1, "timeout_s": 600.0}
 
 
 def measure(
-    sweep: Sweep, out: Path | None, device_profile: Path | None, trace: bool, redo: bool
-) -> tuple[pd.DataFrame, ResultStore]:
-    """Profile what is not in ``out`` yet (with ``device_profile`` for the roofline, else this
+    sweep: Sweep, store: ResultStore, device_profile: Path | None, trace: bool, redo: bool
+) -> pd.DataFrame:
+    """Profile what is not in ``store`` yet (with ``device_profile`` for the roofline, else this
     machine's; ``trace``: a trace per configuration in OUT/traces/); the sweep's rows."""
     from rich.console import Console
 
@@ -34,7 +34,6 @@ def measure(
     if sweep.warmup < 1:
         raise UsageError("--warmup must be >= 1 (the first step is not representative)")
     roofline = dp.load(device_profile) if device_profile is not None else dp.cached(sweep.device)
-    store = session.results_store(sweep, out)
     if device_profile is None and roofline is None:
         Console(stderr=True).print(
             f"[dim]no device profile for {sweep.device} ({dp.default_path(sweep.device)}): the "
@@ -47,7 +46,7 @@ def measure(
             TRACE_OPTION: str((store.out_dir / "traces").resolve()) if trace else None,
         },
     )
-    return run_sweep(sweep, store.out_dir, redo=redo), store
+    return run_sweep(sweep, store.out_dir, redo=redo)
 
 
 def profile_tables(df) -> list:

@@ -25,6 +25,8 @@ from dimbench.results import ResultStore, key_part, row_key
 
 WORKER = "dimbench.bench.worker"
 STDERR_TAIL = 4000  # bytes of a dead worker's stderr kept to explain it
+# statuses of a configuration the machine could not run (yellow), unlike a crash (red)
+OUT_OF_RESOURCES = ("oom", "timeout", "too_big")
 
 
 def run_isolated(cfg: Config, suite: Suite | None = None) -> dict:
@@ -182,13 +184,24 @@ def run_sweep(
     console = console or Console(stderr=True)
     store = ResultStore(out_dir, sweep.suite.schema)
     configs = sweep.configs()
-    done = set() if redo else store.done_keys(retry_failed=retry_failed)
+    done = set()
+    if not redo:
+        done = store.done_keys(retry_failed=retry_failed, retry_too_big=not sweep.memory_check)
     todo = [c for c in configs if row_key(c.key_fields()) not in done]
     if len(todo) < len(configs):
         console.print(
             f"[dim]{len(configs) - len(todo)} of {len(configs)} configurations already in "
             f"{store.csv_path}; skipping them (--redo measures them again)[/dim]"
         )
+    if sweep.memory_check and sweep.suite.isolated:  # what cannot fit is a row, not a run
+        from dimbench.bench.memory_check import too_big
+
+        refused = too_big(todo)
+        for cfg, result in refused.items():
+            row = result_row(cfg, result)
+            store.append(row)
+            console.print(_row_line(sweep.suite, row))
+        todo = [c for c in todo if c not in refused]
     progress = Progress(
         SpinnerColumn(),
         TextColumn("[bold]{task.fields[suite]}[/bold] {task.description}"),
@@ -253,7 +266,7 @@ def _row_line(suite: Suite, row: dict) -> str:
     head = f"{row['model']:>10} {row['image_size']:>5}px b{row['batch_size']} {row['dtype']}"
     status = row["status"]
     if status != "ok":
-        colour = "yellow" if status in ("oom", "timeout") else "red"
+        colour = "yellow" if status in OUT_OF_RESOURCES else "red"
         return f"{head}  [{colour}]{status}[/{colour}] {row.get('error') or ''}"
     return f"{head}  {suite.row_line(row)}"
 
@@ -295,6 +308,6 @@ def summary_table(suite: Suite, df):
     for r in records:
         cells = [fmt(r.get(col.column), col.fmt) for col in suite.summary]
         status = r["status"]
-        style = {"ok": "green", "oom": "yellow", "timeout": "yellow"}.get(status, "red")
+        style = "green" if status == "ok" else "yellow" if status in OUT_OF_RESOURCES else "red"
         table.add_row(*(str(r[k]) for k, _ in varying), *cells, f"[{style}]{status}[/{style}]")
     return table

@@ -4,6 +4,8 @@ summary printed, and the configurations that crashed counted (the command exits 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -82,16 +84,20 @@ def plan(
     return sweep.validate()
 
 
-def results_store(sweep: Sweep, out: Path | None) -> ResultStore:
-    """The sweep's result CSV in ``out`` (default_out otherwise), checked writable and ours
-    before anything runs."""
+@contextmanager
+def results_store(sweep: Sweep, out: Path | None) -> Iterator[ResultStore]:
+    """The sweep's result CSV in ``out`` (default_out otherwise), checked writable, not in use
+    by another command and ours before anything runs; the folder stays locked (``OutLock``)
+    until the block ends."""
+    from dimbench.out_lock import OutLock
     from dimbench.paths import writable_dir
     from dimbench.results import ResultStore
 
     out_dir = writable_dir(out if out is not None else default_out(sweep.device))
-    store = ResultStore(out_dir, sweep.suite.schema)
-    store.check()
-    return store
+    with OutLock(out_dir):
+        store = ResultStore(out_dir, sweep.suite.schema)
+        store.check()
+        yield store
 
 
 def result_console() -> Console:
@@ -107,8 +113,8 @@ def run(sweep: Sweep, out: Path | None, *, redo: bool, retry_failed: bool) -> in
     how many configurations crashed."""
     from dimbench.bench.runner import run_sweep, summary_table
 
-    store = results_store(sweep, out)
-    df = run_sweep(sweep, store.out_dir, retry_failed=retry_failed, redo=redo)
+    with results_store(sweep, out) as store:
+        df = run_sweep(sweep, store.out_dir, retry_failed=retry_failed, redo=redo)
     console = result_console()
     console.print(summary_table(sweep.suite, df))
     console.print(f"rows in {store.csv_path}")

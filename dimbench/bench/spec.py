@@ -148,6 +148,12 @@ MEMORY_COLUMNS = {
     "blocks to the kernel, so that RSS follows the live tensors)",
 }
 
+# predict's rows; in the measuring suites, their too_big rows (bench.memory_check)
+PREDICTED_PEAK_COLUMN = {
+    "predicted_peak_mem_mb": "cost model: parameters (+ AdamW state) + peak of live operator "
+    "outputs, MB",
+}
+
 
 def fmt(value, spec: str) -> str:
     """A number for a table or a row line: "-" when missing, thousands separated when large."""
@@ -248,6 +254,8 @@ class Sweep(Settings):
     scan_backend: str = "auto"
     attn_backend: str = "auto"
     conv_backend: str = "auto"
+    # refuse (status too_big) what the cost model predicts cannot fit (bench.memory_check)
+    memory_check: bool = True
 
     def requested(self, kernel: str) -> str:
         """The backend asked for ``kernel`` (scan, attention, conv)."""

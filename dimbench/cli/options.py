@@ -146,6 +146,16 @@ Redo = Annotated[
     bool,
     typer.Option("--redo", help="Measure every configuration again; new rows supersede old ones"),
 ]
+MemoryCheck = Annotated[
+    bool,
+    typer.Option(
+        "--memory-check/--no-memory-check",
+        help="Before a configuration starts, predict its peak memory on fake tensors (nothing "
+        "allocated) and record a too_big row instead of running what cannot fit the device "
+        "(RAM less 1 GiB, or the GPU's memory less 512 MiB); --no-memory-check runs it anyway "
+        "(and measures earlier too_big rows again)",
+    ),
+]
 DeviceProfile = Annotated[
     Path | None,
     typer.Option(

@@ -96,17 +96,9 @@ def calibrate(
         clock=clock,
         budget_s=budget,
     )
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from dimbench.cli.progress import stage_progress
 
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=True,
-    ) as progress:  # fmt: skip
-        task = progress.add_task("calibrating", total=1)
-
-        def report(what: str, done: int, total: int) -> None:
-            progress.update(task, description=what[:60], completed=done, total=max(total, 1))
-
+    with stage_progress(console, "calibrate") as report:
         profile = run_calibration(opts, progress=report)
     profile.save(target)
     typer.echo(dp.describe(profile))

@@ -35,9 +35,10 @@ def predict(
     from dimbench.bench import prediction, session
 
     plan = prediction.plan(models, res, batch_size, dtype, mode, device, device_profile)
-    predictor = prediction.Predictor(plan, prediction.results_store(out))
-    started = time.perf_counter()
-    predictor.run()
+    with prediction.results_store(out) as store:
+        predictor = prediction.Predictor(plan, store)
+        started = time.perf_counter()
+        predictor.run()
     console = session.result_console()
     console.print(predictor.table())
     for line in crossover_lines(plan, predictor.per_image_ms):

@@ -44,6 +44,7 @@ def profile(
     timeout: o.Timeout = DEFAULTS["timeout_s"],
     threads: o.Threads = None,
     redo: o.Redo = False,
+    memory_check: o.MemoryCheck = o.default(Sweep, "memory_check"),
     out: ResultsDir = None,
 ) -> None:
     """Profile each (model, resolution): time, FLOPs, bytes, GFLOP/s, GB/s and share of the
@@ -62,12 +63,14 @@ def profile(
         "profile", [*(model_args or []), *(models or [])], res, device,
         batch_sizes=list(batch_size), dtypes=list(dtype), modes=list(mode),
         warmup=warmup, repeats=repeats, timeout_s=timeout, threads=threads,
+        memory_check=memory_check,
     )  # fmt: skip
-    df, store = profiling.measure(sweep, out, device_profile, trace, redo)
+    with session.results_store(sweep, out) as store:
+        df = profiling.measure(sweep, store, device_profile, trace, redo)
+        figures = plot_profile(store.out_dir)
     console = session.result_console()
     for table in profiling.profile_tables(df):
         console.print(table)
-    figures = plot_profile(store.out_dir)
     console.print(f"rows in {store.csv_path}")
     for path in figures:
         console.print(f"wrote {path}")

@@ -61,7 +61,8 @@ RetryFailed = Annotated[
     bool,
     typer.Option(
         "--retry-failed/--skip-failed",
-        help="On a rerun, measure timeouts and errors again (ok and oom rows are always kept)",
+        help="On a rerun, measure timeouts and errors again (ok, oom and too_big rows are kept; "
+        "too_big ones not with --no-memory-check)",
     ),
 ]
 ResultsDir = o.out(
@@ -91,6 +92,7 @@ def run(
     omp_wait_policy: OmpWaitPolicy = None,
     sample_steps: SampleSteps = o.default(Sweep, "sample_steps"),
     redo: o.Redo = False,
+    memory_check: o.MemoryCheck = o.default(Sweep, "memory_check"),
     retry_failed: RetryFailed = True,
     out: ResultsDir = None,
 ) -> None:
@@ -110,6 +112,7 @@ def run(
         scan_backend=scan_backend, attn_backend=attn_backend, conv_backend=conv_backend,
         compile="inductor" if compile else "eager", weights=str(weights) if weights else "",
         threads=threads, omp_wait_policy=omp_wait_policy, sample_steps=sample_steps,
+        memory_check=memory_check,
     )  # fmt: skip
     if session.run(sweep, out, redo=redo, retry_failed=retry_failed):
         raise typer.Exit(1)

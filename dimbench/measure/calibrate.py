@@ -39,6 +39,9 @@ from dimbench.measure.op_recorder import OpRecord, OpRecorder, OpStream, record_
 CLOCKS = {"wall": PERF_COUNTER, "process": PROCESS_TIME}  # --clock -> clocks' name
 SWEEP_BYTES = [2**e for e in range(14, 29, 2)]  # 16 KB .. 256 MB per tensor
 SLOW_CALL_S = 0.25  # a call this long is timed once more and not repeated
+# what calibrate reports after the models' operators, one stage each
+CEILING_STAGES = ("ceilings: copy bandwidth", "ceilings: elementwise", "ceilings: matmul",
+                  "ceilings: dispatch")  # fmt: skip
 
 
 @dataclass
@@ -233,9 +236,14 @@ def calibrate(opts: Options, progress: Callable[[str, int, int], None] | None = 
     streams = []
     smallest = min(opts.resolutions)
     todo = [(m, r, d) for m in opts.models for d in opts.dtypes for r in opts.resolutions]
+    stages = len(todo) + len(CEILING_STAGES)
+
+    def operators() -> str:
+        return f"{sum(len(st.ops) for st in streams):,} operators timed"
+
     with torch.inference_mode():
         for i, (model, res, dtype) in enumerate(todo):
-            report(f"timing {model} @ {res}px {dtype}", i, len(todo))
+            report(f"timing {model} @ {res}px {dtype} ({operators()})", i, stages)
             backends = {}
             for kernel in get_model(model).kernels:
                 backends[KERNELS[kernel]] = resolve(kernel, "auto", device, dtype)
@@ -244,16 +252,21 @@ def calibrate(opts: Options, progress: Callable[[str, int, int], None] | None = 
             if res == smallest and dtype == opts.dtypes[0]:
                 forwards[model] = model_forward_ms(model, res, dtype, opts, backends, timer)
     with torch.inference_mode():
-        report("ceilings", len(todo), len(todo))
+        done = len(todo)
+        report(f"{CEILING_STAGES[0]} ({operators()})", done, stages)
         sizes = opts.sweep_bytes
         copy = sweep_copy(timer, device, sizes, opts.budget_s)
+        report(CEILING_STAGES[1], done + 1, stages)
         elementwise = {
             d: sweep_elementwise(timer, device, TORCH_DTYPES[d], sizes, opts.budget_s)
             for d in opts.dtypes
         }
+        report(CEILING_STAGES[2], done + 2, stages)
         gemm = opts.gemm_size or (8192 if on_gpu else 2048)
         matmul = {d: gemm_gflops(timer, device, TORCH_DTYPES[d], gemm) for d in opts.dtypes}
+        report(CEILING_STAGES[3], done + 3, stages)
         dispatch, view = dispatch_us(timer, device)
+    report(f"fitting the cost model to {operators()}", stages, stages)
     # The recorder's Python between operators leaves each one's call colder (caches, branch
     # history) than in a model: what the smallest operators take beyond a tight loop's tiny op
     # is that cost, taken off every operator.

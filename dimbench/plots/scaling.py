@@ -29,7 +29,7 @@ from dimbench.plots.style import (
     stack_labels,
 )
 
-FAILED_MARK = {"oom": "OOM", "timeout": "timeout", "error": "error"}
+FAILED_MARK = {"oom": "OOM", "too_big": "too big", "timeout": "timeout", "error": "error"}
 
 
 @dataclass

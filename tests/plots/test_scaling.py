@@ -92,3 +92,15 @@ def test_plot_command_groups_by_configuration(tmp_path, capsys):
     assert (tmp_path / "scaling_cpu_fp32_forward_b1.png").exists()
     assert (tmp_path / "scaling_cpu_bf16_forward_b1.png").exists()
     assert "overtakes DiT-T/2" in out
+
+
+def test_a_too_big_point_is_marked_like_an_oom(tmp_path):
+    from dimbench.plots.folder import plot_results
+
+    scaling_folder(tmp_path)
+    key = {**KEY, "model": "U-ViT-T/2", "image_size": 2048}
+    error = "predicted peak memory 90,000 MB > 24,000 MB"
+    row = make_row(**key, family="uvit", status="too_big", error=error, predicted_peak_mem_mb=9e4)
+    store_of(tmp_path, "throughput").append(row)
+    plot_results(tmp_path)
+    assert "too big" in (tmp_path / "scaling.svg").read_text()

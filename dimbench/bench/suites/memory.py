@@ -19,6 +19,7 @@ from dimbench.bench.registry import register_suite
 from dimbench.bench.spec import (
     MEMORY_COLUMNS,
     PARAMS_COLUMN,
+    PREDICTED_PEAK_COLUMN,
     Config,
     Panel,
     Suite,
@@ -61,7 +62,7 @@ SUITE = register_suite(
     Suite(
         name="memory",
         measure=measure,
-        columns={**MEMORY_COLUMNS, **PARAMS_COLUMN},
+        columns={**MEMORY_COLUMNS, **PREDICTED_PEAK_COLUMN, **PARAMS_COLUMN},
         summary=(
             SummaryColumn("peak_mem_mb", "peak MB", ".0f"),
             SummaryColumn("peak_mem_reserved_mb", "reserved MB", ".0f"),

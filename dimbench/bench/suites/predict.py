@@ -12,7 +12,16 @@ device (a measured one, a datasheet one) live side by side.
 from __future__ import annotations
 
 from dimbench.bench.registry import register_suite
-from dimbench.bench.spec import PARAMS_COLUMN, Config, Panel, Ratio, Suite, SummaryColumn, fmt
+from dimbench.bench.spec import (
+    PARAMS_COLUMN,
+    PREDICTED_PEAK_COLUMN,
+    Config,
+    Panel,
+    Ratio,
+    Suite,
+    SummaryColumn,
+    fmt,
+)
 from dimbench.bench.suites.flops import COLUMNS as FLOPS_COLUMNS
 from dimbench.bench.suites.profile import COLUMNS as PROFILE_COLUMNS
 from dimbench.bench.suites.profile import find_device_profile
@@ -20,8 +29,7 @@ from dimbench.bench.suites.profile import find_device_profile
 COLUMNS = {
     "predicted_latency_ms": "cost model: one forward (or train step) of the batch, ms",
     "predicted_imgs_per_s": "batch_size / predicted_latency_ms",
-    "predicted_peak_mem_mb": "cost model: parameters (+ AdamW state) + peak of live operator "
-    "outputs, MB",
+    **PREDICTED_PEAK_COLUMN,
     "roofline_latency_ms": "the device's ceilings alone: sum over operators of max(FLOPs / "
     "peak, bytes / bandwidth), no dispatch cost",
     "device_profile": "the device profile that priced the operators: name (measured | datasheet)",

@@ -27,7 +27,14 @@ import re
 from pathlib import Path
 
 from dimbench.bench.registry import register_suite
-from dimbench.bench.spec import PARAMS_COLUMN, Config, Suite, SummaryColumn, fmt
+from dimbench.bench.spec import (
+    PARAMS_COLUMN,
+    PREDICTED_PEAK_COLUMN,
+    Config,
+    Suite,
+    SummaryColumn,
+    fmt,
+)
 from dimbench.bench.suites.flops import COLUMNS as FLOPS_COLUMNS
 
 TRACE_OPTION = "trace_dir"  # suite options (Config.suite_options): where traces go
@@ -50,6 +57,7 @@ COLUMNS = {
     "bandwidth) of its device profile, over time_ms",
     "mem_mb": "total row: peak memory of the step (held + allocated during it; CUDA: max "
     "allocated); memory rows: MB held before the step, or live at the peak from op",
+    **PREDICTED_PEAK_COLUMN,
     **PARAMS_COLUMN,
 }
 KEYS = ("scope", "category")

@@ -24,6 +24,7 @@ streams: the same for every model of a seed, and after a resume.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import signal
 import sys
@@ -35,6 +36,7 @@ import torch
 from dimbench.diffusion.schedule import NoiseSchedule
 from dimbench.errors import Interrupted, UsageError
 from dimbench.latents import LATENT_DOWNSAMPLE
+from dimbench.out_lock import OutLock
 from dimbench.paths import writable_dir
 from dimbench.train import distributed as D
 from dimbench.train.build import build_model, check_backends, model_input
@@ -323,10 +325,12 @@ def run_compare(cfg: CompareConfig) -> dict:
     recipe = cfg.recipe
     dist = D.setup(recipe.device)
     check_backends(recipe.scan_backend, recipe.attn_backend, dist.device, recipe.conv_backend)
-    if dist.is_main:
-        writable_dir(cfg.out)
+    lock = contextlib.nullcontext()
+    if dist.is_main:  # the other ranks write under rank 0's lock
+        lock = OutLock(writable_dir(cfg.out))
     try:
-        return CompareRun(cfg, dist).run()
+        with lock:
+            return CompareRun(cfg, dist).run()
     finally:
         D.cleanup()
 

@@ -1,0 +1,129 @@
+"""Configurations that cannot fit, refused before their process starts: the step's peak memory
+as the cost model predicts it (``op_recorder.record_step`` on fake tensors: parameters, AdamW
+state in a train step, and the peak of live operator outputs; nothing is allocated) against the
+memory the device has. A refused configuration becomes a row with status ``too_big`` and the
+predicted figure (``predicted_peak_mem_mb``) instead of running until the kernel's OOM killer
+(or CUDA's allocator) stops it.
+
+What the device has:
+
+- a GPU: its total memory (``get_device_properties``) less 512 MiB for the CUDA context, which
+  lives outside the caching allocator whose peak the prediction stands for;
+- the CPU: the machine's physical memory (or its cgroup's limit, if lower) less 1 GiB for what
+  the prediction leaves out: the measuring process's interpreter and libraries (torch alone is
+  ~0.4 GB of RSS), the parent process and the system. Not the memory available now: that moves
+  with whatever else runs, and a ``too_big`` row is kept on a rerun, so the verdict must be the
+  machine's, not the moment's.
+
+Recording costs a fraction of a second to a few seconds, by the model's operator count, not its
+size. Peak memory grows with the resolution, so each (model, batch, dtype, mode, backends) group
+is checked from its largest resolution down and stops at the first that fits: one recording per
+group when everything fits, one more per refused configuration.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from dimbench.bench.spec import Config
+
+MARGIN_BYTES = {"cpu": 1 << 30, "cuda": 512 << 20}
+MB = 1e6
+CGROUP_LIMITS = (
+    Path("/sys/fs/cgroup/memory.max"),
+    Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"),
+)
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """The bytes a configuration's peak may reach on a device, and how they were found."""
+
+    bytes: int
+    source: str  # e.g. "23.5 GB of RAM less 1 GiB"
+
+
+def device_capacity(device: str) -> Capacity:
+    """What a measurement on ``device`` may use (see the module docstring)."""
+    if device.startswith("cuda"):
+        import torch
+
+        total = torch.cuda.get_device_properties(device).total_memory
+        margin = MARGIN_BYTES["cuda"]
+        what = f"{total / 1e9:.1f} GB on {torch.cuda.get_device_name(device)} less 512 MiB"
+    else:
+        import psutil
+
+        total = psutil.virtual_memory().total
+        limit = _cgroup_limit()
+        what = "RAM"
+        if limit is not None and limit < total:
+            total, what = limit, "the cgroup's memory limit"
+        margin = MARGIN_BYTES["cpu"]
+        what = f"{total / 1e9:.1f} GB of {what} less 1 GiB"
+    return Capacity(max(0, total - margin), what)
+
+
+def _cgroup_limit() -> int | None:
+    for path in CGROUP_LIMITS:
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            return int(text)
+    return None
+
+
+def predicted_peak_bytes(cfg: Config) -> int:
+    """The cost model's peak memory of one step of ``cfg``, recorded on fake tensors."""
+    from dimbench.measure.op_recorder import record_step
+
+    stream = record_step(
+        cfg.model, cfg.image_size, cfg.batch_size, cfg.dtype, cfg.mode, cfg.device,
+        cfg.backend_kwargs(),
+    )  # fmt: skip
+    return stream.peak_bytes
+
+
+def too_big(
+    configs: Iterable[Config],
+    capacity: Capacity | None = None,
+    predict: Callable[[Config], int] = predicted_peak_bytes,
+) -> dict[Config, dict]:
+    """The configurations whose predicted peak exceeds ``capacity`` (default: their device's),
+    each with its ``too_big`` result (a worker's result dict). A configuration that cannot be
+    recorded (an outside model fake tensors cannot run, say) is not refused: it runs."""
+    groups: dict[Config, list[Config]] = {}
+    for cfg in configs:
+        groups.setdefault(replace(cfg, image_size=0), []).append(cfg)
+    capacities: dict[str, Capacity] = {}
+    refused = {}
+    for members in groups.values():
+        for cfg in sorted(members, key=lambda c: c.image_size, reverse=True):
+            t0 = time.perf_counter()
+            try:
+                peak = predict(cfg)
+            except Exception:
+                break
+            seconds = time.perf_counter() - t0
+            if cfg.device not in capacities:
+                capacities[cfg.device] = capacity or device_capacity(cfg.device)
+            room = capacities[cfg.device]
+            if peak <= room.bytes:
+                break  # and every smaller resolution fits too
+            refused[cfg] = too_big_result(peak, room, seconds)
+    return refused
+
+
+def too_big_result(peak: int, room: Capacity, seconds: float) -> dict:
+    return {
+        "status": "too_big",
+        "error": f"predicted peak memory {peak / MB:,.0f} MB > {room.bytes / MB:,.0f} MB "
+        f"({room.source}); nothing was run (--no-memory-check runs it anyway)",
+        "metrics": {"predicted_peak_mem_mb": peak / MB},
+        "wall_s": seconds,  # the prediction's
+    }
