@@ -299,7 +299,9 @@ def test_a_second_run_on_a_locked_out_is_one_line_exit_2_and_measures_nothing(
     assert not (tmp_path / ".dimbench.lock").exists()
 
 
-def test_res_100000_is_a_too_big_row_not_a_run(tmp_path, capsys, monkeypatch):
+@pytest.fixture
+def oom_worker(monkeypatch):
+    """Every worker launch recorded (its image size) and answered as the OOM killer would."""
     from dimbench.bench import runner
 
     calls = []
@@ -309,6 +311,11 @@ def test_res_100000_is_a_too_big_row_not_a_run(tmp_path, capsys, monkeypatch):
         return {"status": "oom", "error": "killed by SIGKILL", "wall_s": 75.0}
 
     monkeypatch.setattr(runner, "run_isolated", worker)
+    return calls
+
+
+def test_res_100000_is_a_too_big_row_not_a_run(tmp_path, capsys, oom_worker):
+    calls = oom_worker
     args = ["run", "throughput", "--models", "DiT-T/2", "--res", "100000", "--out", str(tmp_path)]
     assert cli(args) == 0 and calls == []
     assert "too_big predicted peak memory 120,001 MB" in " ".join(capsys.readouterr().err.split())
@@ -321,16 +328,10 @@ def test_res_100000_is_a_too_big_row_not_a_run(tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("command", [["run", "throughput"], ["run", "memory"], ["profile"]])
-def test_no_memory_check_predicts_nothing_and_runs_it(command, tmp_path, monkeypatch):
-    from dimbench.bench import memory_check, runner
+def test_no_memory_check_predicts_nothing_and_runs_it(command, tmp_path, monkeypatch, oom_worker):
+    from dimbench.bench import memory_check
 
-    calls = []
-
-    def worker(cfg, suite=None):
-        calls.append(cfg.image_size)
-        return {"status": "oom", "error": "killed by SIGKILL", "wall_s": 75.0}
-
-    monkeypatch.setattr(runner, "run_isolated", worker)
+    calls = oom_worker
     monkeypatch.setattr(memory_check, "predicted_peak_bytes", lambda cfg: pytest.fail("checked"))
     args = [*command, "--models", "DiT-T/2", "--res", "100000", "--no-memory-check"]
     assert cli([*args, "--out", str(tmp_path)]) == 0 and calls == [100000]
