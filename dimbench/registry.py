@@ -59,6 +59,9 @@ class ModelSpec:
     width: str | None = None  # constructor keyword of its width (train-compare --match)
     width_multiple: int = 1  # the widths it accepts are multiples of this
     heads: str | None = None  # constructor keyword of its attention heads (follow the width)
+    # constructor keyword of its block count, where peak memory grows linearly in it (the memory
+    # check records two shallow builds of the same parity and extrapolates)
+    depth: str | None = None
     parameterisation: str = "eps"
     schedule: str = "scaled_linear"  # the noise schedule its paper trains with
     family: str = ""  # the label its plots use (default: the name before "-<size>/<patch>")
@@ -106,6 +109,7 @@ def register_model(
     width: str | None = None,
     width_multiple: int = 1,
     heads: str | None = None,
+    depth: str | None = None,
     parameterisation: str = "eps",
     schedule: str = "scaled_linear",
     family: str | None = None,
@@ -127,6 +131,7 @@ def register_model(
             width=width,
             width_multiple=width_multiple,
             heads=heads,
+            depth=depth,
             parameterisation=parameterisation,
             schedule=schedule,
             family=family or re.sub(r"-[^-/]+/\d+.*$", "", name),

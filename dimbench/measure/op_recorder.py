@@ -477,30 +477,36 @@ def record_step(
     keep_args: bool = False,
     recorder: OpRecorder | None = None,
     real: bool = False,
+    overrides: dict | None = None,
 ) -> OpStream:
     """Record one forward (or train step: forward, MSE loss, backward, AdamW) of a registered
     model; ``dtype`` bf16/fp16 runs under autocast, as the benchmark workloads do. On fake
     tensors of ``device`` (nothing is allocated), or with ``real`` on real ones (a timing
-    ``recorder`` then measures each operator where it runs)."""
+    ``recorder`` then measures each operator where it runs). ``overrides`` are constructor
+    keywords on top of the registered configuration (e.g. a shallower ``depth``)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     recorder = recorder or OpRecorder(keep_args=keep_args)
     if real:
         return _record_step(model_name, image_size, batch_size, dtype, mode, device, backends,
-                            recorder)  # fmt: skip
+                            recorder, overrides)  # fmt: skip
     with isolated_caches(), FakeTensorMode(allow_non_fake_inputs=True):
         return _record_step(model_name, image_size, batch_size, dtype, mode, device, backends,
-                            recorder)  # fmt: skip
+                            recorder, overrides)  # fmt: skip
 
 
-def _record_step(model_name, image_size, batch_size, dtype, mode, device, backends, recorder):
+def _record_step(
+    model_name, image_size, batch_size, dtype, mode, device, backends, recorder, overrides=None
+):
     from dimbench.registry import create_model, get_model
 
     latent = get_model(model_name).input_size(image_size)
     dev = torch.device(device)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype)
     torch.manual_seed(0)
-    model = create_model(model_name, image_size=image_size, device=dev, **(backends or {}))
+    model = create_model(
+        model_name, image_size=image_size, device=dev, **(backends or {}), **(overrides or {})
+    )
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     params += sum(b.numel() * b.element_size() for b in model.buffers())
     x = torch.randn(batch_size, model.in_channels, *latent, device=dev)

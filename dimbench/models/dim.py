@@ -410,5 +410,6 @@ for _name, _config in {**DIM_CONFIGS, **RELEASED_CONFIGS}.items():
         kernels=("scan", "conv"),
         width="hidden_size",
         width_multiple=4,
+        depth="depth",
         family="DiM",
     )(_constructor(_config))

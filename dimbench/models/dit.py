@@ -268,6 +268,7 @@ for _size, _config in CONFIGS.items():
             width="hidden_size",
             width_multiple=4,  # the sin-cos position embedding needs a multiple of 4
             heads="num_heads",
+            depth="depth",
             parameterisation="eps+sigma",
             schedule="linear",
             family="DiT",

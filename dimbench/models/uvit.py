@@ -235,6 +235,7 @@ for _size, _config in CONFIGS.items():
             width="embed_dim",
             width_multiple=2,
             heads="num_heads",
+            depth="depth",
             family="U-ViT",
             baseline=True,
         )(_constructor({**_config, "patch_size": _patch}))

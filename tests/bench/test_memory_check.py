@@ -92,3 +92,29 @@ def test_run_sweep_writes_too_big_rows_and_launches_nothing_for_them(tmp_path, m
 @pytest.mark.parametrize("suite", ["throughput", "memory", "profile"])
 def test_the_suites_that_launch_workers_have_the_predicted_column(suite):
     assert "predicted_peak_mem_mb" in get_suite(suite).schema.columns
+
+
+@pytest.mark.parametrize("mode", ["forward", "train"])
+def test_a_deep_model_is_predicted_from_two_shallow_recordings(mode, monkeypatch):
+    cfg = Sweep(get_suite("throughput"), ["DiM-T/2"], resolutions=[64], modes=[mode])
+    (cfg,) = cfg.validate().configs()
+    depths = []
+    record = memory_check._recorded_peak
+    monkeypatch.setattr(
+        memory_check,
+        "_recorded_peak",
+        lambda c, overrides=None: depths.append(overrides) or record(c, overrides),
+    )
+    predicted = memory_check.predicted_peak_bytes(cfg)
+    assert depths == [{"depth": 3}, {"depth": 5}]  # DiM-T/2 has 7 blocks: odd depths only
+    assert predicted == pytest.approx(record(cfg), rel=5e-3)
+
+
+def test_a_model_too_shallow_to_extrapolate_is_recorded_whole(monkeypatch):
+    (cfg,) = sweep([64]).configs()  # DiT-T/2: 2 blocks, no shallower pair to extrapolate from
+    calls = []
+    monkeypatch.setattr(
+        memory_check, "_recorded_peak", lambda c, overrides=None: calls.append(overrides) or 1
+    )
+    memory_check.predicted_peak_bytes(cfg)
+    assert calls == [None]
