@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
     from dimbench.results import ResultStore
 
-TIMING_FIELDS = ("warmup", "repeats", "budget_s")
+TIMING_FIELDS = ("warmup", "min_rounds", "repeats", "budget_s")
 
 
 def default_out(device: str) -> Path:

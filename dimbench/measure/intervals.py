@@ -82,3 +82,25 @@ def bootstrap_ci(
 def half_width(lo: float, hi: float, centre: float) -> float:
     """(hi - lo) / 2 relative to ``centre`` (inf for a centre of 0)."""
     return (hi - lo) / 2 / centre if centre else math.inf
+
+
+def ratio_of_medians_ci(
+    numerator: Sequence[float],
+    denominator: Sequence[float],
+    confidence: float = CONFIDENCE,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> tuple[float, float]:
+    """(lo, hi) of median(numerator) / median(denominator) for two independent sets of samples:
+    each resampled on its own (the unpaired case; paired samples bootstrap their per-pair
+    ratios with ``bootstrap_ci``)."""
+    if not numerator or not denominator:
+        raise ValueError("no samples")
+    rng = random.Random(seed)
+
+    def resampled(xs: Sequence[float]) -> float:
+        return statistics.median([xs[rng.randrange(len(xs))] for _ in xs])
+
+    stats = sorted(resampled(numerator) / resampled(denominator) for _ in range(resamples))
+    tail = (1 - confidence) / 2
+    return stats[int(tail * (resamples - 1))], stats[math.ceil((1 - tail) * (resamples - 1))]

@@ -348,12 +348,12 @@ def test_worker_classifies_oom_and_errors(monkeypatch):
 
 
 def test_dead_worker_classification():
-    from dimbench.bench.runner import _classify_death
+    from dimbench.bench.processes import classify_death
 
-    assert _classify_death(-signal.SIGKILL, "")[0] == "oom"
-    status, error = _classify_death(-signal.SIGSEGV, "Fatal Python error")
+    assert classify_death(-signal.SIGKILL, "")[0] == "oom"
+    status, error = classify_death(-signal.SIGSEGV, "Fatal Python error")
     assert status == "error" and "SIGSEGV" in error and "Fatal" in error
-    assert _classify_death(1, "ImportError: x") == (
+    assert classify_death(1, "ImportError: x") == (
         "error",
         "worker exited with code 1: ImportError: x",
     )
