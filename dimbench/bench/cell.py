@@ -97,8 +97,8 @@ class CellWorker(PipeWorker):
         reply = self.request({"op": "time"}, self.cfg.timeout_s)
         if "failed" in reply:
             raise StepFailed(**reply["failed"])
-        self.samples.extend(reply["times"].values())
-        return reply["times"]
+        self.samples.append(reply["seconds"])
+        return {self.cfg.model: reply["seconds"]}
 
     def finish(self) -> dict:
         return self.request({"op": "finish"}, self.cfg.timeout_s)["result"]

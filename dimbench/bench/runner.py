@@ -234,7 +234,7 @@ def run_sweep(
                 for cfg, result in measured.items():
                     if "paired" in sweep.suite.columns:
                         result["metrics"] = {
-                            **(result["metrics"] or {}),
+                            **(result.get("metrics") or {}),
                             "paired": "true" if len(unit) > 1 else "false",
                         }
                     rows = result_rows(cfg, result)

@@ -95,6 +95,8 @@ class Ratio:
     # marks its crossovers beside another suite's in one figure (label suffix, dash-dotted
     # lines), e.g. "predicted"
     tag: str = ""
+    # the verb of a crossover given as an interval ("{model} overtakes {b} between X and Y px")
+    overtakes: str = "overtakes"
 
 
 @dataclass(frozen=True)

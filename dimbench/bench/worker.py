@@ -82,7 +82,7 @@ def serve_cell() -> None:
 
     def time(msg: dict) -> dict:
         try:
-            return {"times": {state["cfg"].model: state["stepper"].step()}}
+            return {"seconds": state["stepper"].step()}
         except Exception as exc:
             return {"failed": failure(exc)}
 

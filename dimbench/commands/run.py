@@ -138,7 +138,14 @@ def run(
         threads=threads, omp_wait_policy=omp_wait_policy, sample_steps=sample_steps,
         memory_check=memory_check,
     )  # fmt: skip
-    if session.run(sweep, out, redo=redo, retry_failed=retry_failed):
+
+    def crossovers(df, out_dir: Path) -> list[str]:
+        from dimbench.plots.crossover import crossover_lines
+
+        return crossover_lines(df, sweep.suite, out_dir)
+
+    summarise = crossovers if sweep.suite.stepper else None  # the paired suites
+    if session.run(sweep, out, redo=redo, retry_failed=retry_failed, summarise=summarise):
         raise typer.Exit(1)
 
 
