@@ -10,7 +10,9 @@ itself; the cases file it is given (the head's ``cases.py``) and the clocks (the
 ``measure/clocks.py``) are loaded by path as well.
 
 Protocol: JSON lines, requests on stdin, replies on the stdout the worker was started with; the
-code under test writes to stderr (fd 1 is pointed there), so a print cannot corrupt a reply.
+code under test writes to stderr (fd 1 is pointed there), so a print cannot corrupt a reply
+(``dimbench/measure/pipes.py``, loaded by its path like the clocks; ``dimbench run``'s paired
+cells drive their workers with the same code).
 The worker first replies ``{"info": ...}`` (where its ``dimbench`` came from), then answers
 ``{"op": "setup", ...}`` with the cases it could build and ``{"op": "time", "names": [...]}``
 with one sample per name, and leaves on ``{"op": "exit"}`` or end of input.
