@@ -127,7 +127,7 @@ def run(
     console = result_console()
     console.print(summary_table(sweep.suite, df))
     for line in summarise(df, store.out_dir) if summarise is not None else []:
-        console.print(line, highlight=False)
+        console.print(line, highlight=False, markup=False)
     console.print(f"rows in {store.csv_path}")
     if (store.out_dir / RATIOS_FILE).exists() and sweep.suite.stepper:
         console.print(f"ratios with 95% intervals in {store.out_dir / RATIOS_FILE}")
