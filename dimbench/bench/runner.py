@@ -1,5 +1,8 @@
-"""Runs a sweep: one process per configuration with a timeout, one CSV row per configuration as
-it finishes, a live progress display and a summary table at the end.
+"""Runs a sweep: one CSV row per configuration as it finishes, a live progress display and a
+summary table at the end. A suite with a stepper (throughput) measures the models of each cell
+in interleaved rounds, one worker process per model (``bench.cell``; then ``OUT/ratios.csv``,
+``bench.ratios``); otherwise, and with ``--unpaired``, one process per configuration with a
+timeout.
 
 An out-of-memory error, a timeout or a crash becomes a row with that status and the sweep goes
 on. Configurations whose rows are already in the results folder are skipped (see
@@ -17,6 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from dimbench.bench.cell import cells, measure_cell, wide_interval
+from dimbench.bench.processes import classify_death, last_line, stderr_tail
+from dimbench.bench.ratios import write_ratios
 from dimbench.bench.registry import get_suite
 from dimbench.bench.spec import Config, Suite, Sweep, fmt, params_m
 from dimbench.errors import Interrupted, terminate_as_interrupt
@@ -24,7 +30,6 @@ from dimbench.registry import KERNELS, get_model
 from dimbench.results import ResultStore, key_part, row_key
 
 WORKER = "dimbench.bench.worker"
-STDERR_TAIL = 4000  # bytes of a dead worker's stderr kept to explain it
 # statuses of a configuration the machine could not run (yellow), unlike a crash (red)
 OUT_OF_RESOURCES = ("oom", "timeout", "too_big")
 
@@ -67,10 +72,10 @@ def run_isolated(cfg: Config, suite: Suite | None = None) -> dict:
         elif timed_out:
             result = {"status": "timeout", "error": f"no result after {cfg.timeout_s:g} s"}
         else:
-            status, error = _classify_death(proc.returncode, _last_line(err_path))
+            status, error = classify_death(proc.returncode, last_line(err_path))
             result = {"status": status, "error": error}
         if result.get("status") == "error":
-            result["stderr"] = err_path.read_bytes()[-STDERR_TAIL:].decode(errors="replace")
+            result["stderr"] = stderr_tail(err_path)
     result["wall_s"] = wall
     return result
 
@@ -81,25 +86,6 @@ def _kill_group(proc: subprocess.Popen) -> None:
     except ProcessLookupError:
         pass
     proc.wait()
-
-
-def _last_line(path: Path) -> str:
-    data = path.read_bytes()[-STDERR_TAIL:].decode(errors="replace")
-    lines = [ln.strip() for ln in data.splitlines() if ln.strip()]
-    return lines[-1] if lines else ""
-
-
-def _classify_death(returncode: int, last_line: str) -> tuple[str, str]:
-    """A worker that exited without a result: SIGKILL from outside is almost always the
-    kernel's OOM killer; anything else is a crash."""
-    if returncode == -signal.SIGKILL:
-        return "oom", "killed by SIGKILL (the kernel's OOM killer, most likely)"
-    if returncode < 0:
-        name = signal.Signals(-returncode).name
-        return "error", f"worker died of {name}" + (f": {last_line}" if last_line else "")
-    return "error", f"worker exited with code {returncode}" + (
-        f": {last_line}" if last_line else ""
-    )
 
 
 def run_inline(cfg: Config, suite: Suite) -> dict:
@@ -217,37 +203,91 @@ def run_sweep(
             f"{sweep.suite.name}: {len(todo)} configuration{'s' * (len(todo) > 1)} -> "
             f"{store.csv_path}"
         )
+    paired = sweep.paired and bool(sweep.suite.stepper)
+    units = cells(todo) if paired else [[c] for c in todo]
     kept = 0
     try:
         with progress, terminate_as_interrupt() as received:
             first = todo[0].label() if todo else ""
             task = progress.add_task(first, total=len(todo), suite=sweep.suite.name)
-            for cfg in todo:
-                progress.update(task, description=cfg.label())
-                if sweep.suite.isolated:
-                    result = run_isolated(cfg, sweep.suite)
+            for unit in units:
+                if len(unit) == 1:  # a cell of one model has nothing to pair with
+                    cfg = unit[0]
+                    progress.update(task, description=cfg.label())
+                    if sweep.suite.isolated:
+                        result = run_isolated(cfg, sweep.suite)
+                    else:
+                        result = run_inline(cfg, sweep.suite)
+                    measured, load = {cfg: result}, None
                 else:
-                    result = run_inline(cfg, sweep.suite)
-                rows = result_rows(cfg, result)
-                for i, row in enumerate(rows):
-                    store.append(row, raw=result.get("raw") if i == 0 else None)
-                kept += 1
-                if result.get("stderr"):
-                    _log_error(store, cfg, result["stderr"])
-                console.print(_row_line(sweep.suite, rows[0]))
-                progress.advance(task)
+                    label = cell_label(unit)
+                    progress.update(task, description=f"{label}  starting")
+
+                    def on_round(r: int, most: int, width: float, label: str = label) -> None:
+                        progress.update(
+                            task, description=f"{label}  round {r}/{most}, widest ±{width:.0%}"
+                        )
+
+                    run = measure_cell(unit, sweep.suite, on_round)
+                    measured, load = run.results, run.load_avg_1m
+                firsts = []
+                for cfg, result in measured.items():
+                    if "paired" in sweep.suite.columns:
+                        result["metrics"] = {
+                            **(result.get("metrics") or {}),
+                            "paired": "true" if len(unit) > 1 else "false",
+                        }
+                    rows = result_rows(cfg, result)
+                    for i, row in enumerate(rows):
+                        store.append(row, raw=result.get("raw") if i == 0 else None)
+                    kept += 1
+                    if result.get("stderr"):
+                        _log_error(store, cfg, result["stderr"])
+                    console.print(_row_line(sweep.suite, rows[0]))
+                    firsts.append(rows[0])
+                    progress.advance(task)
+                _warn_wide(console, firsts, load)
     except KeyboardInterrupt:
         raise Interrupted(
             f"{kept} of {len(todo)} configuration{'s' * (len(todo) != 1)} measured and kept in "
             f"{store.csv_path}; the same command measures the rest",
             received.signum,
         ) from None
+    if sweep.suite.ratio is not None and sweep.suite.stepper:
+        write_ratios(store)
     keys = {row_key(c.key_fields()) for c in configs}
     df = store.frame()
     if df.empty:
         return df
     mask = [row_key(r) in keys for r in df.to_dict("records")]
     return df.loc[mask].reset_index(drop=True)
+
+
+def cell_label(cfgs: list[Config]) -> str:
+    c = cfgs[0]
+    models = " ".join(x.model for x in cfgs)
+    return f"{models} @ {c.image_size}px  b{c.batch_size} {c.dtype} {c.mode}"
+
+
+def _warn_wide(console, rows: list[dict], load: float | None) -> None:
+    """One line for a cell whose ok rows' intervals are wider than CI_TARGET, naming the load
+    average during it (the cell's rounds; a lone configuration's: at its start)."""
+    from dimbench.measure.intervals import CI_TARGET
+
+    wide = [(r, w) for r in rows if r.get("status") == "ok" and (w := wide_interval(r))]
+    if not wide:
+        return
+    if load is None:
+        load = wide[0][0].get("load_avg_1m")
+    said = f"load average {float(load):.1f}" if load not in (None, "") else "load unknown"
+    r0 = wide[0][0]
+    which = ", ".join(f"{r['model']} ±{w:.0%} (n={r.get('repeats')})" for r, w in wide)
+    console.print(
+        f"[yellow]{r0['image_size']}px b{r0['batch_size']} {r0['dtype']} {r0['mode']}: 95% "
+        f"interval wider than ±{CI_TARGET:.0%}: {which}; {said} on {os.cpu_count() or 1} "
+        "cores during it[/yellow]",
+        highlight=False,
+    )
 
 
 def errors_log(store: ResultStore) -> Path:

@@ -4,7 +4,7 @@ summary printed, and the configurations that crashed counted (the command exits 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
     from dimbench.results import ResultStore
 
-TIMING_FIELDS = ("warmup", "repeats", "budget_s")
+TIMING_FIELDS = ("warmup", "min_rounds", "repeats", "budget_s")
 
 
 def default_out(device: str) -> Path:
@@ -108,16 +108,29 @@ def result_console() -> Console:
     return console if console.is_terminal else Console(width=160)
 
 
-def run(sweep: Sweep, out: Path | None, *, redo: bool, retry_failed: bool) -> int:
-    """``dimbench run``: measure what is not in ``out`` yet, print the summary table; returns
-    how many configurations crashed."""
+def run(
+    sweep: Sweep,
+    out: Path | None,
+    *,
+    redo: bool,
+    retry_failed: bool,
+    summarise: Callable[[pd.DataFrame, Path], list[str]] | None = None,
+) -> int:
+    """``dimbench run``: measure what is not in ``out`` yet, print the summary table (and
+    ``summarise``'s lines of the rows and the folder); returns how many configurations
+    crashed."""
+    from dimbench.bench.ratios import RATIOS_FILE
     from dimbench.bench.runner import run_sweep, summary_table
 
     with results_store(sweep, out) as store:
         df = run_sweep(sweep, store.out_dir, retry_failed=retry_failed, redo=redo)
     console = result_console()
     console.print(summary_table(sweep.suite, df))
+    for line in summarise(df, store.out_dir) if summarise is not None else []:
+        console.print(line, highlight=False, markup=False)
     console.print(f"rows in {store.csv_path}")
+    if (store.out_dir / RATIOS_FILE).exists() and sweep.suite.stepper:
+        console.print(f"ratios with 95% intervals in {store.out_dir / RATIOS_FILE}")
     return report_errors(df, store, console)
 
 

@@ -31,10 +31,11 @@ GPU_MODELS = ("DiM-H/2", "DiT-XL/2", "U-ViT-H/2")
 PAPER_MODELS = ("DiM-L/2", "DiM-H/2", "DiT-XL/2", "U-ViT-H/2")
 DEFAULT_RESOLUTIONS = (256, 512, 1024, 1536)
 NO_BACKEND = "-"  # in the scan column of a model without a scan, and vice versa
-# `dimbench run`'s timing where not given, by device kind: a CPU step is slow, a GPU one fast
+# `dimbench run`'s timing where not given, by device kind: a CPU step is slow, a GPU one fast.
+# repeats: timed rounds at most; min_rounds: at least, whatever the budget (measure.rounds)
 RUN_TIMING = {
-    "cpu": {"warmup": 1, "repeats": 10, "budget_s": 20.0},
-    "cuda": {"warmup": 3, "repeats": 20, "budget_s": 10.0},
+    "cpu": {"warmup": 1, "min_rounds": 5, "repeats": 10, "budget_s": 20.0},
+    "cuda": {"warmup": 3, "min_rounds": 10, "repeats": 20, "budget_s": 10.0},
 }
 
 
@@ -94,6 +95,8 @@ class Ratio:
     # marks its crossovers beside another suite's in one figure (label suffix, dash-dotted
     # lines), e.g. "predicted"
     tag: str = ""
+    # the verb of a crossover given as an interval ("{model} overtakes {b} between X and Y px")
+    overtakes: str = "overtakes"
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,10 @@ class Suite:
     panels: tuple[Panel, ...] = ()
     ratio: Ratio | None = None  # the model-over-baseline comparison its rows give
     isolated: bool = True  # one process per configuration (False: instant, allocates nothing)
+    # "module:Class": built from a Config in a cell's worker, ``step() -> seconds`` times one
+    # step, ``finish() -> {"metrics", "raw"}``; the models of a cell are then measured in
+    # interleaved rounds (bench.cell). "": one process per configuration, one after another
+    stepper: str = ""
     grouped: bool = True  # its rows differ by device, dtype, mode and batch (False: drawn in all)
     default_models: Callable[[str], tuple[str, ...]] = lambda device: (
         GPU_MODELS if device.startswith("cuda") else CPU_MODELS
@@ -173,6 +180,7 @@ class Settings:
     weights: str = ""  # a checkpoint (dimbench's or a released DiM file) to load; "": random init
     warmup: int = 1
     repeats: int = 3
+    min_rounds: int = 1  # timed steps at least, whatever budget_s says (at most repeats)
     budget_s: float | None = None
     timeout_s: float = 300.0
     sample_steps: int = SAMPLE_STEPS
@@ -256,6 +264,8 @@ class Sweep(Settings):
     conv_backend: str = "auto"
     # refuse (status too_big) what the cost model predicts cannot fit (bench.memory_check)
     memory_check: bool = True
+    # the models of a cell measured in interleaved rounds (bench.cell), where the suite can
+    paired: bool = True
 
     def requested(self, kernel: str) -> str:
         """The backend asked for ``kernel`` (scan, attention, conv)."""
@@ -339,6 +349,8 @@ class Sweep(Settings):
             weights = check_weights(weights, self.models, self.resolutions[0])
         if self.warmup < 0 or self.repeats < 1:
             raise UsageError("--warmup must be >= 0 and --repeats >= 1")
+        if self.min_rounds < 1:
+            raise UsageError("--min-rounds must be >= 1")
         if self.timeout_s <= 0:
             raise UsageError("--timeout must be positive")
         if self.omp_wait_policy is not None:
@@ -353,7 +365,9 @@ class Sweep(Settings):
                 if kernel in used or self.requested(kernel) != "auto":
                     for dtype in self.dtypes:
                         resolve(kernel, self.requested(kernel), device, dtype)
-        return replace(self, device=device, weights=weights)
+        # --repeats caps the rounds, --min-rounds included
+        min_rounds = min(self.min_rounds, self.repeats)
+        return replace(self, device=device, weights=weights, min_rounds=min_rounds)
 
 
 def check_weights(path: str, models: list[str], image_size: int) -> str:

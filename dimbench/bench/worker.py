@@ -1,4 +1,5 @@
-"""The measuring process: ``python -m dimbench.bench.worker CONFIG.json RESULT.json``.
+"""The measuring process: ``python -m dimbench.bench.worker CONFIG.json RESULT.json``, or a
+paired cell's worker, ``python -m dimbench.bench.worker --serve`` (``serve_cell`` below).
 
 Runs one configuration and writes one JSON object to RESULT.json:
 ``{"status": "ok"|"oom"|"error", "error": str|None, "metrics": {...}, "raw": {...},
@@ -27,7 +28,6 @@ def run(config: dict) -> dict:
 
     from dimbench.bench.registry import get_suite
     from dimbench.bench.spec import Config
-    from dimbench.bench.workload import is_oom
     from dimbench.measure.metadata import run_metadata
 
     cfg = Config.from_dict(config)
@@ -37,18 +37,79 @@ def run(config: dict) -> dict:
     try:
         result.update(get_suite(cfg.suite).measure(cfg))
     except Exception as exc:  # a failed measurement is a row, not a crash
-        result["status"] = "oom" if is_oom(exc) else "error"
-        result["error"] = one_line(exc)
-        if result["status"] == "error":
-            traceback.print_exc(file=sys.stderr)
+        result.update(failure(exc))
     result["meta"] = run_metadata(cfg.device)
     return result
 
 
+def failure(exc: BaseException) -> dict:
+    """A failed measurement as a result's status and error (the traceback to stderr)."""
+    from dimbench.bench.workload import is_oom
+
+    status = "oom" if is_oom(exc) else "error"
+    if status == "error":
+        traceback.print_exc(file=sys.stderr)
+    return {"status": status, "error": one_line(exc)}
+
+
+def serve_cell() -> None:
+    """A paired cell's worker (``dimbench.bench.cell``), over JSON lines (``measure.pipes``):
+    ``setup`` {config} builds the suite's stepper (warm-up included), ``time`` runs one timed
+    step, ``finish`` returns the result as the one-shot worker writes it. A measurement that
+    raises (an OOM) is a ``{"failed": {status, error}}`` reply, not a crash."""
+    from dimbench.measure import pipes
+
+    reply = pipes.reply_channel()  # what the measured code prints goes to stderr
+    state: dict = {}
+
+    def setup(msg: dict) -> dict:
+        import importlib
+
+        import torch
+
+        from dimbench.bench.registry import get_suite
+        from dimbench.bench.spec import Config
+
+        cfg = state["cfg"] = Config.from_dict(msg["config"])
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        module, _, name = get_suite(cfg.suite).stepper.partition(":")
+        try:
+            state["stepper"] = getattr(importlib.import_module(module), name)(cfg)
+        except Exception as exc:
+            return {"failed": failure(exc)}
+        return {"ready": True}
+
+    def time(msg: dict) -> dict:
+        try:
+            return {"seconds": state["stepper"].step()}
+        except Exception as exc:
+            return {"failed": failure(exc)}
+
+    def finish(msg: dict) -> dict:
+        from dimbench.measure.metadata import run_metadata
+
+        result: dict = {"status": "ok", "error": None, "metrics": {}, "raw": None}
+        try:
+            result.update(state["stepper"].finish())
+        except Exception as exc:
+            result.update(failure(exc))
+        result["meta"] = run_metadata(state["cfg"].device)
+        return {"result": result}
+
+    pipes.serve(sys.stdin, reply, {"setup": setup, "time": time, "finish": finish})
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--serve"]:
+        serve_cell()
+        return 0
     if len(argv) != 2:
-        print("usage: python -m dimbench.bench.worker CONFIG.json RESULT.json", file=sys.stderr)
+        print(
+            "usage: python -m dimbench.bench.worker CONFIG.json RESULT.json | --serve",
+            file=sys.stderr,
+        )
         return 2
     config = json.loads(Path(argv[0]).read_text())
     result = run(config)

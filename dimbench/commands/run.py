@@ -26,13 +26,30 @@ Repeats = Annotated[
         help=f"Timed repeats at most (fewer past --budget) {run_timing_help('repeats')}",
     ),
 ]
+MinRounds = Annotated[
+    int | None,
+    typer.Option(
+        "--min-rounds",
+        help="Timed repeats (rounds of a paired cell) at least, whatever --budget says "
+        + run_timing_help("min_rounds"),
+    ),
+]
 Budget = Annotated[
     float | None,
     typer.Option(
         "--budget",
-        help="Seconds of timed repeats per configuration: no further repeat starts once the "
-        "next would pass it (one always runs; a single repeat has IQR 0) "
-        + run_timing_help("budget_s"),
+        help="Seconds of timed steps per configuration after which a cell may stop: past "
+        "--min-rounds, once every model's 95% interval is within ±10% (else it goes on to "
+        "--repeats) " + run_timing_help("budget_s"),
+    ),
+]
+Unpaired = Annotated[
+    bool,
+    typer.Option(
+        "--unpaired",
+        help="One process per configuration, one after another (throughput; default: the "
+        "models of each resolution/batch/dtype/mode measured in interleaved rounds, one "
+        "process each)",
     ),
 ]
 Weights = Annotated[
@@ -81,7 +98,9 @@ def run(
     mode: o.Modes = o.default(Sweep, "modes"),
     warmup: Warmup = None,
     repeats: Repeats = None,
+    min_rounds: MinRounds = None,
     budget: Budget = None,
+    unpaired: Unpaired = False,
     timeout: o.Timeout = o.default(Sweep, "timeout_s"),
     scan_backend: o.ScanBackend = o.default(Sweep, "scan_backend"),
     attn_backend: o.AttnBackend = o.default(Sweep, "attn_backend"),
@@ -98,8 +117,12 @@ def run(
 ) -> None:
     """Measure SUITE for every (model, resolution, batch, dtype, mode), each in its own process.
 
-    Rows are appended to OUT/SUITE.csv as they finish (raw samples to OUT/SUITE.samples.jsonl);
-    a rerun with the same --out skips what is already there. OOM, timeout and crashes are rows.
+    throughput: the models of each cell (one resolution, batch, dtype, mode) run in interleaved
+    rounds, one timed step each per round in shuffled order; each row has a 95% interval and
+    OUT/ratios.csv the model-over-baseline ratios with theirs (--unpaired: one configuration at a
+    time). Rows are appended to OUT/SUITE.csv as they finish (raw samples to
+    OUT/SUITE.samples.jsonl); a rerun with the same --out skips what is already there. OOM,
+    timeout and crashes are rows.
 
     Example: dimbench run throughput --res 256 512 1024 1536
     """
@@ -108,13 +131,21 @@ def run(
     sweep = session.plan(
         suite, models, res, device,
         batch_sizes=list(batch_size), dtypes=list(dtype), modes=list(mode),
-        warmup=warmup, repeats=repeats, budget_s=budget, timeout_s=timeout,
+        warmup=warmup, repeats=repeats, min_rounds=min_rounds, budget_s=budget,
+        timeout_s=timeout, paired=not unpaired,
         scan_backend=scan_backend, attn_backend=attn_backend, conv_backend=conv_backend,
         compile="inductor" if compile else "eager", weights=str(weights) if weights else "",
         threads=threads, omp_wait_policy=omp_wait_policy, sample_steps=sample_steps,
         memory_check=memory_check,
     )  # fmt: skip
-    if session.run(sweep, out, redo=redo, retry_failed=retry_failed):
+
+    def crossovers(df, out_dir: Path) -> list[str]:
+        from dimbench.plots.crossover import crossover_lines
+
+        return crossover_lines(df, sweep.suite, out_dir)
+
+    summarise = crossovers if sweep.suite.stepper else None  # the paired suites
+    if session.run(sweep, out, redo=redo, retry_failed=retry_failed, summarise=summarise):
         raise typer.Exit(1)
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dimbench.bench.spec import Panel, Suite
-from dimbench.plots.crossover import Crossover, crossovers
+from dimbench.plots.crossover import Bands, Crossover, crossovers, paired_bands
 from dimbench.plots.groups import figure_stem, first_value, group_label, groups, split
 from dimbench.plots.models import by_family, families
 from dimbench.plots.style import (
@@ -99,9 +99,10 @@ class ScalingFigure:
     tagged: dict[str, list[Crossover]] = field(default_factory=dict)
 
 
-def scaling_figures(df, suites: list[Suite]) -> Iterator[ScalingFigure]:
+def scaling_figures(df, suites: list[Suite], bands: Bands | None = None) -> Iterator[ScalingFigure]:
     """The scaling figure of each group of ``df``'s rows (``image_size``, ``batch_size`` as
-    numbers), drawn from ``suites``' declarations; the caller closes each."""
+    numbers), drawn from ``suites``' declarations (``bands``: the paired ratios of
+    ``ratios.csv``, ``crossover.paired_bands``); the caller closes each."""
     rows = Rows.of(df, suites)
     plans = panel_plans(rows.suites)
     styles = model_styles(df["model"])
@@ -109,7 +110,7 @@ def scaling_figures(df, suites: list[Suite]) -> Iterator[ScalingFigure]:
     keys = rows.keys()
     for key in keys:
         found = [
-            (s, crossovers(r, s))
+            (s, crossovers(r, s, bands))
             for s in rows.suites.values()
             if s.ratio and s.grouped and not (r := rows.of_suite(s.name, key)).empty
         ]
@@ -148,7 +149,10 @@ def plot_scaling(
     df["batch_size"] = df["batch_size"].astype(int)
     suites = all_suites()
     figures, found = [], {}
-    for drawn in scaling_figures(df, suites):
+    from dimbench.bench.ratios import read_ratios
+
+    bands = paired_bands(read_ratios(results_dir))
+    for drawn in scaling_figures(df, suites, bands):
         figures += save_figure(drawn.figure, results_dir / drawn.stem, formats)
         plt.close(drawn.figure)
         found[drawn.label] = drawn.crossovers
@@ -238,6 +242,18 @@ def _plot_metric(ax, df, panel: Panel, ylabel: str, styles) -> None:
         if panel.per_image:
             y = y / ok["batch_size"].astype(float)
         ax.plot(ok[panel.x], y, label=name, linewidth=1.8, markersize=5, **style)
+        lo_col, hi_col = f"{panel.metric}_ci_lo", f"{panel.metric}_ci_hi"
+        if lo_col in ok and hi_col in ok:  # the 95 % interval of each point
+            scale = ok["batch_size"].astype(float) if panel.per_image else 1.0
+            lo = ok[lo_col].astype(float) / scale
+            hi = ok[hi_col].astype(float) / scale
+            known = lo.notna() & hi.notna()
+            if known.any():
+                ax.errorbar(
+                    ok[panel.x][known], y[known],
+                    yerr=[(y - lo)[known].clip(lower=0), (hi - y)[known].clip(lower=0)],
+                    fmt="none", ecolor=style["color"], elinewidth=1, capsize=2,
+                )  # fmt: skip
         for _, r in rows[rows["status"] != "ok"].iterrows():
             ax.plot(
                 r[panel.x], 0.96, transform=top, marker="x", color=style["color"],
@@ -304,6 +320,18 @@ def _plot_ratio(ax, cross: list[Crossover], styles) -> list:
             linestyle="-." if tagged else "-" if higher else "--", **style,
         )  # fmt: skip
         sizes += c.resolutions
+        if c.ratios_lo:  # the 95 % band of each ratio
+            ax.fill_between(
+                c.resolutions, c.ratios_lo, c.ratios_hi, color=style["color"], alpha=0.15,
+                linewidth=0,
+            )  # fmt: skip
+        if c.crossover_range is not None:  # where the crossing may lie by the bands
+            early, late = c.crossover_range
+            ax.axvspan(
+                early if early is not None else c.resolutions[0],
+                late if late is not None else c.resolutions[-1],
+                color=style["color"], alpha=0.08, linewidth=0,
+            )  # fmt: skip
         if c.crossover_px is not None:
             ax.axvline(c.crossover_px, color=style["color"], linestyle=":", linewidth=1)
             labels.append(

@@ -21,8 +21,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from dimbench.errors import UsageError
+from dimbench.measure.rounds import interleave
 from dimbench.regress.baseline import Baseline, load_baseline, save_baseline
-from dimbench.regress.rounds import SMOOTHING_ROUNDS, Samples, interleave, split
+from dimbench.regress.rounds import SMOOTHING_ROUNDS, Samples, split
 from dimbench.regress.sides import Side, running
 from dimbench.regress.stats import (
     DEFAULT_ALPHA,

@@ -10,7 +10,9 @@ itself; the cases file it is given (the head's ``cases.py``) and the clocks (the
 ``measure/clocks.py``) are loaded by path as well.
 
 Protocol: JSON lines, requests on stdin, replies on the stdout the worker was started with; the
-code under test writes to stderr (fd 1 is pointed there), so a print cannot corrupt a reply.
+code under test writes to stderr (fd 1 is pointed there), so a print cannot corrupt a reply
+(``dimbench/measure/pipes.py``, loaded by its path like the clocks; ``dimbench run``'s paired
+cells drive their workers with the same code).
 The worker first replies ``{"info": ...}`` (where its ``dimbench`` came from), then answers
 ``{"op": "setup", ...}`` with the cases it could build and ``{"op": "time", "names": [...]}``
 with one sample per name, and leaves on ``{"op": "exit"}`` or end of input.
@@ -38,7 +40,6 @@ import ctypes.util
 import functools
 import gc
 import importlib.util
-import json
 import os
 import sys
 import traceback
@@ -52,6 +53,7 @@ CUDA_CLOCK = "cuda-events"
 
 Timer = Callable[[Callable[[], object], int], float]  # (fn, repeat) -> seconds per call
 CLOCKS_MODULE = "dimbench_gate_clocks"
+PIPES_MODULE = "dimbench_gate_pipes"
 
 
 # ---------------------------------------------------------------------- importing a side
@@ -101,8 +103,11 @@ def loaded_kernels() -> list[str]:
 
 # ---------------------------------------------------------------------- timing
 
-# by its path, from the tree this file is in (the head's), like the cases: see the docstring
-clocks = load_module(Path(__file__).resolve().parents[1] / "measure" / "clocks.py", CLOCKS_MODULE)
+# by their paths, from the tree this file is in (the head's), like the cases: see the docstring
+_MEASURE = Path(__file__).resolve().parents[1] / "measure"
+clocks = load_module(_MEASURE / "clocks.py", CLOCKS_MODULE)
+pipes = load_module(_MEASURE / "pipes.py", PIPES_MODULE)
+one_line = pipes.one_line
 
 # glibc mallopt parameters
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
@@ -134,11 +139,6 @@ def timer(device: str) -> tuple[str, Timer]:
         return span.seconds / repeat
 
     return (CUDA_CLOCK if clocks.is_cuda(device) else CPU_CLOCK), time_calls
-
-
-def one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 class Runner:
@@ -191,51 +191,36 @@ def describe(case) -> dict:
 
 
 def serve(requests, reply: Callable[[dict], None]) -> None:
-    """Answer ``requests`` (an iterable of JSON lines) until ``exit``."""
+    """Answer ``requests`` (an iterable of JSON lines) until ``exit`` (``pipes.serve``)."""
     runner: Runner | None = None
-    for line in requests:
-        if not line.strip():
-            continue
-        msg = json.loads(line)
-        op = msg.get("op")
-        try:
-            if op == "exit":
-                return
-            if op == "setup":
-                module = load_module(Path(msg["cases_file"]), "dimbench_gate_cases")
-                benchmarks = list(module.gate_cases(msg["device"]))
-                cases = [*benchmarks, *module.CALIBRATION]
-                runner = Runner(cases, msg["device"], msg["threads"], msg["warmup"])
-                reply(
-                    {
-                        "cases": [describe(c) for c in benchmarks],
-                        "calibration": [describe(c) for c in module.CALIBRATION],
-                        "errors": runner.errors,
-                        "clock": runner.clock,
-                        "heap_kept": keep_heap(),
-                        "torch": getattr(sys.modules.get("torch"), "__version__", ""),
-                        "kernels": loaded_kernels(),
-                    }
-                )
-            elif op == "time":
-                if runner is None:
-                    raise RuntimeError("time before setup")
-                reply({"times": runner.time(msg["names"])})
-            else:
-                raise ValueError(f"unknown op {op!r}")
-        except Exception as e:
-            traceback.print_exc()
-            reply({"error": one_line(e)})
+
+    def setup(msg: dict) -> dict:
+        nonlocal runner
+        module = load_module(Path(msg["cases_file"]), "dimbench_gate_cases")
+        benchmarks = list(module.gate_cases(msg["device"]))
+        cases = [*benchmarks, *module.CALIBRATION]
+        runner = Runner(cases, msg["device"], msg["threads"], msg["warmup"])
+        return {
+            "cases": [describe(c) for c in benchmarks],
+            "calibration": [describe(c) for c in module.CALIBRATION],
+            "errors": runner.errors,
+            "clock": runner.clock,
+            "heap_kept": keep_heap(),
+            "torch": getattr(sys.modules.get("torch"), "__version__", ""),
+            "kernels": loaded_kernels(),
+        }
+
+    def time(msg: dict) -> dict:
+        if runner is None:
+            raise RuntimeError("time before setup")
+        return {"times": runner.time(msg["names"])}
+
+    pipes.serve(requests, reply, {"setup": setup, "time": time})
 
 
 def main(argv: Sequence[str]) -> None:
     """``argv``: the side's source tree."""
-    replies = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)  # whatever the code under test prints goes to the log, not into a reply
-
-    def reply(doc: dict) -> None:
-        replies.write(json.dumps(doc) + "\n")
-
+    reply = pipes.reply_channel()  # whatever the code under test prints goes to the log
     keep_heap()
     try:
         info = import_side(Path(argv[0]))

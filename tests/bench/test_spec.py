@@ -14,7 +14,7 @@ from dimbench.results import KEY_COLUMNS
 
 def test_a_config_carries_every_setting_of_its_sweep():
     settings = dict(
-        warmup=2, repeats=5, budget_s=1.5, timeout_s=9.0, sample_steps=7, threads=1,
+        warmup=2, repeats=5, min_rounds=2, budget_s=1.5, timeout_s=9.0, sample_steps=7, threads=1,
         omp_wait_policy="passive", suite_options={"trace_dir": "/tmp/t"},
     )  # fmt: skip
     assert set(settings) | {"device", "compile", "weights"} == {f.name for f in fields(Settings)}

@@ -348,12 +348,12 @@ def test_worker_classifies_oom_and_errors(monkeypatch):
 
 
 def test_dead_worker_classification():
-    from dimbench.bench.runner import _classify_death
+    from dimbench.bench.processes import classify_death
 
-    assert _classify_death(-signal.SIGKILL, "")[0] == "oom"
-    status, error = _classify_death(-signal.SIGSEGV, "Fatal Python error")
+    assert classify_death(-signal.SIGKILL, "")[0] == "oom"
+    status, error = classify_death(-signal.SIGSEGV, "Fatal Python error")
     assert status == "error" and "SIGSEGV" in error and "Fatal" in error
-    assert _classify_death(1, "ImportError: x") == (
+    assert classify_death(1, "ImportError: x") == (
         "error",
         "worker exited with code 1: ImportError: x",
     )
@@ -382,7 +382,8 @@ def cli(args: list[str]) -> int:
 
 
 def test_run_throughput_end_to_end_and_resume(tmp_path, capsys):
-    """Two configurations, each in its own process; rows, raw samples, resume, CLI parsing."""
+    """Two configurations of one cell, each model in its own worker, in paired rounds; rows,
+    intervals, raw samples, ratios.csv, resume, CLI parsing."""
     from dimbench.results import ResultStore
 
     out = tmp_path / "res"
@@ -403,8 +404,17 @@ def test_run_throughput_end_to_end_and_resume(tmp_path, capsys):
         assert r["threads"] == "1" and r["torch_version"] == torch.__version__
         assert r["omp_wait_policy"] == os.environ.get("OMP_WAIT_POLICY", "passive").upper()
         assert r["device_name"] and r["repeats"] == "3" and float(r["peak_mem_mb"]) >= 0
+        assert r["paired"] == "true"
+        assert float(r["latency_ms_ci_lo"]) <= lat <= float(r["latency_ms_ci_hi"])
+        assert (
+            float(r["imgs_per_s_ci_lo"]) <= float(r["imgs_per_s"]) <= float(r["imgs_per_s_ci_hi"])
+        )
     raw = [json.loads(x) for x in (out / "throughput.samples.jsonl").read_text().splitlines()]
     assert len(raw[0]["timing"]["samples_ms"]) == 3 and len(raw[0]["timing"]["warmup_ms"]) == 1
+    assert raw[0]["cell"]["id"] == raw[1]["cell"]["id"] and raw[0]["cell"]["rounds"] == 3
+    ratios = (out / "ratios.csv").read_text().splitlines()
+    assert len(ratios) == 2 and ratios[1].startswith("DiM-T/2,U-ViT-T/2,32,1,fp32,forward,cpu,")
+    assert ratios[1].endswith(",3,true")
     printed = capsys.readouterr().out
     assert "DiM-T/2" in printed and "U-ViT-T/2" in printed  # the summary table
 

@@ -104,3 +104,57 @@ def test_a_too_big_point_is_marked_like_an_oom(tmp_path):
     store_of(tmp_path, "throughput").append(row)
     plot_results(tmp_path)
     assert "too big" in (tmp_path / "scaling.svg").read_text()
+
+
+def test_the_crossover_interval_is_where_the_bands_cross_1():
+    from dimbench.plots.crossover import crossing, crossing_range
+
+    res, lo, mid, hi = [256, 512, 1024], [0.4, 0.6, 1.5], [0.5, 0.75, 2.0], [0.6, 0.9, 2.6]
+    early, late = crossing_range(res, lo, hi)
+    assert early == pytest.approx(crossing(res, hi)) and late == pytest.approx(crossing(res, lo))
+    assert early < crossing(res, mid) < late
+    assert crossing_range([256, 512], [0.5, 0.9], [1.1, 1.3]) == (None, None)  # open both ends
+    assert crossing_range(res, [0.4, 0.6, 0.9], hi)[1] is None  # the lower band stays below 1
+
+
+def test_paired_ratios_give_the_crossover_as_an_interval(tmp_path):
+    from dimbench.plots.folder import plot_results
+    from dimbench.plots.summary import write_summary
+
+    scaling_folder(tmp_path)
+    head = "model,baseline,image_size,batch_size,dtype,mode,device,compile,weights,"
+    lines = [head + "ratio,ratio_ci_lo,ratio_ci_hi,rounds,paired"]
+    for res, q, a, b in ((256, 0.5, 0.45, 0.55), (512, 0.75, 0.7, 0.8), (1024, 2.0, 1.8, 2.2)):
+        lines.append(f"DiM-T/2,DiT-T/2,{res},1,fp32,forward,cpu,eager,,{q},{a},{b},10,true")
+    (tmp_path / "ratios.csv").write_text("\n".join(lines) + "\n")
+    out = plot_results(tmp_path, formats=("png",))
+    (dit,) = [
+        c for c in out["crossovers"]["cpu, fp32, forward, batch 1"] if c.baseline == "DiT-T/2"
+    ]
+    assert dit.ratios_lo == [0.45, 0.7, 1.8] and dit.ratios_hi == [0.55, 0.8, 2.2]
+    early, late = dit.crossover_range
+    assert 512 < early < dit.crossover_px < late < 1024
+    words = f"DiM-T/2 overtakes DiT-T/2 between {early:.0f} and {late:.0f} px"
+    assert dit.sentence().startswith(words)
+    assert "1024: 2.00x [1.80, 2.20]" in dit.sentence()
+    write_summary(tmp_path, load_results(tmp_path, SCHEMAS), out)
+    assert words in (tmp_path / "summary.md").read_text()
+
+
+def test_without_paired_ratios_the_rows_intervals_give_a_wider_band():
+    import pandas as pd
+
+    from dimbench.bench.registry import get_suite
+    from dimbench.plots.crossover import crossovers
+
+    rows = []
+    for model, ips in (("DiM-T/2", (1.0, 4.0)), ("DiT-T/2", (2.0, 2.0))):
+        for res, v in zip((256, 512), ips, strict=True):
+            rows.append({**KEY, "model": model, "image_size": res, "status": "ok",
+                         "imgs_per_s": v, "imgs_per_s_ci_lo": 0.9 * v,
+                         "imgs_per_s_ci_hi": 1.1 * v})  # fmt: skip
+    (c,) = crossovers(pd.DataFrame(rows), get_suite("throughput"))
+    assert c.ratios == pytest.approx([0.5, 2.0])
+    assert c.ratios_lo == pytest.approx([0.5 * 0.9 / 1.1, 2.0 * 0.9 / 1.1])
+    assert c.ratios_hi == pytest.approx([0.5 * 1.1 / 0.9, 2.0 * 1.1 / 0.9])
+    assert "between" in c.sentence()
