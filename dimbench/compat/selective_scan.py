@@ -15,8 +15,10 @@ asks them first and adapts only what they refuse, each adaptation marked FALLBAC
 - ``mamba_inner_fn`` with fixed B/C, B/C projection biases or complex A: the unfused sequence
   over this layer's conv and scan.
 
-``selective_scan_ref`` and ``mamba_inner_ref`` are the plain-PyTorch twins (sequential scan,
-F.conv1d, autograd): the reference the others are tested against.
+``selective_scan_ref`` is the plain-PyTorch twin (a sequential scan that autograd
+differentiates); ``mamba_inner_ref`` is, as in mamba_ssm, the unfused sequence over
+``causal_conv1d_fn`` and ``selective_scan_fn`` (so where ``mamba_inner_fn`` falls back to that
+sequence the two are one computation).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def _per_channel(M: Tensor, dim: int, length: int, complex_a: bool) -> Tensor:
     fixed (D, N), time-varying (B, N, L) or grouped (B, G, N, L); with complex A a time-varying
     one holds real pairs, (..., 2L)."""
     if M.dim() == 2:
-        return M[None, :, :, None]
+        return M[None, :, :, None].expand(-1, -1, -1, length)
     if complex_a:
         M = torch.view_as_complex(M.float().unflatten(-1, (length, 2)).contiguous())
     else:
@@ -225,12 +227,6 @@ def _inner_sequence(
     return F.linear(y.transpose(1, 2), out_proj_weight, out_proj_bias)
 
 
-def _conv_ref(x, weight, bias, activation):
-    padded = F.pad(x, (weight.shape[-1] - 1, 0))
-    out = F.conv1d(padded, weight.unsqueeze(1), bias, groups=x.shape[1])
-    return F.silu(out) if activation else out
-
-
 def _conv_layer(x, weight, bias, activation):
     return causal_conv1d_fn(x, weight, bias, activation=activation)
 
@@ -254,10 +250,12 @@ def mamba_inner_ref(
     cu_seqlens: Tensor | None = None,
     seq_idx: Tensor | None = None,
 ) -> Tensor:
-    """Plain-PyTorch twin of :func:`mamba_inner_fn` (F.conv1d, :func:`selective_scan_ref`)."""
+    """The unfused twin of :func:`mamba_inner_fn`, as mamba_ssm defines it: the sequence of
+    separate ops over ``causal_conv1d_fn`` and ``selective_scan_fn``, differentiated by
+    autograd."""
     _no_packed_sequences(cu_seqlens if cu_seqlens is not None else seq_idx)
     return _inner_sequence(
-        _conv_ref, selective_scan_ref, xz, conv1d_weight, conv1d_bias, x_proj_weight,
+        _conv_layer, selective_scan_fn, xz, conv1d_weight, conv1d_bias, x_proj_weight,
         delta_proj_weight, out_proj_weight, out_proj_bias, A, B, C, D, delta_bias, B_proj_bias,
         C_proj_bias, delta_softplus,
     )  # fmt: skip
