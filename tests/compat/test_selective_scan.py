@@ -208,3 +208,40 @@ def test_mamba_inner_fn_against_float64(is_variable_B, is_variable_C):
     with compat.use_backends(scan="ref", conv="torch"):
         want = mamba_inner_ref(*as64, delta_bias=delta_bias.double())
     assert ((out.double() - want).norm() / want.norm()).item() < 1e-5
+
+
+@pytest.mark.parametrize("is_variable_B", [False, True])
+def test_complex_A_against_the_closed_form(is_variable_B):
+    """Beyond mamba's file (its complex64 grid is commented out): complex A (the layer's
+    plain-PyTorch fallback) against x_t = sum_{s <= t} exp(A (c_t - c_s)) dt_s B_s u_s with
+    c the running sum of dt, y = 2 Re <C_t, x_t> + D u, gated by silu(z)."""
+    torch.manual_seed(0)
+    batch, dim, n, length = 2, 4, 3, 12
+    A = torch.complex(-0.5 * torch.rand(dim, n), torch.randn(dim, n)).requires_grad_()
+    B = (
+        torch.randn(batch, n, 2 * length)  # real pairs along time
+        if is_variable_B
+        else torch.randn(dim, n, dtype=torch.complex64)
+    )
+    C = torch.randn(batch, n, 2 * length)
+    u, z = torch.randn(batch, dim, length), torch.randn(batch, dim, length)
+    delta, D = 0.5 * torch.rand(batch, dim, length), torch.randn(dim)
+    out, state = selective_scan_fn(u, delta, A, B, C, D, z=z, return_last_state=True)
+
+    def as_complex(M):  # (b, n, 2L) real pairs -> (b, 1, n, L)
+        return torch.view_as_complex(M.unflatten(-1, (length, 2)).contiguous())[:, None]
+
+    Bc = as_complex(B) if is_variable_B else B[None, :, :, None]
+    Cc = as_complex(C)
+    c = delta.cumsum(-1)  # (b, d, L)
+    gap = (c[..., :, None] - c[..., None, :])[:, :, None]  # (b, d, 1, t, s)
+    causal = torch.ones(length, length).tril().bool()
+    weight = torch.where(causal, torch.exp(A.detach()[None, :, :, None, None] * gap), 0)
+    drive = (delta * u)[:, :, None, :] * Bc  # (b, d, n, s)
+    states = (weight * drive[:, :, :, None, :]).sum(-1)  # (b, d, n, t)
+    y = 2 * (states * Cc).sum(2).real + D[:, None] * u
+    want = y * torch.nn.functional.silu(z)
+    torch.testing.assert_close(out.detach(), want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(state.detach(), states[..., -1], rtol=1e-5, atol=1e-5)
+    out.sum().backward()
+    assert A.grad is not None and torch.isfinite(torch.view_as_real(A.grad)).all()
