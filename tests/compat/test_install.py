@@ -134,3 +134,12 @@ def test_environment_variable_is_checked(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv(COMPAT_ENV, "yes please")
     with pytest.raises(UsageError, match=COMPAT_ENV):
         install_from_env()
+
+
+def test_result_rows_record_the_implementation() -> None:
+    from dimbench.measure.metadata import run_metadata
+    from dimbench.results import TAIL_COLUMNS
+
+    compat.install()
+    assert "mamba_impl" in TAIL_COLUMNS
+    assert run_metadata("cpu")["mamba_impl"] == compat.mamba_impl() != ""
