@@ -15,7 +15,8 @@ and the attributes ``in_channels``, ``out_channels``, ``num_classes`` and ``lear
 
 Models outside the package register the same way from a module named by ``--import MODULE``
 (any command), by ``DIMBENCH_IMPORT=mod1,mod2`` (which worker processes inherit), or by an
-installed package's entry point in the group ``dimbench.models``.
+installed package's entry point in the group ``dimbench.models``. A module written against
+``mamba_ssm`` imports on a machine without it under ``DIMBENCH_MAMBA_COMPAT=1`` (dimbench.compat).
 """
 
 from __future__ import annotations
@@ -36,7 +37,12 @@ from dimbench.latents import LATENT_DOWNSAMPLE
 from dimbench.plugins import IMPORT_ENV, extend_path, named_modules
 
 # The models that come with dimbench, registered when their modules are imported.
-BUILTIN_MODULES = ("dimbench.models.dim", "dimbench.models.dit", "dimbench.models.uvit")
+BUILTIN_MODULES = (
+    "dimbench.models.dim",
+    "dimbench.models.dit",
+    "dimbench.models.uvit",
+    "dimbench.models.vim",
+)
 ENTRY_POINT_GROUP = "dimbench.models"
 
 # kernel -> the constructor keyword (and result column) of its backend
@@ -162,7 +168,12 @@ def _import(module: str, how: str) -> None:
 
 def import_plugins() -> None:
     """Import the modules named by ``--import`` / ``$DIMBENCH_IMPORT`` and the packages that
-    declare a ``dimbench.models`` entry point: they register models (and suites)."""
+    declare a ``dimbench.models`` entry point: they register models (and suites). With
+    ``$DIMBENCH_MAMBA_COMPAT=1`` the mamba_ssm layer is installed first, so modules written
+    against mamba_ssm import on any machine (workers inherit the variable)."""
+    from dimbench.compat import install_from_env
+
+    install_from_env()
     extend_path()
     for module in named_modules():
         _import(module, f"named by --import / ${IMPORT_ENV}")

@@ -54,6 +54,8 @@ TAIL_COLUMNS: dict[str, str] = {
     "git_sha": "dimbench commit",
     "torch_version": "torch.__version__",
     "cuda_version": "torch.version.cuda (the build's CUDA)",
+    "mamba_impl": "what answers `import mamba_ssm` (causal_conv1d where it differs): "
+    "'mamba_ssm 2.2.2', 'dimbench-compat <version>' (dimbench.compat), '' (neither)",
     "cpu_model": "CPU model of the host",
     "cpu_isa": "widest vector unit: amx | avx512 | avx2 | sve | neon (one CPU name can hide two)",
     "hostname": "host that measured",

@@ -15,6 +15,7 @@ its own members, never the layers after it):
 
     foundation   errors, paths, out_lock, devices, threads, plugins, torch_files, compile, latents
     ops          the kernels (dimbench/ops)
+    compat       mamba_ssm / causal_conv1d on those kernels (dimbench/compat)
     models       the model zoo and the registry that builds it (models/, registry.py)
     diffusion    schedules, losses, samplers
     results      the row schema and the CSV store: everything that makes or reads rows sits
@@ -60,6 +61,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ),
     ("_version",),  # written at build time (setuptools-scm), imports nothing
     ("ops",),
+    ("compat",),
     ("models", "registry"),
     ("diffusion",),
     ("results",),

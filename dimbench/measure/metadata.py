@@ -166,9 +166,12 @@ def run_metadata(device: str) -> dict:
     """Columns every row carries. Call it in the process that measures (it reads torch)."""
     import torch
 
+    from dimbench.compat import mamba_impl
+
     return {
         "device_name": device_name(device),
         "torch_version": torch.__version__,
+        "mamba_impl": mamba_impl(),
         "cuda_version": torch.version.cuda or "",
         "git_sha": git_sha(),
         "threads": torch.get_num_threads(),
