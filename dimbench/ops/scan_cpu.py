@@ -66,18 +66,19 @@ class ScanArgs(ctypes.Structure):
     _fields_ = (
         [
             (name, ctypes.c_int64)
-            for name in "batch dim length dstate groups bf16 softplus channel_last".split()
+            for name in "batch dim length dstate groups B_fixed C_fixed".split()
+            + "bf16 softplus channel_last".split()
         ]
         + [(f"{name}_s", ctypes.c_int64 * 3) for name in ACTIVATIONS]
         + [(name, ctypes.c_int64) for name in "B_sb B_sg B_st C_sb C_sg C_st".split()]
         + [
             (name, ctypes.c_void_p)
-            for name in "u delta z dout A B C D delta_bias out du ddelta dz ckpt".split()
+            for name in "u delta z dout A B C D delta_bias out du ddelta dz ckpt last dlast".split()
         ]
     )
 
 
-ABI = 3  # the kernel's ABI constant: ScanArgs and the entry points as declared here
+ABI = 4  # the kernel's ABI constant: ScanArgs and the entry points as declared here
 
 
 def load(path: str | Path) -> ctypes.CDLL:
@@ -134,16 +135,28 @@ def _nchunks(length: int) -> int:
     return (length + CHUNK - 1) // CHUNK
 
 
-def saved_shapes(u: Tensor, A: Tensor, z: Tensor | None):
+def groups_of(B: Tensor, C: Tensor) -> int:
+    """The group count of a scan's B and C (1 for (B, N, L) and fixed (D, N) ones)."""
+    return max(M.shape[1] if M.dim() == 4 else 1 for M in (B, C))
+
+
+def units_per_batch(dim: int, groups: int) -> int:
+    """Work units per batch element: each group's channels in blocks of up to 16 (a unit never
+    straddles a group; the last block of a group holds its tail lanes)."""
+    return groups * ((dim // groups + LANES - 1) // LANES)
+
+
+def saved_shapes(u: Tensor, A: Tensor, B: Tensor, C: Tensor, z: Tensor | None):
     batch, dim, length = u.shape
-    ncb = (dim + LANES - 1) // LANES
+    ncb = units_per_batch(dim, groups_of(B, C))
     return [((batch, ncb, _nchunks(length), A.shape[1], LANES), torch.float32)]
 
 
 def thread_ranges(shape: tuple[int, ...]) -> list[tuple[int, int]]:
-    """The (batch, 16-channel) units of a scan of ``shape`` split over this process's threads."""
-    batch, dim = shape[:2]
-    return _ranges(batch * ((dim + LANES - 1) // LANES))
+    """The units of a scan of ``shape`` ((batch, dim, ..., groups)) split over this process's
+    threads."""
+    batch, dim, groups = shape[0], shape[1], shape[-1]
+    return _ranges(batch * units_per_batch(dim, groups))
 
 
 def compute_dtype(*rows: Tensor | None) -> torch.dtype:
@@ -161,7 +174,10 @@ def layout_for(u: Tensor) -> str:
 
 def _time_major(M: Tensor) -> Tensor:
     """B or C as float32 (B, G, L, N) with unit state stride: a view of a time-major float32
-    tensor (a slice of x_proj's (B, L, R + 2N) output, say), else one small copy."""
+    tensor (a slice of x_proj's (B, L, R + 2N) output, say), else one small copy. A fixed
+    (D, N) one: contiguous float32 (D, N)."""
+    if M.dim() == 2:
+        return M.to(torch.float32).contiguous()
     Mg = M.unsqueeze(1) if M.dim() == 3 else M  # (B, G, N, L)
     if Mg.dtype == torch.float32 and (Mg.stride(2) == 1 or Mg.shape[2] == 1):
         return Mg.transpose(2, 3)
@@ -186,11 +202,9 @@ class Prepared:
         batch, dim, length = u.shape
         n = A.shape[1]
         Bt, Ct = _time_major(B), _time_major(C)
-        groups = Bt.shape[1]
-        if Ct.shape[1] != groups:
+        groups = groups_of(B, C)
+        if any(M.dim() == 4 and M.shape[1] != groups for M in (B, C)):
             raise ValueError("the cpu scan backend needs B and C with the same number of groups")
-        if groups > 1 and (dim // groups) % LANES:
-            raise ValueError(f"the cpu scan backend needs dim/groups to be a multiple of {LANES}")
         max_n = _lib().dimbench_scan_max_dstate()
         if n > max_n:
             raise ValueError(f"the cpu scan backend supports d_state <= {max_n}")
@@ -204,13 +218,18 @@ class Prepared:
         params = {"A": _f32(A), "D": _f32(D), "delta_bias": _f32(delta_bias)}
         self._keep = [*rows.values(), *params.values(), Bt, Ct]
         bf16, cl = self.dtype == torch.bfloat16, self.layout == lay.CHANNEL_LAST
-        a = ScanArgs(batch, dim, length, n, groups, bf16, delta_softplus, cl)
+        fixed = (B.dim() == 2, C.dim() == 2)
+        a = ScanArgs(batch, dim, length, n, groups, *fixed, bf16, delta_softplus, cl)
         for name, t in rows.items():
             self._set(a, name, t)
         for name, t in (("B", Bt), ("C", Ct)):
             setattr(a, name, _ptr(t))
+            if t.dim() == 2:  # fixed: every step reads the one (D, N) matrix
+                continue
             for field, stride in zip(("sb", "sg", "st"), t.stride()[:3], strict=True):
                 setattr(a, f"{name}_{field}", stride)
+            if t.shape[1] == 1:  # one (B, N, L) for every group
+                setattr(a, f"{name}_sg", 0)
         for name, t in params.items():
             setattr(a, name, _ptr(t))
         self.args = a
@@ -227,11 +246,12 @@ class Prepared:
         """An output or activation gradient for the kernel: (B, D, L) in its layout and dtype."""
         return lay.new_empty(like, self.layout, dtype=self.dtype, huge=True)
 
-    def forward(self, out: Tensor, ckpt: Tensor | None) -> None:
+    def forward(self, out: Tensor, ckpt: Tensor | None, last: Tensor | None = None) -> None:
         """Write ``out`` ((B, D, L) in ``self.layout`` and ``self.dtype``) and, when given,
-        ``ckpt``."""
+        ``ckpt`` and ``last`` (the final state, contiguous float32 (B, D, N))."""
         self._set(self.args, "out", out)
         self.args.ckpt = _ptr(ckpt)
+        self.args.last = _ptr(last)
         ref, fn = ctypes.byref(self.args), _lib().dimbench_scan_fwd
         _run(fn, self.ranges, lambda i, lo, hi: (ref, lo, hi))
 
@@ -240,11 +260,13 @@ class Prepared:
         size = _lib().dimbench_scan_partial_size(ctypes.byref(self.args))
         return torch.empty((len(self.ranges), size), dtype=torch.float32)
 
-    def backward(self, ckpt, du, ddelta, dz, partials) -> None:
+    def backward(self, ckpt, du, ddelta, dz, partials, dlast=None) -> None:
         """Write du, ddelta, dz ((B, D, L) in ``self.layout`` and ``self.dtype``; dz None without
-        z) in full and each thread's sums of the other gradients in its row of ``partials``."""
+        z) in full and each thread's sums of the other gradients in its row of ``partials``.
+        ``dlast``: the final state's gradient (contiguous float32 (B, D, N)) or None."""
         a = self.args
         a.ckpt = _ptr(ckpt)
+        a.dlast = _ptr(dlast)
         for name, t in (("du", du), ("ddelta", ddelta), ("dz", dz)):
             self._set(a, name, t)
         ref, fn, rows = ctypes.byref(a), _lib().dimbench_scan_bwd, partials.data_ptr()
@@ -253,7 +275,7 @@ class Prepared:
 
     def reduce(self, partials, dA, dD, ddelta_bias, dB, dC) -> None:
         """Sum the threads' partials into dA (D, N), dD, ddelta_bias (D) (float32, any may be
-        None) and dB, dC (contiguous (B, G, N, L), float32 or bfloat16)."""
+        None) and dB, dC (contiguous (B, G, N, L) or fixed (D, N), float32 or bfloat16)."""
         _lib().dimbench_scan_bwd_reduce(
             ctypes.byref(self.args),
             partials.data_ptr(),
@@ -307,20 +329,24 @@ def _passes_from_env() -> float:
 set_extra_passes(_passes_from_env())
 
 
-def forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, save):
+def forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, save, last_state=False):
     prep = Prepared(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     out = prep.empty(u)
-    ckpt = hugepages.empty(saved_shapes(u, A, z)[0][0], torch.float32) if save else None
+    ckpt = hugepages.empty(saved_shapes(u, A, B, C, z)[0][0], torch.float32) if save else None
+    # zeros: the state after no steps (L = 0), which the kernel does not write
+    last = u.new_zeros((u.shape[0], u.shape[1], A.shape[1]), dtype=torch.float32)
     if out.numel():
         for _ in range(1 + _extra_passes()):
-            prep.forward(out, ckpt)
-    return [out.to(u.dtype), *([ckpt] if save else [])]
+            prep.forward(out, ckpt, last if last_state else None)
+    return [out.to(u.dtype), *([last] if last_state else []), *([ckpt] if save else [])]
 
 
-def backward(grad_out, u, delta, A, B, C, D, z, delta_bias, delta_softplus, saved):
+def backward(grad_out, u, delta, A, B, C, D, z, delta_bias, delta_softplus, saved, dlast=None):
     prep = Prepared(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dout=grad_out)
     batch, dim, length, n, groups = prep.shape
     (ckpt,) = saved
+    if dlast is not None:
+        dlast = dlast.to(torch.float32).contiguous()
     # the kernel writes every element of these: no zero fill
     du, ddelta = prep.empty(u), prep.empty(u)
     dz = prep.empty(u) if z is not None else None
@@ -328,17 +354,19 @@ def backward(grad_out, u, delta, A, B, C, D, z, delta_bias, delta_softplus, save
     dA = torch.empty((dim, n), dtype=f32)
     dD = torch.empty(dim, dtype=f32) if D is not None else None
     dbias = torch.empty(dim, dtype=f32) if delta_bias is not None else None
-    dB, dC = (torch.empty((batch, groups, n, length), dtype=_native(M.dtype)) for M in (B, C))
+    dB, dC = (
+        torch.empty(M.shape if M.dim() == 2 else (batch, groups, n, length), dtype=_native(M.dtype))
+        for M in (B, C)
+    )
     if u.numel():
         partials = prep.partials()
-        prep.backward(ckpt, du, ddelta, dz, partials)
+        prep.backward(ckpt, du, ddelta, dz, partials, dlast)
         prep.reduce(partials, dA, dD, dbias, dB, dC)
     else:
         for t in (dA, dD, dbias, dB, dC):
             if t is not None:
                 t.zero_()
-    if B.dim() == 3:
-        dB, dC = dB.squeeze(1), dC.squeeze(1)
+    dB, dC = (dM.sum(1) if M.dim() == 3 else dM for dM, M in ((dB, B), (dC, C)))
     grads = [du, ddelta, dA, dB, dC, dD, dz, dbias]
     return scan.in_input_dtypes(grads, u, delta, A, B, C, D, z, delta_bias)
 
@@ -353,5 +381,6 @@ backends.register(
         backward=backward,
         saved_shapes=saved_shapes,
         output_layout=layout_for,
+        features=frozenset({"last_state", "fixed_bc"}),
     )
 )

@@ -51,7 +51,7 @@ def n_chunks_for(u: Tensor, z: Tensor | None = None) -> int:
     return -(-(length + vec - 1) // chunk_for(u, z))
 
 
-def saved_shapes(u: Tensor, A: Tensor, z: Tensor | None):
+def saved_shapes(u: Tensor, A: Tensor, B: Tensor, C: Tensor, z: Tensor | None):
     batch, dim, _ = u.shape
     return [((batch, dim, n_chunks_for(u, z), A.shape[1]), torch.float32)]
 
