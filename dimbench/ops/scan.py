@@ -261,6 +261,11 @@ def _backward(ctx, grad_outputs):
     D, z, delta_bias = opt
     if grad_out is None:  # only the last state got a gradient
         grad_out = torch.zeros(u.shape, dtype=u.dtype)
+    inputs = (u, delta, A, B, C, D, z, delta_bias)
+    if A.is_complex():  # autograd through the reference (only ref runs complex A): a custom
+        # op's implementation cannot do that, it runs below autograd
+        grads = _ref_autograd_backward(grad_out, grad_last, *inputs, ctx.delta_softplus)
+        return (*grads, None, None, None, None)
     if _backend(ctx.backend).output_layout is None:
         grad_out = grad_out.contiguous()
     grads = _scan_bwd_op(
@@ -278,7 +283,6 @@ def _backward(ctx, grad_outputs):
         rest,
         grad_last,
     )
-    inputs = (u, delta, A, B, C, D, z, delta_bias)
     grads = [None if t is None else g for g, t in zip(grads, inputs, strict=True)]
     return (*grads, None, None, None, None)
 
@@ -428,10 +432,6 @@ def _ref_autograd_backward(grad_out, grad_last, *inputs_and_flag):
 
 
 def _ref_backward(grad_out, u, delta, A, B, C, D, z, delta_bias, delta_softplus, saved, dlast=None):
-    if A.is_complex():
-        return _ref_autograd_backward(
-            grad_out, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus
-        )
     return scan_ref.selective_scan_ref_bwd(
         grad_out, u, delta, A, B, C, D, z, delta_bias, delta_softplus, grad_last=dlast
     )

@@ -246,12 +246,16 @@ class Prepared:
         """An output or activation gradient for the kernel: (B, D, L) in its layout and dtype."""
         return lay.new_empty(like, self.layout, dtype=self.dtype, huge=True)
 
-    def forward(self, out: Tensor, ckpt: Tensor | None, last: Tensor | None = None) -> None:
+    def keep_last_state(self, last: Tensor | None) -> None:
+        """Have :meth:`forward` also write the final state into ``last`` (contiguous float32
+        (B, D, N)); None: not."""
+        self.args.last = _ptr(last)
+
+    def forward(self, out: Tensor, ckpt: Tensor | None) -> None:
         """Write ``out`` ((B, D, L) in ``self.layout`` and ``self.dtype``) and, when given,
-        ``ckpt`` and ``last`` (the final state, contiguous float32 (B, D, N))."""
+        ``ckpt``."""
         self._set(self.args, "out", out)
         self.args.ckpt = _ptr(ckpt)
-        self.args.last = _ptr(last)
         ref, fn = ctypes.byref(self.args), _lib().dimbench_scan_fwd
         _run(fn, self.ranges, lambda i, lo, hi: (ref, lo, hi))
 
@@ -335,9 +339,10 @@ def forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, save, last_stat
     ckpt = hugepages.empty(saved_shapes(u, A, B, C, z)[0][0], torch.float32) if save else None
     # zeros: the state after no steps (L = 0), which the kernel does not write
     last = u.new_zeros((u.shape[0], u.shape[1], A.shape[1]), dtype=torch.float32)
+    prep.keep_last_state(last if last_state else None)
     if out.numel():
         for _ in range(1 + _extra_passes()):
-            prep.forward(out, ckpt, last if last_state else None)
+            prep.forward(out, ckpt)
     return [out.to(u.dtype), *([last] if last_state else []), *([ckpt] if save else [])]
 
 
