@@ -3,8 +3,8 @@
 The kernel is plain C++ with no torch headers, built and threaded by ``ops/cbuild.py``:
 compiled in a few seconds with the system compiler at first use (``-O3 -march=native``),
 cached under ``$DIMBENCH_CACHE_DIR`` (default ``~/.cache/dimbench``), called through ctypes
-(which releases the GIL) with units of (batch, 16 channels) spread over
-``torch.get_num_threads()`` Python threads.
+(which releases the GIL) with units of (batch, group, block of 16 channels; 8 on AVX2 without
+AVX-512) spread over ``torch.get_num_threads()`` Python threads.
 
 Dtypes: u, delta and z are read, and the output (and in the backward grad_out, du, ddelta,
 dz) written, in bfloat16 when all three are bfloat16, else in float32 (other dtypes are
@@ -45,7 +45,6 @@ from dimbench.ops import layout as lay
 from dimbench.ops.cbuild import KernelUnavailable
 
 SOURCE = Path(__file__).parent / "csrc" / "selective_scan.cpp"
-LANES = 16  # channels per vector in the kernel
 CHUNK = 128  # time steps between the states the forward saves for the backward
 MIN_UNITS_PER_THREAD = 2  # below this a second thread costs more than it saves
 
@@ -95,14 +94,23 @@ def load(path: str | Path) -> ctypes.CDLL:
     for name, (argtypes, restype) in signatures.items():
         fn = getattr(lib, name)
         fn.argtypes, fn.restype = argtypes, restype
-    got = (lib.dimbench_scan_abi(), lib.dimbench_scan_lanes(), lib.dimbench_scan_chunk())
-    assert got == (ABI, LANES, CHUNK), f"kernel {got} vs wrapper {(ABI, LANES, CHUNK)}"
+    got = (lib.dimbench_scan_abi(), lib.dimbench_scan_chunk())
+    assert got == (ABI, CHUNK), f"kernel (ABI, CHUNK) {got} vs wrapper {(ABI, CHUNK)}"
     return lib
 
 
 @functools.cache
 def _lib() -> ctypes.CDLL:
     return load(build())
+
+
+def lanes() -> int:
+    """Channels per vector in the built kernel: 16 (AVX-512, Arm, portable) or 8 (AVX2 without
+    AVX-512); 16 where it cannot be built (the meta device's shapes)."""
+    try:
+        return _lib().dimbench_scan_lanes()
+    except (KernelUnavailable, OSError):
+        return 16
 
 
 def _probe() -> str | None:
@@ -141,15 +149,16 @@ def groups_of(B: Tensor, C: Tensor) -> int:
 
 
 def units_per_batch(dim: int, groups: int) -> int:
-    """Work units per batch element: each group's channels in blocks of up to 16 (a unit never
-    straddles a group; the last block of a group holds its tail lanes)."""
-    return groups * ((dim // groups + LANES - 1) // LANES)
+    """Work units per batch element: each group's channels in blocks of up to :func:`lanes` (a
+    unit never straddles a group; the last block of a group holds its tail lanes)."""
+    w = lanes()
+    return groups * ((dim // groups + w - 1) // w)
 
 
 def saved_shapes(u: Tensor, A: Tensor, B: Tensor, C: Tensor, z: Tensor | None):
     batch, dim, length = u.shape
     ncb = units_per_batch(dim, groups_of(B, C))
-    return [((batch, ncb, _nchunks(length), A.shape[1], LANES), torch.float32)]
+    return [((batch, ncb, _nchunks(length), A.shape[1], lanes()), torch.float32)]
 
 
 def thread_ranges(shape: tuple[int, ...]) -> list[tuple[int, int]]:
@@ -208,7 +217,9 @@ class Prepared:
         max_n = _lib().dimbench_scan_max_dstate()
         if n > max_n:
             raise ValueError(f"the cpu scan backend supports d_state <= {max_n}")
-        self.dtype = compute_dtype(u, delta, z)
+        fixed = (B.dim() == 2, C.dim() == 2)
+        # the kernel's fixed-B/C code reads float32 rows only (one instantiation per case)
+        self.dtype = torch.float32 if any(fixed) else compute_dtype(u, delta, z)
         self.shape = (batch, dim, length, n, groups)
         self.layout = layout_for(u)
         rows = {
@@ -218,7 +229,6 @@ class Prepared:
         params = {"A": _f32(A), "D": _f32(D), "delta_bias": _f32(delta_bias)}
         self._keep = [*rows.values(), *params.values(), Bt, Ct]
         bf16, cl = self.dtype == torch.bfloat16, self.layout == lay.CHANNEL_LAST
-        fixed = (B.dim() == 2, C.dim() == 2)
         a = ScanArgs(batch, dim, length, n, groups, *fixed, bf16, delta_softplus, cl)
         for name, t in rows.items():
             self._set(a, name, t)

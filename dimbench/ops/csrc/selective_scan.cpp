@@ -1,7 +1,10 @@
 // Selective scan (Mamba-1) forward and backward for the CPU.
 //
-// Layout: 16 channels ride in one vector (GCC/clang vector extensions: one zmm register with
-// AVX-512, two ymm with AVX2, NEON quads on Arm), the N state dimensions are unrolled, and the
+// Layout: W channels ride in one vector (GCC/clang vector extensions): W = 16 (one zmm register)
+// with AVX-512, W = 8 (one ymm) on x86 with AVX2 but not AVX-512 (16-lane vectors there are ymm
+// pairs: twice the 16 registers' pressure, spills, and a compile 10x longer), 16 (four NEON
+// quads) elsewhere. Below, "16" in a name or comment means W. The N state dimensions are
+// unrolled, and the
 // exponentials are a vectorised Cephes-style polynomial. u, delta, z, the output gradient and
 // the outputs (out, du, ddelta, dz) are (B, D, L) with any batch stride and one of two layouts,
 // the same for all of them: channel-major (unit time stride: rows of L, read and written as
@@ -22,16 +25,21 @@
 #include <cstdlib>
 #include <cstring>
 #include <tuple>
+#include <type_traits>
 
+#if defined(__AVX2__) && !defined(__AVX512F__)
+#define DIMBENCH_LANES 8
+#endif
 #include "dimbench_simd.h"
 
 namespace {
 
-constexpr int W = 16;      // channels per vector
-constexpr int T = 16;      // time tile (16x16 transposes)
-constexpr int CHUNK = 128;  // time steps between saved states; a multiple of T
-constexpr int MAXN = 64;   // largest d_state of the generic path
-constexpr int NB = 8;      // vectors per backward block: 8 state dims of 1 unit, 4 of 2
+constexpr int W = DIMBENCH_LANES;  // channels per vector
+constexpr int T = W;               // time tile (W x W transposes)
+constexpr int CHUNK = 128;         // time steps between saved states; a multiple of T
+constexpr int MAXN = 64;           // largest d_state of the generic path
+// vectors per backward block: 8 state dims of 1 unit, 4 of 2 (half that with 16 registers)
+constexpr int NB = W == 16 ? 8 : 4;
 constexpr int ABI = 4;     // bumped whenever ScanArgs or an entry point changes
 
 // ----------------------------------------------------------------------- elementwise math
@@ -151,6 +159,9 @@ inline vf vsigmoid(vf x) {
 
 // ----------------------------------------------------------------------- tiles
 
+#define SHUF(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+
+#if DIMBENCH_LANES == 16
 // In-register 16x16 transpose from cheap shuffles only (in-lane unpacks, 128-bit lane moves):
 // rows 4q..4q+3 are unpacked to 4 vectors holding 4x4 blocks, which two 128-bit lane shuffle
 // stages put together. Two-source full permutes (vpermt2ps) cost more on some cores.
@@ -164,7 +175,6 @@ inline vf vsigmoid(vf x) {
 #define LANES_23 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31
 #define LANES_02 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27
 #define LANES_13 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31
-#define SHUF(a, b, P) __builtin_shufflevector(a, b, P)
 
 inline void transpose16(vf* r) {
   vf g[4][4];  // g[q][m]: lane j holds rows 4q..4q+3 of column m + 4j
@@ -198,6 +208,34 @@ inline vf hsum16(vf* v) {
   const vf s = SHUF(v[0], v[1], SHUFPS_0202) + SHUF(v[0], v[1], SHUFPS_1313);
   return __builtin_shufflevector(s, s, 0, 2, 1, 3, 8, 10, 9, 11, 4, 6, 5, 7, 12, 14, 13, 15);
 }
+#elif DIMBENCH_LANES == 8
+// In-register 8x8 transpose (AVX2's unpack, shuffle, 128-bit lane permute pattern).
+inline void transpose16(vf* r) {
+  vf t[8], q[8];
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = SHUF(r[2 * i], r[2 * i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+    t[2 * i + 1] = SHUF(r[2 * i], r[2 * i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+  }
+  for (int h = 0; h < 2; ++h)  // rows 4h..4h+3
+    for (int j = 0; j < 2; ++j) {
+      const vf a = t[4 * h + j], b = t[4 * h + 2 + j];
+      q[4 * h + 2 * j] = SHUF(a, b, 0, 1, 8, 9, 4, 5, 12, 13);
+      q[4 * h + 2 * j + 1] = SHUF(a, b, 2, 3, 10, 11, 6, 7, 14, 15);
+    }
+  for (int m = 0; m < 4; ++m) {  // q[m]: column m (low half) and m + 4 (high) of rows 0..3
+    r[m] = SHUF(q[m], q[m + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+    r[m + 4] = SHUF(q[m], q[m + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+  }
+}
+
+// Lane j of the result = sum of the 8 lanes of v[j]; v is clobbered.
+inline vf hsum16(vf* v) {
+  transpose16(v);
+  return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
+}
+#else
+#error "the scan kernel has transposes for 8 and 16 lanes"
+#endif
 
 // One activation tensor of a unit: element (channel c0 + c, step t) at p[c * cs + t * ts]. One
 // of the strides is 1: ts (channel-major rows) or cs (channel-last steps).
@@ -239,7 +277,7 @@ inline void store16_stream(float* p, vf v) {
 }
 inline void store16_stream(bf16* p, vf v) {
 #if defined(__AVX512F__)
-  bf16 tmp[16];
+  bf16 tmp[W];
   store16(tmp, v);
   __m256i h;
   std::memcpy(&h, tmp, sizeof(h));
@@ -256,7 +294,7 @@ inline void store16_stream(bf16* p, vf v) {
 template <typename E>
 inline void store_tile(const Act<E>& a, int64_t t0, int nc, int nt, vf* src, bool stream = false) {
   E* dst = a.at(t0);
-  constexpr uintptr_t align = 16 * sizeof(E);
+  constexpr uintptr_t align = W * sizeof(E);
   const bool aligned = reinterpret_cast<uintptr_t>(dst) % align == 0;
   if (nc == W && a.cs == 1) {
     if (stream && sizeof(E) == 4 && aligned && (a.ts * sizeof(E)) % align == 0) {
@@ -322,6 +360,7 @@ struct ScanArgs {
   int64_t batch, dim, length, dstate, groups;
   int64_t B_fixed, C_fixed;
   int64_t bf16;          // 1: u, delta, z, dout, out, du, ddelta, dz are bfloat16; 0: float32
+                         // (always 0 with a fixed B or C: those cases have float32 code only)
   int64_t softplus;      // apply softplus to delta (+ delta_bias)
   int64_t channel_last;  // the activations' layout (see above)
   int64_t u_s[3], delta_s[3], z_s[3], dout_s[3], out_s[3], du_s[3], ddelta_s[3], dz_s[3];
@@ -821,19 +860,22 @@ void fwd_units(const ScanArgs& p, int64_t begin, int64_t end) {
   for (int64_t unit = begin; unit < end; ++unit) {
     const Unit w = make_unit(p, unit);
     float* ck = p.ckpt ? p.ckpt + unit * per_unit : nullptr;
-    switch (p.B_fixed * FIX_B + p.C_fixed * FIX_C) {
-      case 0:
-        p.dstate == 16 ? fwd_unit<16, 0, E>(p, w, ck, stream) : fwd_unit<0, 0, E>(p, w, ck, stream);
-        break;
-      case FIX_B:
-        fwd_unit<0, FIX_B, E>(p, w, ck, stream);
-        break;
-      case FIX_C:
-        fwd_unit<0, FIX_C, E>(p, w, ck, stream);
-        break;
-      default:
-        fwd_unit<0, FIX_B | FIX_C, E>(p, w, ck, stream);
+    const int fix = p.B_fixed * FIX_B + p.C_fixed * FIX_C;
+    if constexpr (std::is_same_v<E, float>) {  // a fixed B or C: float32 rows only (rare)
+      if (fix) {
+        if (fix == FIX_B)
+          fwd_unit<0, FIX_B, E>(p, w, ck, stream);
+        else if (fix == FIX_C)
+          fwd_unit<0, FIX_C, E>(p, w, ck, stream);
+        else
+          fwd_unit<0, FIX_B | FIX_C, E>(p, w, ck, stream);
+        continue;
+      }
     }
+    if (p.dstate == 16)
+      fwd_unit<16, 0, E>(p, w, ck, stream);
+    else
+      fwd_unit<0, 0, E>(p, w, ck, stream);
   }
   if (stream) fence_streams();
 }
@@ -854,15 +896,19 @@ void bwd_units(const ScanArgs& p, float* partial, int64_t begin, int64_t end) {
     const Unit ws[2] = {make_unit(p, unit), make_unit(p, std::min(unit + 1, end - 1))};
     const float* ck[2] = {p.ckpt + unit * per_unit, p.ckpt + (unit + 1) * per_unit};
     const int fix = p.B_fixed * FIX_B + p.C_fixed * FIX_C;
-    if (fix) {  // one generic instantiation per case: a fixed B or C is rare
-      if (fix == FIX_B)
-        bwd_unit<0, 1, FIX_B, E>(p, ws, ck, g, sc, stream);
-      else if (fix == FIX_C)
-        bwd_unit<0, 1, FIX_C, E>(p, ws, ck, g, sc, stream);
-      else
-        bwd_unit<0, 1, FIX_B | FIX_C, E>(p, ws, ck, g, sc, stream);
-      unit += 1;
-    } else if (unit + 1 < end && pairable(ws[0], ws[1])) {
+    if constexpr (std::is_same_v<E, float>) {  // one generic instantiation per fixed case
+      if (fix) {
+        if (fix == FIX_B)
+          bwd_unit<0, 1, FIX_B, E>(p, ws, ck, g, sc, stream);
+        else if (fix == FIX_C)
+          bwd_unit<0, 1, FIX_C, E>(p, ws, ck, g, sc, stream);
+        else
+          bwd_unit<0, 1, FIX_B | FIX_C, E>(p, ws, ck, g, sc, stream);
+        unit += 1;
+        continue;
+      }
+    }
+    if (unit + 1 < end && pairable(ws[0], ws[1])) {
       if (p.dstate == 16)
         bwd_unit<16, 2, 0, E>(p, ws, ck, g, sc, stream);
       else
