@@ -7,11 +7,14 @@ cached under ``$DIMBENCH_CACHE_DIR`` (default ``~/.cache/dimbench``), called thr
 AVX-512) spread over ``torch.get_num_threads()`` Python threads.
 
 Dtypes: u, delta and z are read, and the output (and in the backward grad_out, du, ddelta,
-dz) written, in bfloat16 when all three are bfloat16, else in float32 (other dtypes are
-converted first); the state and every sum are float32. B and C are read as float32 with the
-state dimension contiguous: in place when they are already (a time-major slice of x_proj's
-output, say), else through one small copy. A, D and delta_bias are float32. The output comes
-back in u's dtype and each gradient in its input's dtype.
+dz) written, in bfloat16 when all three are bfloat16 (and B and C are time-varying), else in
+float32 (other dtypes are converted first); the state and every sum are float32. B and C are
+read as float32 with the state dimension contiguous: in place when they are already (a
+time-major slice of x_proj's output, say), else through one small copy; a fixed (D, N) one is
+read per lane (each channel its own row) at every step. A, D and delta_bias are float32. The
+output comes back in u's dtype and each gradient in its input's dtype; the last state
+(``return_last_state``) is float32 (B, D, N), written by the forward kernel, and its gradient
+enters the backward kernel's reverse pass at the last step.
 
 Layouts (:mod:`dimbench.ops.layout`): u decides. Channel-major u (time contiguous, any batch
 and channel strides: channel slices of one (B, 2E, L) projection) or channel-last u (channels
