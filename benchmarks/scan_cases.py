@@ -7,6 +7,8 @@ against ``ref``: tail lanes, grouped, fixed B/C, the last state, complex A (ref)
 arch_flags=(["-march=haswell"],))``) instead of this machine's native one. Prints (and with
 ``--out`` writes) a markdown table: median ns per (batch, channel, step) element of the forward
 and of forward + backward, the IQR, and the ratio to the aligned case of the same backend.
+Times are the process's CPU time (the machine is shared: other processes' load does not count,
+though it still shares the caches), so run with one thread.
 """
 
 from __future__ import annotations
@@ -71,9 +73,9 @@ def time_case(case, backend, batch, length, repeats, backward):
     call()  # warm-up (and the kernel's build)
     samples = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         call()
-        samples.append(time.perf_counter() - t0)
+        samples.append(time.process_time() - t0)
     q = statistics.quantiles(samples, n=4) if len(samples) > 1 else [samples[0]] * 3
     per = 1e9 / (batch * dim * length)
     return statistics.median(samples) * per, (q[2] - q[0]) * per
@@ -84,7 +86,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--length", type=int, default=2048)
     ap.add_argument("--ref-length", type=int, default=256, help="ref's loop is slow")
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--lib", type=Path, help="a prebuilt kernel to time instead of the native one")
     ap.add_argument("--out", type=Path)
@@ -95,7 +97,8 @@ def main() -> None:
         scan_cpu._lib = lambda: lib
     lines = [
         f"lanes {scan_cpu.lanes()}, threads {args.threads}, batch {args.batch}, N {N}; "
-        f"ns per element (batch x channel x step), median (IQR) of {args.repeats}",
+        f"process CPU ns per element (batch x channel x step), median (IQR) of {args.repeats} "
+        "(ref: of 2)",
         "",
         "| case | backend | L | forward ns/elem | ratio | fwd+bwd ns/elem | ratio |",
         "|---|---|---|---|---|---|---|",
