@@ -69,7 +69,7 @@ Tensor = torch.Tensor
 @dataclass(frozen=True, kw_only=True)
 class ScanBackend(backends.Backend):
     """A scan implementation: ``run`` (the forward) returns ``[out, *saved]``, ``backward`` gets
-    the saved tensors back; ``saved_shapes(u, A, B, C, z)`` lists their (shape, dtype)."""
+    the saved tensors back; ``saved_shapes(u, A, z, B=, C=)`` lists their (shape, dtype)."""
 
     op: str = "scan"
     backward: Callable[..., list[Tensor | None]]
@@ -176,7 +176,7 @@ def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend, save_for_bac
         dt = last_state_dtype(u, A, backend)
         outs.append(u.new_empty((u.shape[0], u.shape[1], A.shape[1]), dtype=dt))
     if save_for_backward:
-        shapes = _backend(backend).saved_shapes(u, A, B, C, z)
+        shapes = _backend(backend).saved_shapes(u, A, z, B=B, C=C)
         outs += [u.new_empty(shape, dtype=dt) for shape, dt in shapes]
     return outs
 
@@ -444,7 +444,7 @@ backends.register(
         priority=0,
         run=_ref_forward,
         backward=_ref_backward,
-        saved_shapes=lambda u, A, B, C, z: [],
+        saved_shapes=lambda u, A, z, B=None, C=None: [],
         features=frozenset(FEATURES),
     )
 )

@@ -158,9 +158,13 @@ def units_per_batch(dim: int, groups: int) -> int:
     return groups * ((dim // groups + w - 1) // w)
 
 
-def saved_shapes(u: Tensor, A: Tensor, B: Tensor, C: Tensor, z: Tensor | None):
+def saved_shapes(
+    u: Tensor, A: Tensor, z: Tensor | None, B: Tensor | None = None, C: Tensor | None = None
+):
+    """The forward's saved states: (batch, units, chunks, N, lanes) float32 (B, C: the
+    group count, 1 when not given)."""
     batch, dim, length = u.shape
-    ncb = units_per_batch(dim, groups_of(B, C))
+    ncb = units_per_batch(dim, 1 if B is None or C is None else groups_of(B, C))
     return [((batch, ncb, _nchunks(length), A.shape[1], lanes()), torch.float32)]
 
 
@@ -349,7 +353,7 @@ set_extra_passes(_passes_from_env())
 def forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, save, last_state=False):
     prep = Prepared(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     out = prep.empty(u)
-    ckpt = hugepages.empty(saved_shapes(u, A, B, C, z)[0][0], torch.float32) if save else None
+    ckpt = hugepages.empty(saved_shapes(u, A, z, B, C)[0][0], torch.float32) if save else None
     # zeros: the state after no steps (L = 0), which the kernel does not write
     last = u.new_zeros((u.shape[0], u.shape[1], A.shape[1]), dtype=torch.float32)
     prep.keep_last_state(last if last_state else None)

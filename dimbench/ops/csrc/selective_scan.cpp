@@ -256,8 +256,9 @@ inline void load_tile(const Act<const E>& a, int64_t t0, int nc, int nt, vf* dst
     for (int t = nt; t < T; ++t) dst[t] = splat(0.0f);
     return;
   }
-  if (nc == W && nt == T && a.ts == 1) {
-    for (int c = 0; c < W; ++c) dst[c] = load16(src + c * a.cs);
+  if (nt == T && a.ts == 1) {  // channel-major: rows of T steps (zero rows past a tail's nc)
+    for (int c = 0; c < nc; ++c) dst[c] = load16(src + c * a.cs);
+    for (int c = nc; c < W; ++c) dst[c] = splat(0.0f);
     transpose16(dst);
     return;
   }
@@ -304,12 +305,12 @@ inline void store_tile(const Act<E>& a, int64_t t0, int nc, int nt, vf* src, boo
     }
     return;
   }
-  if (nc == W && nt == T && a.ts == 1) {
+  if (nt == T && a.ts == 1) {  // channel-major: nc rows of T steps
     transpose16(src);
     if (stream && aligned && (a.cs * sizeof(E)) % align == 0) {
-      for (int c = 0; c < W; ++c) store16_stream(dst + c * a.cs, src[c]);
+      for (int c = 0; c < nc; ++c) store16_stream(dst + c * a.cs, src[c]);
     } else {
-      for (int c = 0; c < W; ++c) store16(dst + c * a.cs, src[c]);
+      for (int c = 0; c < nc; ++c) store16(dst + c * a.cs, src[c]);
     }
     return;
   }
