@@ -10,10 +10,11 @@ at its size:
   through the measured (m, n, k) points, corrected towards the nearest measured shapes (a
   Gaussian kernel in log-shape space), so a measured shape is priced at its measured time and
   a new token count (resolution) between or beyond them by the fit;
-- attention (SDPA) over its FLOPs (4 L^2 D per head), the scan over its FLOPs (9 B L D N),
-  convs over theirs, per operator and dtype; norms, copies, elementwise and other operators
-  over the bytes they move: the measured times interpolated in log-log, beyond the largest
-  measured size at that size's rate;
+- attention (SDPA) over its FLOPs (4 L^2 D per head), the scan over its FLOPs (9 B L D N, the
+  same with fixed or grouped B and C; 36 B L D N for a complex A), convs over theirs, per
+  operator and dtype; norms, copies, elementwise and other operators over the bytes they move:
+  the measured times interpolated in log-log, beyond the largest measured size at that size's
+  rate;
 - an operator the calibration never saw: its category's curve, else the generic elementwise
   or copy curve of the device by bytes, else the roofline of the ceilings.
 

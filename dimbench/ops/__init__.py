@@ -9,6 +9,7 @@ from dimbench.ops import scan_mamba as _scan_mamba  # noqa: F401  ("mamba_ssm", 
 from dimbench.ops import scan_triton as _scan_triton  # noqa: F401  ("triton", CUDA)
 from dimbench.ops.attention import attention, attention_backends
 from dimbench.ops.conv import causal_conv1d, causal_conv1d_ref, conv_backends
+from dimbench.ops.mamba_inner import mamba_inner_packed
 from dimbench.ops.scan import scan_backends, scan_flops, selective_scan
 from dimbench.ops.scan_ref import selective_scan_ref
 
@@ -18,6 +19,7 @@ __all__ = [
     "causal_conv1d",
     "causal_conv1d_ref",
     "conv_backends",
+    "mamba_inner_packed",
     "scan_backends",
     "scan_flops",
     "selective_scan",

@@ -84,10 +84,17 @@ def library_path(source: Path, cxx: str, flags: Sequence[str] = FLAGS) -> Path:
     return cache_dir() / f"{source.stem}_{platform.machine()}_{key}.so"
 
 
-def build(source: Path, flags: Sequence[str] = FLAGS) -> Path:
-    """Compile ``source`` if it is not cached yet; return the shared library's path."""
+def build(
+    source: Path,
+    flags: Sequence[str] = FLAGS,
+    arch_flags: Sequence[Sequence[str]] = ARCH_FLAGS,
+) -> Path:
+    """Compile ``source`` if it is not cached yet; return the shared library's path.
+    ``arch_flags``: the target flags to try in order (another one than the default, e.g.
+    ``(["-march=haswell"],)``, builds that code path on this machine; it is part of the key)."""
     cxx = _compiler()
-    lib = library_path(source, cxx, flags)
+    arch_key = [] if tuple(map(tuple, arch_flags)) == tuple(map(tuple, ARCH_FLAGS)) else arch_flags
+    lib = library_path(source, cxx, [*flags, *(f for fl in arch_key for f in fl)])
     out_dir = lib.parent
     if lib.exists():
         return lib
@@ -97,7 +104,7 @@ def build(source: Path, flags: Sequence[str] = FLAGS) -> Path:
         if lib.exists():
             return lib
         errors = []
-        for arch in ARCH_FLAGS:
+        for arch in arch_flags:
             fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".so")
             os.close(fd)
             cmd = [cxx, *flags, *arch, str(source), "-o", tmp]

@@ -582,3 +582,88 @@ def _check_keep(keep: str) -> str:
     if keep not in ("", "x", "xz"):
         raise ValueError(f"mamba_inner: keep must be '', 'x' or 'xz', got {keep!r}")
     return keep
+
+
+# ----------------------------------------------------------------------------- mamba's packed form
+
+
+def _packed_bc(x_dbl: Tensor, lo: int, hi: int, bias: Tensor | None, cplx: bool) -> Tensor:
+    """B or C from x_proj's (B, L, R + 2N') output columns [lo, hi) as the scan takes it:
+    (B, N, L), or for a complex A real pairs (B, N, 2L) (columns (n, re/im) -> (n, (l, re/im)))."""
+    M = x_dbl[..., lo:hi]
+    if bias is not None:
+        M = M + bias.to(M.dtype)
+    if not cplx:
+        return M.transpose(1, 2)
+    batch, length = M.shape[:2]
+    return M.reshape(batch, length, -1, 2).permute(0, 2, 1, 3).reshape(batch, -1, 2 * length)
+
+
+def mamba_inner_packed(
+    xz: Tensor,
+    conv1d_weight: Tensor,
+    conv1d_bias: Tensor | None,
+    x_proj_weight: Tensor,
+    delta_proj_weight: Tensor,
+    out_proj_weight: Tensor,
+    out_proj_bias: Tensor | None,
+    A: Tensor,
+    B: Tensor | None = None,
+    C: Tensor | None = None,
+    D: Tensor | None = None,
+    delta_bias: Tensor | None = None,
+    B_proj_bias: Tensor | None = None,
+    C_proj_bias: Tensor | None = None,
+    delta_softplus: bool = True,
+    scan_backend: str = "auto",
+    conv_backend: str = "auto",
+) -> Tensor:
+    """mamba_ssm's ``mamba_inner_fn`` with its arguments: xz (B, 2E, L) (in_proj's output, x
+    then z), conv1d_weight (E, 1, K), x_proj_weight (R + 2N', E) with N' = N (2N for a complex
+    A), delta_proj_weight (E, R), out_proj_weight (d_model, E), out_proj_bias (d_model,); B, C
+    None (from x_proj, plus B_proj_bias / C_proj_bias) or fixed (E, N). Returns (B, L, d_model).
+
+    The case DiM's blocks are (time-varying real B and C, no projection biases) runs the fused
+    node (:func:`mamba_inner`, out_proj's bias added after it); every other case runs the same
+    sequence as separate ops that autograd differentiates (the scan on any backend that runs it).
+    """
+    dim = xz.shape[1] // 2
+    if xz.dim() != 3 or xz.shape[1] != 2 * dim:
+        raise ValueError(f"mamba_inner: xz must be (batch, 2 * dim, length), got {tuple(xz.shape)}")
+    if conv1d_weight.dim() != 3 or conv1d_weight.shape[:2] != (dim, 1):
+        raise ValueError(
+            f"mamba_inner: conv1d_weight must be ({dim}, 1, K), got {tuple(conv1d_weight.shape)}"
+        )
+    x, z = xz[:, :dim], xz[:, dim:]
+    conv_weight = conv1d_weight[:, 0]
+    plain = B is None and C is None and B_proj_bias is None and C_proj_bias is None
+    if plain and not A.is_complex():
+        out = mamba_inner(
+            x,
+            z,
+            conv_weight,
+            conv1d_bias,
+            x_proj_weight,
+            delta_proj_weight,
+            out_proj_weight,
+            A,
+            D,
+            delta_bias,
+            delta_softplus,
+            scan_backend,
+            conv_backend,
+        )
+        return out if out_proj_bias is None else out + out_proj_bias.to(out.dtype)
+    rank = delta_proj_weight.shape[1]
+    n = A.shape[1] * (2 if A.is_complex() else 1)  # x_proj's columns per B or C
+    u = causal_conv1d(x, conv_weight, conv1d_bias, "silu", backend=conv_backend)
+    x_dbl = _matmul_weight(u.transpose(1, 2), x_proj_weight)  # (B, L, R + 2N')
+    dt = _weight_matmul(delta_proj_weight, x_dbl[..., :rank].transpose(1, 2))  # (B, E, L)
+    if B is None:
+        B = _packed_bc(x_dbl, rank, rank + n, B_proj_bias, A.is_complex())
+    if C is None:
+        C = _packed_bc(x_dbl, x_dbl.shape[-1] - n, x_dbl.shape[-1], C_proj_bias, A.is_complex())
+    y = selective_scan(
+        u, dt, A, B, C, D, z, delta_bias, delta_softplus, backend=scan_backend
+    )  # (B, E, L)
+    return torch.nn.functional.linear(y.transpose(1, 2), out_proj_weight, out_proj_bias)

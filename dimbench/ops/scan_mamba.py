@@ -57,7 +57,10 @@ def _call(name: str, *args):
     return result
 
 
-def saved_shapes(u: Tensor, A: Tensor, z: Tensor | None):
+def saved_shapes(
+    u: Tensor, A: Tensor, z: Tensor | None, B: Tensor | None = None, C: Tensor | None = None
+):
+    """The saved states of a scan of u (B, C: not needed here, the protocol passes them)."""
     batch, dim, length = u.shape
     n_chunks = (length + KERNEL_CHUNK - 1) // KERNEL_CHUNK
     shapes = [((batch, dim, n_chunks, 2 * A.shape[1]), torch.float32)]

@@ -51,7 +51,10 @@ def n_chunks_for(u: Tensor, z: Tensor | None = None) -> int:
     return -(-(length + vec - 1) // chunk_for(u, z))
 
 
-def saved_shapes(u: Tensor, A: Tensor, z: Tensor | None):
+def saved_shapes(
+    u: Tensor, A: Tensor, z: Tensor | None, B: Tensor | None = None, C: Tensor | None = None
+):
+    """The saved states of a scan of u (B, C: not needed here, the protocol passes them)."""
     batch, dim, _ = u.shape
     return [((batch, dim, n_chunks_for(u, z), A.shape[1]), torch.float32)]
 

@@ -1,8 +1,9 @@
-// What the CPU kernels (selective_scan.cpp, causal_conv1d.cpp) share: 16-lane float vectors,
+// What the CPU kernels (selective_scan.cpp, causal_conv1d.cpp) share: float vectors,
 // bfloat16 <-> float32, and the floating-point mode their entry points run in.
 //
-// Vectors: GCC/clang vector extensions of 16 floats (one zmm with AVX-512, two ymm with AVX2,
-// NEON quads on Arm).
+// Vectors: GCC/clang vector extensions of DIMBENCH_LANES floats, which a kernel may define
+// before including this header (default 16: one zmm with AVX-512, two ymm with AVX2, NEON quads
+// on Arm). load16 / store16 and the like move one such vector (16 values at the default).
 //
 // bfloat16 is the top half of a float32: widening is exact (a shift). Narrowing follows one
 // rule in every kernel, on every path (vector and scalar) and ISA; it is what AVX512-BF16's
@@ -33,10 +34,14 @@
 #include <xmmintrin.h>
 #endif
 
-typedef float vf __attribute__((vector_size(64)));
-typedef int32_t vi __attribute__((vector_size(64)));
-typedef uint32_t vu __attribute__((vector_size(64)));
-typedef uint16_t vh __attribute__((vector_size(32)));
+#ifndef DIMBENCH_LANES
+#define DIMBENCH_LANES 16
+#endif
+
+typedef float vf __attribute__((vector_size(4 * DIMBENCH_LANES)));
+typedef int32_t vi __attribute__((vector_size(4 * DIMBENCH_LANES)));
+typedef uint32_t vu __attribute__((vector_size(4 * DIMBENCH_LANES)));
+typedef uint16_t vh __attribute__((vector_size(2 * DIMBENCH_LANES)));
 
 namespace {
 
@@ -87,7 +92,7 @@ inline vf load16(const bf16* p) {
 
 inline void store16(float* p, vf v) { storeu(p, v); }
 inline void store16(bf16* p, vf v) {
-#if defined(__AVX512BF16__)
+#if defined(__AVX512BF16__) && DIMBENCH_LANES == 16
   const __m256bh r = _mm512_cvtneps_pbh((__m512)v);  // the rule above, in one instruction
   std::memcpy(p, &r, sizeof(r));
 #else

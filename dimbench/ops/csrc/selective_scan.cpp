@@ -1,7 +1,10 @@
 // Selective scan (Mamba-1) forward and backward for the CPU.
 //
-// Layout: 16 channels ride in one vector (GCC/clang vector extensions: one zmm register with
-// AVX-512, two ymm with AVX2, NEON quads on Arm), the N state dimensions are unrolled, and the
+// Layout: W channels ride in one vector (GCC/clang vector extensions): W = 16 (one zmm register)
+// with AVX-512, W = 8 (one ymm) on x86 with AVX2 but not AVX-512 (16-lane vectors there are ymm
+// pairs: twice the 16 registers' pressure, spills, and a compile 10x longer), 16 (four NEON
+// quads) elsewhere. Below, "16" in a name or comment means W. The N state dimensions are
+// unrolled, and the
 // exponentials are a vectorised Cephes-style polynomial. u, delta, z, the output gradient and
 // the outputs (out, du, ddelta, dz) are (B, D, L) with any batch stride and one of two layouts,
 // the same for all of them: channel-major (unit time stride: rows of L, read and written as
@@ -22,17 +25,22 @@
 #include <cstdlib>
 #include <cstring>
 #include <tuple>
+#include <type_traits>
 
+#if defined(__AVX2__) && !defined(__AVX512F__)
+#define DIMBENCH_LANES 8
+#endif
 #include "dimbench_simd.h"
 
 namespace {
 
-constexpr int W = 16;      // channels per vector
-constexpr int T = 16;      // time tile (16x16 transposes)
-constexpr int CHUNK = 128;  // time steps between saved states; a multiple of T
-constexpr int MAXN = 64;   // largest d_state of the generic path
-constexpr int NB = 8;      // vectors per backward block: 8 state dims of 1 unit, 4 of 2
-constexpr int ABI = 3;     // bumped whenever ScanArgs or an entry point changes
+constexpr int W = DIMBENCH_LANES;  // channels per vector
+constexpr int T = W;               // time tile (W x W transposes)
+constexpr int CHUNK = 128;         // time steps between saved states; a multiple of T
+constexpr int MAXN = 64;           // largest d_state of the generic path
+// vectors per backward block: 8 state dims of 1 unit, 4 of 2 (half that with 16 registers)
+constexpr int NB = W == 16 ? 8 : 4;
+constexpr int ABI = 4;     // bumped whenever ScanArgs or an entry point changes
 
 // ----------------------------------------------------------------------- elementwise math
 
@@ -151,6 +159,9 @@ inline vf vsigmoid(vf x) {
 
 // ----------------------------------------------------------------------- tiles
 
+#define SHUF(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+
+#if DIMBENCH_LANES == 16
 // In-register 16x16 transpose from cheap shuffles only (in-lane unpacks, 128-bit lane moves):
 // rows 4q..4q+3 are unpacked to 4 vectors holding 4x4 blocks, which two 128-bit lane shuffle
 // stages put together. Two-source full permutes (vpermt2ps) cost more on some cores.
@@ -164,7 +175,6 @@ inline vf vsigmoid(vf x) {
 #define LANES_23 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31
 #define LANES_02 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27
 #define LANES_13 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31
-#define SHUF(a, b, P) __builtin_shufflevector(a, b, P)
 
 inline void transpose16(vf* r) {
   vf g[4][4];  // g[q][m]: lane j holds rows 4q..4q+3 of column m + 4j
@@ -198,6 +208,34 @@ inline vf hsum16(vf* v) {
   const vf s = SHUF(v[0], v[1], SHUFPS_0202) + SHUF(v[0], v[1], SHUFPS_1313);
   return __builtin_shufflevector(s, s, 0, 2, 1, 3, 8, 10, 9, 11, 4, 6, 5, 7, 12, 14, 13, 15);
 }
+#elif DIMBENCH_LANES == 8
+// In-register 8x8 transpose (AVX2's unpack, shuffle, 128-bit lane permute pattern).
+inline void transpose16(vf* r) {
+  vf t[8], q[8];
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = SHUF(r[2 * i], r[2 * i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+    t[2 * i + 1] = SHUF(r[2 * i], r[2 * i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+  }
+  for (int h = 0; h < 2; ++h)  // rows 4h..4h+3
+    for (int j = 0; j < 2; ++j) {
+      const vf a = t[4 * h + j], b = t[4 * h + 2 + j];
+      q[4 * h + 2 * j] = SHUF(a, b, 0, 1, 8, 9, 4, 5, 12, 13);
+      q[4 * h + 2 * j + 1] = SHUF(a, b, 2, 3, 10, 11, 6, 7, 14, 15);
+    }
+  for (int m = 0; m < 4; ++m) {  // q[m]: column m (low half) and m + 4 (high) of rows 0..3
+    r[m] = SHUF(q[m], q[m + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+    r[m + 4] = SHUF(q[m], q[m + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+  }
+}
+
+// Lane j of the result = sum of the 8 lanes of v[j]; v is clobbered.
+inline vf hsum16(vf* v) {
+  transpose16(v);
+  return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
+}
+#else
+#error "the scan kernel has transposes for 8 and 16 lanes"
+#endif
 
 // One activation tensor of a unit: element (channel c0 + c, step t) at p[c * cs + t * ts]. One
 // of the strides is 1: ts (channel-major rows) or cs (channel-last steps).
@@ -218,8 +256,9 @@ inline void load_tile(const Act<const E>& a, int64_t t0, int nc, int nt, vf* dst
     for (int t = nt; t < T; ++t) dst[t] = splat(0.0f);
     return;
   }
-  if (nc == W && nt == T && a.ts == 1) {
-    for (int c = 0; c < W; ++c) dst[c] = load16(src + c * a.cs);
+  if (nt == T && a.ts == 1) {  // channel-major: rows of T steps (zero rows past a tail's nc)
+    for (int c = 0; c < nc; ++c) dst[c] = load16(src + c * a.cs);
+    for (int c = nc; c < W; ++c) dst[c] = splat(0.0f);
     transpose16(dst);
     return;
   }
@@ -239,7 +278,7 @@ inline void store16_stream(float* p, vf v) {
 }
 inline void store16_stream(bf16* p, vf v) {
 #if defined(__AVX512F__)
-  bf16 tmp[16];
+  bf16 tmp[W];
   store16(tmp, v);
   __m256i h;
   std::memcpy(&h, tmp, sizeof(h));
@@ -256,7 +295,7 @@ inline void store16_stream(bf16* p, vf v) {
 template <typename E>
 inline void store_tile(const Act<E>& a, int64_t t0, int nc, int nt, vf* src, bool stream = false) {
   E* dst = a.at(t0);
-  constexpr uintptr_t align = 16 * sizeof(E);
+  constexpr uintptr_t align = W * sizeof(E);
   const bool aligned = reinterpret_cast<uintptr_t>(dst) % align == 0;
   if (nc == W && a.cs == 1) {
     if (stream && sizeof(E) == 4 && aligned && (a.ts * sizeof(E)) % align == 0) {
@@ -266,12 +305,12 @@ inline void store_tile(const Act<E>& a, int64_t t0, int nc, int nt, vf* src, boo
     }
     return;
   }
-  if (nc == W && nt == T && a.ts == 1) {
+  if (nt == T && a.ts == 1) {  // channel-major: nc rows of T steps
     transpose16(src);
     if (stream && aligned && (a.cs * sizeof(E)) % align == 0) {
-      for (int c = 0; c < W; ++c) store16_stream(dst + c * a.cs, src[c]);
+      for (int c = 0; c < nc; ++c) store16_stream(dst + c * a.cs, src[c]);
     } else {
-      for (int c = 0; c < W; ++c) store16(dst + c * a.cs, src[c]);
+      for (int c = 0; c < nc; ++c) store16(dst + c * a.cs, src[c]);
     }
     return;
   }
@@ -315,10 +354,14 @@ extern "C" {
 // One scan's tensors, filled by scan_cpu.py (a ctypes.Structure of the same layout).
 // Strides are in elements, (batch, channel, time) for the (B, D, L) activations u, delta, z,
 // dout, out, du, ddelta, dz: all of them channel-major (time stride 1) or, with channel_last,
-// all channel-last (channel stride 1). B and C: float32 (B, G, L, N) with unit state stride.
+// all channel-last (channel stride 1). B and C: float32 (B, G, L, N) with unit state stride, or
+// with B_fixed / C_fixed one (D, N) matrix for every step (strides 0). A unit never straddles a
+// group: units are (batch, group, block of up to 16 of the group's channels).
 struct ScanArgs {
   int64_t batch, dim, length, dstate, groups;
+  int64_t B_fixed, C_fixed;
   int64_t bf16;          // 1: u, delta, z, dout, out, du, ddelta, dz are bfloat16; 0: float32
+                         // (always 0 with a fixed B or C: those cases have float32 code only)
   int64_t softplus;      // apply softplus to delta (+ delta_bias)
   int64_t channel_last;  // the activations' layout (see above)
   int64_t u_s[3], delta_s[3], z_s[3], dout_s[3], out_s[3], du_s[3], ddelta_s[3], dz_s[3];
@@ -326,7 +369,9 @@ struct ScanArgs {
   const void *u, *delta, *z, *dout;  // z may be null
   const float *A, *B, *C, *D, *delta_bias;  // D, delta_bias may be null
   void *out, *du, *ddelta, *dz;
-  float* ckpt;  // (B, ceil(D/16), nchunk, N, 16): the state entering each chunk
+  float* ckpt;  // (B, G * ceil(D/G/16), nchunk, N, 16): the state entering each chunk
+  float* last;  // nullable: (B, D, N) float32, the state after the last step (forward)
+  const float* dlast;  // nullable: (B, D, N) float32, the gradient of that state (backward)
 };
 
 }  // extern "C"
@@ -338,14 +383,16 @@ struct Unit {
   int nc;
 };
 
+// Units (b, g, cb): block cb of group g's channels; the last block of a group has the group's
+// tail lanes (nc < 16), which the tile loads and stores mask.
 inline Unit make_unit(const ScanArgs& p, int64_t unit) {
-  const int64_t ncb = (p.dim + W - 1) / W;
+  const int64_t dg = p.dim / p.groups, ncb = (dg + W - 1) / W;
   Unit w;
-  w.b = unit / ncb;
-  w.cb = unit % ncb;
-  w.c0 = w.cb * W;
-  w.nc = (int)std::min<int64_t>(W, p.dim - w.c0);
-  w.g = w.c0 / (p.dim / p.groups);
+  w.b = unit / (p.groups * ncb);
+  w.cb = unit % (p.groups * ncb);
+  w.g = w.cb / ncb;
+  w.c0 = w.g * dg + (w.cb % ncb) * W;
+  w.nc = (int)std::min<int64_t>(W, (w.g + 1) * dg - w.c0);
   return w;
 }
 
@@ -391,6 +438,21 @@ inline void load_A2(const ScanArgs& p, const Unit& w, int N, vf* A2) {
   for (int n = 0; n < N; ++n) A2[n] = gather_lanes(p.A + w.c0 * N + n, N, w.nc) * LOG2E;
 }
 
+// A fixed B or C: per lane, the unit's channels' rows of the (D, N) matrix.
+inline void load_fixed(const float* M, const Unit& w, int N, vf* dst) {
+  for (int n = 0; n < N; ++n) dst[n] = gather_lanes(M + w.c0 * N + n, N, w.nc);
+}
+
+// B_t[n] or C_t[n]: one value for every lane (time-varying) or a lane vector (fixed).
+template <bool FIXED>
+inline vf coef(const float* t, const vf* fixed, int n) {
+  if constexpr (FIXED) return fixed[n];
+  else return splat(t[n]);
+}
+
+// FIX: bit 0 a fixed B, bit 1 a fixed C.
+constexpr int FIX_B = 1, FIX_C = 2;
+
 // ----------------------------------------------------------------------- forward
 
 // Outputs at least this big are written with streaming stores (they cannot stay cached).
@@ -398,13 +460,17 @@ constexpr int64_t kStreamBytes = int64_t(16) << 20;
 constexpr int PF_TILES = 2;  // the forward prefetches this many time tiles ahead
 
 // Forward of one unit. ckpt (nullable): (nchunk, N, W) states entering each chunk.
-template <int NS, typename E>
+template <int NS, int FIX, typename E>
 void fwd_unit(const ScanArgs& p, const Unit& w, float* ckpt, bool stream) {
+  constexpr bool FB = FIX & FIX_B, FC = FIX & FIX_C;
   const int N = NS ? NS : (int)p.dstate;
   const int64_t L = p.length;
   const Rows<E> r(p, w);
   vf A2[NS ? NS : MAXN], x[NS ? NS : MAXN];
+  vf Bf[FB ? (NS ? NS : MAXN) : 1], Cf[FC ? (NS ? NS : MAXN) : 1];
   load_A2(p, w, N, A2);
+  if constexpr (FB) load_fixed(p.B, w, N, Bf);
+  if constexpr (FC) load_fixed(p.C, w, N, Cf);
   for (int n = 0; n < N; ++n) x[n] = splat(0.0f);
   const vf Dv = p.D ? gather_lanes(p.D + w.c0, 1, w.nc) : splat(0.0f);
   const vf bias = p.delta_bias ? gather_lanes(p.delta_bias + w.c0, 1, w.nc) : splat(0.0f);
@@ -443,14 +509,19 @@ void fwd_unit(const ScanArgs& p, const Unit& w, float* ckpt, bool stream) {
       vf y = splat(0.0f);
 #pragma GCC unroll 16
       for (int n = 0; n < N; ++n) {
-        x[n] = vexp2(dt * A2[n]) * x[n] + dtu * Bt[n];
-        y += x[n] * Ct[n];
+        x[n] = vexp2(dt * A2[n]) * x[n] + dtu * coef<FB>(Bt, Bf, n);
+        y += x[n] * coef<FC>(Ct, Cf, n);
       }
       if (p.D) y += Dv * tu[tt];
       if (r.z) y *= tz[tt];
       ty[tt] = y;
     }
     store_tile(r.out, t0, w.nc, nt, ty, stream);
+  }
+  if (p.last) {
+    float* s = p.last + (w.b * p.dim + w.c0) * N;
+    for (int c = 0; c < w.nc; ++c)
+      for (int n = 0; n < N; ++n) s[c * N + n] = x[n][c];
   }
 }
 
@@ -466,11 +537,12 @@ struct Scratch {
   vf *cu, *cdt, *csig, *cz, *csz, *cg, *cgy, *cy, *sA, *sB;  // per step and unit
   vf *xs, *dAs;  // (CHUNK + 1) * NB: the block's dA_t x_{t-1} and dA_t over the chunk
   vf *h, *gA, *dA_next;  // N * V each: carried from one chunk to the previous
+  vf *gB, *gC;           // N * V each: per-lane sums for a fixed B or C
   vf* red;               // NB * T: contributions to dB or dC awaiting their lane reduction
   void* mem;
 
   explicit Scratch(int64_t N) {
-    const int64_t nvec = 10 * STRIDE + 2 * (CHUNK + 1) * NB + 3 * N * VMAX + NB * T;
+    const int64_t nvec = 10 * STRIDE + 2 * (CHUNK + 1) * NB + 5 * N * VMAX + NB * T;
     mem = std::aligned_alloc(sizeof(vf), nvec * sizeof(vf));
     vf* q = static_cast<vf*>(mem);
     for (vf** f : {&cu, &cdt, &csig, &cz, &csz, &cg, &cgy, &cy, &sA, &sB}) *f = q, q += STRIDE;
@@ -479,6 +551,8 @@ struct Scratch {
     h = q, q += N * VMAX;
     gA = q, q += N * VMAX;
     dA_next = q, q += N * VMAX;
+    gB = q, q += N * VMAX;
+    gC = q, q += N * VMAX;
     red = q;
   }
   ~Scratch() { std::free(mem); }
@@ -487,19 +561,22 @@ struct Scratch {
 };
 
 // One thread's sums over its units, in the partial buffer the caller gives it:
-// dA (D, N), dD (D), ddelta_bias (D), dB and dC (B, G, N, L).
+// dA (D, N), dD (D), ddelta_bias (D), dB and dC (B, G, N, L), or (D, N) where fixed.
 struct Partial {
   float *dA, *dD, *ddelta_bias, *dB, *dC;
 
+  static int64_t bc_size(const ScanArgs& p, bool fixed) {
+    return fixed ? p.dim * p.dstate : p.batch * p.groups * p.dstate * p.length;
+  }
   static int64_t size(const ScanArgs& p) {
-    return p.dim * p.dstate + 2 * p.dim + 2 * p.batch * p.groups * p.dstate * p.length;
+    return p.dim * p.dstate + 2 * p.dim + bc_size(p, p.B_fixed) + bc_size(p, p.C_fixed);
   }
   explicit Partial(const ScanArgs& p, float* mem) {
     dA = mem;
     dD = dA + p.dim * p.dstate;
     ddelta_bias = dD + p.dim;
     dB = ddelta_bias + p.dim;
-    dC = dB + p.batch * p.groups * p.dstate * p.length;
+    dC = dB + bc_size(p, p.B_fixed);
   }
 };
 
@@ -534,9 +611,10 @@ inline void flush_reduction(vf* red, int nb, int nt, float* dst, int64_t L) {
 // Memory: each chunk's 16-channel rows of u, delta, dout, z and its rows of the dB and dC sums
 // are prefetched into L2 during the chunk after them (spread over the first block's
 // recompute); without that the loads stall the core for a quarter of the backward.
-template <int NS, int V, typename E>
+template <int NS, int V, int FIX, typename E>
 void bwd_unit(const ScanArgs& p, const Unit* ws, const float* const* ckpts, Partial& g,
               Scratch& sc, bool stream) {
+  constexpr bool FB = FIX & FIX_B, FC = FIX & FIX_C;
   constexpr int NBV = NB / V;  // state dims per block
   static_assert(NS % NBV == 0, "a specialised d_state must be a whole number of blocks");
   const int N = NS ? NS : (int)p.dstate;
@@ -546,13 +624,24 @@ void bwd_unit(const ScanArgs& p, const Unit* ws, const float* const* ckpts, Part
   const int64_t bg = (w0.b * p.groups + w0.g) * N * L;  // the units' (N, L) block of dB and dC
   const Rows<E> r[2] = {Rows<E>(p, ws[0]), Rows<E>(p, ws[V - 1])};  // r[v], v < V
   vf A2[V][NS ? NS : MAXN], Dv[V], bias[V], gD[V], gbias[V];
+  vf Bf[FB ? V : 1][FB ? (NS ? NS : MAXN) : 1], Cf[FC ? V : 1][FC ? (NS ? NS : MAXN) : 1];
   for (int v = 0; v < V; ++v) {
     load_A2(p, ws[v], N, A2[v]);
+    if constexpr (FB) load_fixed(p.B, ws[v], N, Bf[v]);
+    if constexpr (FC) load_fixed(p.C, ws[v], N, Cf[v]);
     Dv[v] = p.D ? gather_lanes(p.D + ws[v].c0, 1, nc) : splat(0.0f);
     bias[v] = p.delta_bias ? gather_lanes(p.delta_bias + ws[v].c0, 1, nc) : splat(0.0f);
     gD[v] = gbias[v] = splat(0.0f);
   }
-  for (int n = 0; n < N * V; ++n) sc.h[n] = sc.gA[n] = sc.dA_next[n] = splat(0.0f);
+  for (int n = 0; n < N * V; ++n)
+    sc.h[n] = sc.gA[n] = sc.dA_next[n] = sc.gB[n] = sc.gC[n] = splat(0.0f);
+  if (p.dlast) {  // the final state's gradient enters h at the last step, with a unit decay
+    for (int v = 0; v < V; ++v)
+      for (int n = 0; n < N; ++n) {
+        sc.h[n * V + v] = gather_lanes(p.dlast + (ws[v].b * p.dim + ws[v].c0) * N + n, N, nc);
+        sc.dA_next[n * V + v] = splat(1.0f);
+      }
+  }
   auto at = [](int tt, int v) { return tt * V + v; };
   auto xd = [&](int tt, int i, int v) -> vf& { return sc.xs[(tt * NBV + i) * V + v]; };
   auto dAs = [&](int tt, int i, int v) -> vf& { return sc.dAs[(tt * NBV + i) * V + v]; };
@@ -599,11 +688,12 @@ void bwd_unit(const ScanArgs& p, const Unit* ws, const float* const* ckpts, Part
       const int nb = NS ? NBV : std::min(NBV, N - n0);  // a constant when NS is, unrolled
       const bool last = n0 + NBV >= N;  // sA, sB complete after this block's reverse pass
       // 1. recompute
-      vf x[NBV][V];
+      vf x[NBV][V], gCl[FC ? NBV : 1][V];
       for (int i = 0; i < nb; ++i)
         for (int v = 0; v < V; ++v) {
           x[i][v] = loadu(ckpts[v] + (k * N + n0 + i) * W);  // the state before the chunk
           dAs(clen, i, v) = sc.dA_next[(n0 + i) * V + v];   // the decay one step past it
+          if constexpr (FC) gCl[i][v] = sc.gC[(n0 + i) * V + v];
         }
       for (int j0 = 0; j0 < clen; j0 += T) {
         const int nt = std::min(T, clen - j0);
@@ -614,12 +704,14 @@ void bwd_unit(const ScanArgs& p, const Unit* ws, const float* const* ckpts, Part
                 for (const Act<const E>* a : {&r[v].u, &r[v].delta, &r[v].dout, &r[v].z})
                   if (*a) prefetch_step(*a, cs - CHUNK + s);
             for (int q = tt; q < 2 * N; q += clen)
-              prefetch_row_rw((q < N ? g.dC : g.dB) + bg + (q % N) * L + cs - CHUNK, CHUNK);
+              if (!(q < N ? FC : FB))
+                prefetch_row_rw((q < N ? g.dC : g.dB) + bg + (q % N) * L + cs - CHUNK, CHUNK);
           } else if (n0 == 0 && k > 0) {  // rows tt, tt + clen, ... of chunk k - 1
             for (int q = tt; q < nrows; q += clen) {
               if (q >= NIN) {
                 const int n = (q - NIN) % N;
-                prefetch_row_rw((q - NIN < N ? g.dC : g.dB) + bg + n * L + cs - CHUNK, CHUNK);
+                if (!(q - NIN < N ? FC : FB))
+                  prefetch_row_rw((q - NIN < N ? g.dC : g.dB) + bg + n * L + cs - CHUNK, CHUNK);
                 continue;
               }
               const Rows<E>& rv = r[q / (4 * W)];
@@ -646,26 +738,31 @@ void bwd_unit(const ScanArgs& p, const Unit* ws, const float* const* ckpts, Part
             for (int v = 0; v < V; ++v) {
               const vf dA = vexp2(dt[v] * A2[v][n0 + i]);
               const vf xdec = dA * x[i][v];
-              x[i][v] = xdec + dtu[v] * Bt[i];
+              x[i][v] = xdec + dtu[v] * coef<FB>(Bt, Bf[FB ? v : 0] + n0, i);
               dAs(tt, i, v) = dA;
               xd(tt, i, v) = xdec;
-              y[v] += x[i][v] * Ct[i];
-              red += gy[v] * x[i][v];
+              y[v] += x[i][v] * coef<FC>(Ct, Cf[FC ? v : 0] + n0, i);
+              if constexpr (FC) gCl[i][v] += gy[v] * x[i][v];
+              else red += gy[v] * x[i][v];
             }
-            sc.red[i * T + (tt - j0)] = red;
+            if constexpr (!FC) sc.red[i * T + (tt - j0)] = red;
           }
           for (int v = 0; v < V; ++v) sc.cy[at(tt, v)] += y[v];
         }
-        flush_reduction(sc.red, nb, nt, g.dC + bg + n0 * L + cs + j0, L);
+        if constexpr (!FC) flush_reduction(sc.red, nb, nt, g.dC + bg + n0 * L + cs + j0, L);
       }
       for (int i = 0; i < nb; ++i)
-        for (int v = 0; v < V; ++v) sc.dA_next[(n0 + i) * V + v] = dAs(0, i, v);
+        for (int v = 0; v < V; ++v) {
+          sc.dA_next[(n0 + i) * V + v] = dAs(0, i, v);
+          if constexpr (FC) sc.gC[(n0 + i) * V + v] = gCl[i][v];
+        }
       // 2. reverse
-      vf h[NBV][V], gA[NBV][V];
+      vf h[NBV][V], gA[NBV][V], gBl[FB ? NBV : 1][V];
       for (int i = 0; i < nb; ++i)
         for (int v = 0; v < V; ++v) {
           h[i][v] = sc.h[(n0 + i) * V + v];
           gA[i][v] = sc.gA[(n0 + i) * V + v];
+          if constexpr (FB) gBl[i][v] = sc.gB[(n0 + i) * V + v];
         }
       for (int j0 = ((clen - 1) / T) * T; j0 >= 0; j0 -= T) {
         const int nt = std::min(T, clen - j0);
@@ -684,21 +781,22 @@ void bwd_unit(const ScanArgs& p, const Unit* ws, const float* const* ckpts, Part
             vf red = splat(0.0f);
             for (int v = 0; v < V; ++v) {
               vf& hi = h[i][v];
-              hi = hi * dAs(tt + 1, i, v) + gy[v] * Ct[i];
+              hi = hi * dAs(tt + 1, i, v) + gy[v] * coef<FC>(Ct, Cf[FC ? v : 0] + n0, i);
               const vf hx = hi * xd(tt, i, v);  // h_t dA_t x_{t-1}
               sA[v] += hx * A2[v][n0 + i];
-              sB[v] += hi * Bt[i];
+              sB[v] += hi * coef<FB>(Bt, Bf[FB ? v : 0] + n0, i);
               gA[i][v] += hx * dt[v];
-              red += hi * dtu[v];
+              if constexpr (FB) gBl[i][v] += hi * dtu[v];
+              else red += hi * dtu[v];
             }
-            sc.red[i * T + (tt - j0)] = red;
+            if constexpr (!FB) sc.red[i * T + (tt - j0)] = red;
           }
           for (int v = 0; v < V; ++v) {
             sc.sA[at(tt, v)] += sA[v];
             sc.sB[at(tt, v)] += sB[v];
           }
         }
-        flush_reduction(sc.red, nb, nt, g.dB + bg + n0 * L + cs + j0, L);
+        if constexpr (!FB) flush_reduction(sc.red, nb, nt, g.dB + bg + n0 * L + cs + j0, L);
         if (!last) continue;
         // du, ddelta, dz of the tile (sA holds sum_n h x_prev dA A log2(e), hence the ln 2)
         for (int v = 0; v < V; ++v) {
@@ -727,13 +825,18 @@ void bwd_unit(const ScanArgs& p, const Unit* ws, const float* const* ckpts, Part
         for (int v = 0; v < V; ++v) {
           sc.h[(n0 + i) * V + v] = h[i][v];
           sc.gA[(n0 + i) * V + v] = gA[i][v];
+          if constexpr (FB) sc.gB[(n0 + i) * V + v] = gBl[i][v];
         }
     }
   }
   for (int v = 0; v < V; ++v) {
     const int64_t c0 = ws[v].c0;
     for (int c = 0; c < nc; ++c) {
-      for (int n = 0; n < N; ++n) g.dA[(c0 + c) * N + n] += sc.gA[n * V + v][c];
+      for (int n = 0; n < N; ++n) {
+        g.dA[(c0 + c) * N + n] += sc.gA[n * V + v][c];
+        if constexpr (FB) g.dB[(c0 + c) * N + n] += sc.gB[n * V + v][c];
+        if constexpr (FC) g.dC[(c0 + c) * N + n] += sc.gC[n * V + v][c];
+      }
       g.dD[c0 + c] += gD[v][c];
       g.ddelta_bias[c0 + c] += gbias[v][c];
     }
@@ -758,10 +861,22 @@ void fwd_units(const ScanArgs& p, int64_t begin, int64_t end) {
   for (int64_t unit = begin; unit < end; ++unit) {
     const Unit w = make_unit(p, unit);
     float* ck = p.ckpt ? p.ckpt + unit * per_unit : nullptr;
+    const int fix = p.B_fixed * FIX_B + p.C_fixed * FIX_C;
+    if constexpr (std::is_same_v<E, float>) {  // a fixed B or C: float32 rows only (rare)
+      if (fix) {
+        if (fix == FIX_B)
+          fwd_unit<0, FIX_B, E>(p, w, ck, stream);
+        else if (fix == FIX_C)
+          fwd_unit<0, FIX_C, E>(p, w, ck, stream);
+        else
+          fwd_unit<0, FIX_B | FIX_C, E>(p, w, ck, stream);
+        continue;
+      }
+    }
     if (p.dstate == 16)
-      fwd_unit<16, E>(p, w, ck, stream);
+      fwd_unit<16, 0, E>(p, w, ck, stream);
     else
-      fwd_unit<0, E>(p, w, ck, stream);
+      fwd_unit<0, 0, E>(p, w, ck, stream);
   }
   if (stream) fence_streams();
 }
@@ -781,17 +896,30 @@ void bwd_units(const ScanArgs& p, float* partial, int64_t begin, int64_t end) {
   for (int64_t unit = begin; unit < end;) {
     const Unit ws[2] = {make_unit(p, unit), make_unit(p, std::min(unit + 1, end - 1))};
     const float* ck[2] = {p.ckpt + unit * per_unit, p.ckpt + (unit + 1) * per_unit};
+    const int fix = p.B_fixed * FIX_B + p.C_fixed * FIX_C;
+    if constexpr (std::is_same_v<E, float>) {  // one generic instantiation per fixed case
+      if (fix) {
+        if (fix == FIX_B)
+          bwd_unit<0, 1, FIX_B, E>(p, ws, ck, g, sc, stream);
+        else if (fix == FIX_C)
+          bwd_unit<0, 1, FIX_C, E>(p, ws, ck, g, sc, stream);
+        else
+          bwd_unit<0, 1, FIX_B | FIX_C, E>(p, ws, ck, g, sc, stream);
+        unit += 1;
+        continue;
+      }
+    }
     if (unit + 1 < end && pairable(ws[0], ws[1])) {
       if (p.dstate == 16)
-        bwd_unit<16, 2, E>(p, ws, ck, g, sc, stream);
+        bwd_unit<16, 2, 0, E>(p, ws, ck, g, sc, stream);
       else
-        bwd_unit<0, 2, E>(p, ws, ck, g, sc, stream);
+        bwd_unit<0, 2, 0, E>(p, ws, ck, g, sc, stream);
       unit += 2;
     } else {
       if (p.dstate == 16)
-        bwd_unit<16, 1, E>(p, ws, ck, g, sc, stream);
+        bwd_unit<16, 1, 0, E>(p, ws, ck, g, sc, stream);
       else
-        bwd_unit<0, 1, E>(p, ws, ck, g, sc, stream);
+        bwd_unit<0, 1, 0, E>(p, ws, ck, g, sc, stream);
       unit += 1;
     }
   }
@@ -858,20 +986,21 @@ void dimbench_scan_bwd(const ScanArgs* a, float* partial, int64_t unit_begin, in
   });
 }
 
-// Sum nparts partials into dA (D, N), dD, ddelta_bias (D) float32 and dB, dC (B, G, N, L),
-// float32 or bfloat16 (dB_bf16, dC_bf16). Any output pointer may be null (not wanted).
+// Sum nparts partials into dA (D, N), dD, ddelta_bias (D) float32 and dB, dC (B, G, N, L) or
+// (D, N) where fixed, float32 or bfloat16 (dB_bf16, dC_bf16). Any output pointer may be null (not wanted).
 void dimbench_scan_bwd_reduce(const ScanArgs* a, const float* parts, int64_t nparts, float* dA,
                               float* dD, float* ddelta_bias, void* dB, int64_t dB_bf16, void* dC,
                               int64_t dC_bf16) {
   with_denormals_flushed([&] {
     const ScanArgs& p = *a;
     const int64_t stride = Partial::size(p);
-    const int64_t nbc = p.batch * p.groups * p.dstate * p.length;
-    const int64_t oD = p.dim * p.dstate, oB = oD + 2 * p.dim, oC = oB + nbc;
+    const int64_t nB = Partial::bc_size(p, p.B_fixed), nC = Partial::bc_size(p, p.C_fixed);
+    const int64_t oD = p.dim * p.dstate, oB = oD + 2 * p.dim, oC = oB + nB;
     if (dA) sum_parts(parts, nparts, stride, 0, oD, dA);
     if (dD) sum_parts(parts, nparts, stride, oD, p.dim, dD);
     if (ddelta_bias) sum_parts(parts, nparts, stride, oD + p.dim, p.dim, ddelta_bias);
-    for (auto [dst, is_bf16, off] : {std::tuple{dB, dB_bf16, oB}, std::tuple{dC, dC_bf16, oC}}) {
+    for (auto [dst, is_bf16, off, nbc] :
+         {std::tuple{dB, dB_bf16, oB, nB}, std::tuple{dC, dC_bf16, oC, nC}}) {
       if (!dst) continue;
       if (is_bf16)
         sum_parts(parts, nparts, stride, off, nbc, static_cast<bf16*>(dst));
