@@ -210,11 +210,31 @@ def describe(opts: ClusterOptions, tasks: list[Task], out_dir: Path) -> str:
         "executor parameters: "
         + ", ".join(f"{k}={v}" for k, v in sorted(opts.parameters().items())),
     ]
+    if opts.launcher == "slurm" and n:
+        lines += ["sbatch script header:", *sbatch_header(opts, n, out_dir)]
     width = len(str(n - 1)) if n else 1
     for i, t in enumerate(tasks):
         lines.append(f"  [{i:>{width}}] {Config.from_dict(t.config).label()}")
     lines.append("nothing submitted (--dry-run)")
     return "\n".join(lines)
+
+
+def sbatch_header(opts: ClusterOptions, n: int, out_dir: Path) -> list[str]:
+    """The ``#SBATCH`` lines submitit would write for ``n`` tasks (its own renderer, which
+    needs no cluster; AutoExecutor's generic names translated as it does)."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    generic = {"timeout_min": "time", "name": "job_name", "tasks_per_node": "ntasks_per_node"}
+    params = {}
+    for k, v in opts.parameters().items():
+        params[generic.get(k, k.removeprefix("slurm_"))] = v
+    text = _make_sbatch_string(
+        command="python -u -m submitit.core._submit ...",
+        folder=str(out_dir / SUBMITIT_FOLDER / "%j"),
+        map_count=n,
+        **params,
+    )
+    return ["  " + ln for ln in text.splitlines() if ln.startswith("#SBATCH")]
 
 
 def submit(
@@ -227,7 +247,10 @@ def submit(
     (``death``: why a task ended without a result, e.g. ``timeout: ...``). The local executor
     runs them one at a time: tasks measuring at once on one machine would share its cores."""
     submitit = require_submitit()
-    executor = submitit.AutoExecutor(folder=out_dir / SUBMITIT_FOLDER / "%j", cluster=opts.launcher)
+    try:
+        executor = submitit.AutoExecutor(out_dir / SUBMITIT_FOLDER / "%j", cluster=opts.launcher)
+    except RuntimeError as e:  # no srun / sbatch on this machine
+        raise UsageError(f"--launcher {opts.launcher}: {e}") from None
     executor.update_parameters(**opts.parameters())
     waves = [tasks] if opts.launcher == "slurm" else [[t] for t in tasks]
     jobs = []
