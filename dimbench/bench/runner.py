@@ -18,10 +18,10 @@ import threading
 import time
 from pathlib import Path
 
-from dimbench.bench.pool import Slot, run_units
 from dimbench.bench.registry import get_suite
 from dimbench.bench.spec import Config, Suite, Sweep, fmt, params_m
 from dimbench.errors import Interrupted, terminate_as_interrupt
+from dimbench.pool import Slot, run_units
 from dimbench.registry import KERNELS, get_model
 from dimbench.results import ResultStore, key_part, row_key
 

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 2:
         print("usage: python -m dimbench.bench.worker CONFIG.json RESULT.json", file=sys.stderr)
         return 2
-    from dimbench.bench.pool import pin_from_env
+    from dimbench.pool import pin_from_env
 
     cpus = pin_from_env()  # before torch starts its threads: they inherit the mask
     config = json.loads(Path(argv[0]).read_text())

@@ -116,8 +116,9 @@ def run(
 
     Example: dimbench run throughput --res 256 512 1024 1536
     """
+    from dimbench import pool
     from dimbench.bench import launcher as cluster
-    from dimbench.bench import pool, session
+    from dimbench.bench import session
     from dimbench.errors import UsageError
 
     opts = None

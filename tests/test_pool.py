@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from dimbench.bench.pool import CPUS_ENV, Slot, placement, run_units
 from dimbench.errors import UsageError
+from dimbench.pool import CPUS_ENV, Slot, placement, run_units
 from dimbench.results import load_results, row_key
 from tests.test_cli import cli, one_line_error
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_workers_split_the_cores_into_disjoint_sets(monkeypatch):
@@ -126,7 +126,7 @@ def test_run_units_stops_on_ctrl_c():
 def test_a_worker_pins_itself_to_its_slot():
     core = min(os.sched_getaffinity(0))
     code = (
-        "import os; from dimbench.bench.pool import pin_from_env; "
+        "import os; from dimbench.pool import pin_from_env; "
         "print(pin_from_env(), sorted(os.sched_getaffinity(0)))"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT), CPUS_ENV: str(core)}
