@@ -354,9 +354,8 @@ def launch_sweep(
             console.print(f"{result['label']}  {result['status']}", highlight=False)
 
         if todo:
-            console.print(
-                f"{sweep.suite.name}: {len(todo)} tasks ({opts.launcher}) -> {store.csv_path}"
-            )
+            tasks = f"{len(todo)} task{'s' * (len(todo) != 1)}"
+            console.print(f"{sweep.suite.name}: {tasks} ({opts.launcher}) -> {store.csv_path}")
             submit(opts, _tasks(todo, store.out_dir, sweep, retry_failed), store.out_dir, on_done)
         df = store.frame()
         if not df.empty:  # the sweep's rows: those some configuration matches
