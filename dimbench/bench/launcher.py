@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dimbench.bench.spec import Config
-from dimbench.errors import UsageError
+from dimbench.errors import Interrupted, UsageError, terminate_as_interrupt
 from dimbench.results import row_key
 
 if TYPE_CHECKING:
@@ -356,7 +356,17 @@ def launch_sweep(
         if todo:
             tasks = f"{len(todo)} task{'s' * (len(todo) != 1)}"
             console.print(f"{sweep.suite.name}: {tasks} ({opts.launcher}) -> {store.csv_path}")
-            submit(opts, _tasks(todo, store.out_dir, sweep, retry_failed), store.out_dir, on_done)
+            try:
+                with terminate_as_interrupt() as received:
+                    submit(opts, _tasks(todo, store.out_dir, sweep, retry_failed), store.out_dir,
+                           on_done)  # fmt: skip
+            except KeyboardInterrupt:
+                raise Interrupted(
+                    f"stopped waiting: submitted tasks go on ({store.out_dir / SUBMITIT_FOLDER} "
+                    "has their logs); once they end, the same command collects their rows and "
+                    "resubmits what is missing",
+                    received.signum,
+                ) from None
         df = store.frame()
         if not df.empty:  # the sweep's rows: those some configuration matches
             mine = [
