@@ -56,7 +56,8 @@ def _child(cfg_path: Path, label: str, slot: Slot, stop: threading.Event, tmp: P
     err_path = tmp / f"{label.replace('/', '_')}.err"
     with err_path.open("wb") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "dimbench.train.compare.child", str(cfg_path), label],
+            [sys.executable, "-m", "dimbench.train.compare.child", str(cfg_path), label,
+             os.getcwd()],
             env=env, cwd=tmp, stdin=subprocess.DEVNULL, stderr=err,
         )  # fmt: skip
         try:
