@@ -163,11 +163,18 @@ def run_units(
     pool = ThreadPoolExecutor(max_workers=len(slots), thread_name_prefix="dimbench-slot")
     try:
         futures: dict[Future, U] = {pool.submit(on_slot, u): u for u in units}
+        order = {f: i for i, f in enumerate(futures)}
         pending = set(futures)
         while pending:
             finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            finished = sorted(finished, key=order.__getitem__)
+            # what finished is kept before a unit's exception (an interrupt) goes on
             for f in finished:
-                on_done(futures[f], f.result())
+                if f.exception() is None:
+                    on_done(futures[f], f.result())
+            for f in finished:
+                if f.exception() is not None:
+                    raise f.exception()
     except BaseException:
         stop.set()
         pool.shutdown(wait=True, cancel_futures=True)

@@ -171,3 +171,18 @@ def _cores(label: str) -> int:
         first, _, last = part.partition("-")
         n += int(last or first) - int(first) + 1
     return n
+
+
+def test_run_units_keeps_what_finished_before_an_interrupt():
+    """A unit that ends in KeyboardInterrupt (an in-process measurement hit by Ctrl-C) goes on
+    as the interrupt, after the units that finished are kept, in their order."""
+    done: list[int] = []
+
+    def run_one(unit: int, slot: Slot) -> int:
+        if unit == 2:
+            raise KeyboardInterrupt
+        return unit
+
+    with pytest.raises(KeyboardInterrupt):
+        run_units(range(5), [Slot("cpu")], run_one, lambda u, r: done.append(u))
+    assert done == [0, 1]
