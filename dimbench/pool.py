@@ -135,6 +135,10 @@ def pin_from_env() -> tuple[int, ...]:
     return cpus
 
 
+class _NotStarted(Exception):
+    """A unit dropped because another one ended in an exception."""
+
+
 def run_units(
     units: Iterable[U],
     slots: Sequence[Slot],
@@ -156,7 +160,12 @@ def run_units(
     def on_slot(unit: U) -> R:
         slot = free.get()  # as many threads as slots: one is always free here
         try:
+            if stop.is_set():  # another unit was interrupted: start nothing more
+                raise _NotStarted
             return run_one(unit, slot)
+        except BaseException:
+            stop.set()
+            raise
         finally:
             free.put(slot)
 
@@ -173,7 +182,7 @@ def run_units(
                 if f.exception() is None:
                     on_done(futures[f], f.result())
             for f in finished:
-                if f.exception() is not None:
+                if f.exception() is not None and not isinstance(f.exception(), _NotStarted):
                     raise f.exception()
     except BaseException:
         stop.set()
