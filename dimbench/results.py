@@ -3,7 +3,10 @@
 One row per measurement, long format, one CSV per suite in a results folder
 (``results/<machine>/throughput.csv``, ``memory.csv``, ``flops.csv``). Rows are appended as each
 measurement finishes, so an interrupted sweep loses nothing; a rerun into the same folder skips
-the configurations already measured. The raw samples of each row (every latency, telemetry
+the configurations already measured. Many processes may write one folder at once (the workers of
+a pool, the tasks of a cluster job array): every read and append holds ``flock`` on
+``OUT/.<suite>.csv.lock``, so a row is written whole and once, and a rerun sees every row any
+writer finished. The raw samples of each row (every latency, telemetry
 samples) go to ``<suite>.samples.jsonl`` beside the CSV, one JSON object per line, keyed like
 the row.
 
@@ -16,12 +19,14 @@ rewrites it in its suite's layout, keeping any other column that holds a value.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import io
 import json
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,6 +64,8 @@ TAIL_COLUMNS: dict[str, str] = {
     "cpu_model": "CPU model of the host",
     "cpu_isa": "widest vector unit: amx | avx512 | avx2 | sve | neon (one CPU name can hide two)",
     "hostname": "host that measured",
+    "slot": "the pool slot that measured it (--devices, --workers: cuda:1, cpus 0-3, or a "
+    "cluster task's id); empty: the whole device, one configuration at a time",
     "wall_s": "seconds the whole measurement took (process start to result)",
     "timestamp": "UTC time the row was written (ISO 8601)",
 }
@@ -252,15 +259,34 @@ class ResultStore:
         self.suite = schema.suite
         self.csv_path = self.out_dir / f"{self.suite}.csv"
         self.samples_path = self.out_dir / f"{self.suite}.samples.jsonl"
+        # a file of its own, not the CSV: a layout rewrite replaces the CSV by a rename
+        self.lock_path = self.out_dir / f".{self.suite}.csv.lock"
+
+    @contextlib.contextmanager
+    def locked(self, exclusive: bool = True) -> Iterator[None]:
+        """Hold the store's lock (shared: to read) against the other writers of the folder."""
+        if not self.out_dir.exists():  # nothing to read, nobody to exclude yet
+            if not exclusive:
+                yield
+                return
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        with self.lock_path.open("a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     def check(self) -> None:
         """Refuse a foreign or corrupt CSV before any measurement (``ResultFileError``)."""
-        read_result_csv(self.csv_path)
+        with self.locked(exclusive=False):
+            read_result_csv(self.csv_path)
 
     def rows(self) -> list[dict]:
         """Every intact row in the CSV, in file order, as strings ("" for empty), with the
         schema's columns (and any other column of the file that holds a value)."""
-        contents = read_result_csv(self.csv_path)
+        with self.locked(exclusive=False):
+            contents = read_result_csv(self.csv_path)
         if contents is None:
             return []
         layout = _file_layout(self.schema, contents)
@@ -268,7 +294,8 @@ class ResultStore:
 
     def frame(self):
         """The CSV's rows as ``load_results`` gives them (the latest per key)."""
-        return load_results(self.csv_path, {self.suite: self.schema})
+        with self.locked(exclusive=False):
+            return load_results(self.csv_path, {self.suite: self.schema})
 
     def done_keys(
         self, retry_failed: bool = True, retry_too_big: bool = False
@@ -293,18 +320,23 @@ class ResultStore:
         unknown = set(row) - set(self.schema.columns)
         if unknown:
             raise KeyError(f"unknown {self.suite} result columns: {', '.join(sorted(unknown))}")
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with self.locked():
+            self._append(row, raw)
+
+    def _append(self, row: dict, raw: dict | None) -> None:
         contents = read_result_csv(self.csv_path)
         layout = (
             list(self.schema.columns) if contents is None else _file_layout(self.schema, contents)
         )
         if contents is not None and (contents.header != layout or not contents.clean_end):
             self._rewrite(contents.rows, layout)
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        if contents is None:
+            writer.writerow(layout)
+        writer.writerow([_cell(row.get(c)) for c in layout])
         with self.csv_path.open("a", newline="") as f:
-            writer = csv.writer(f)
-            if contents is None:
-                writer.writerow(layout)
-            writer.writerow([_cell(row.get(c)) for c in layout])
+            f.write(buf.getvalue())
         if raw is not None:
             record = {c: row.get(c) for c in KEY_COLUMNS}
             record.update(status=row.get("status"), timestamp=row.get("timestamp"), **raw)

@@ -306,7 +306,7 @@ def oom_worker(monkeypatch):
 
     calls = []
 
-    def worker(cfg, suite=None):
+    def worker(cfg, suite=None, env=None, stop=None):
         calls.append(cfg.image_size)
         return {"status": "oom", "error": "killed by SIGKILL", "wall_s": 75.0}
 

@@ -13,7 +13,8 @@ never run). ``from pkg import name`` points at ``pkg.name`` when that is a modul
 (b) No upward arrows, in this order (``LAYERS``; a layer may import the layers before it and
 its own members, never the layers after it):
 
-    foundation   errors, paths, out_lock, devices, threads, plugins, torch_files, compile, latents
+    foundation   errors, paths, out_lock, devices, threads, plugins, torch_files, compile, latents,
+                 pool (the slots of --devices / --workers, which sweeps and train-compare share)
     ops          the kernels (dimbench/ops)
     compat       mamba_ssm / causal_conv1d on those kernels (dimbench/compat)
     models       the model zoo and the registry that builds it (models/, registry.py)
@@ -58,6 +59,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "compile",
         "latents",
         "dtypes",
+        "pool",
     ),
     ("_version",),  # written at build time (setuptools-scm), imports nothing
     ("ops",),

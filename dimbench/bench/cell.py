@@ -18,6 +18,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import uuid
 import zlib
@@ -64,10 +65,13 @@ class CellWorker(PipeWorker):
     """One model's worker in a cell: its stepper built and warmed up, one timed step per
     ``time`` request (``measure.rounds.Timed``)."""
 
-    def __init__(self, cfg: Config, suite: Suite, work_dir: Path) -> None:
+    def __init__(
+        self, cfg: Config, suite: Suite, work_dir: Path, env: dict[str, str] | None = None
+    ) -> None:
         name = cfg.model.replace("/", "_")
         super().__init__(work_dir / f"{name}-{id(self):x}.err", f"the {cfg.model} worker")
         self.cfg, self.suite, self.work_dir = cfg, suite, work_dir
+        self.slot_env = dict(env or {})  # a pool slot's (pinned cores, a GPU)
         self.samples: list[float] = []
         self.ready = False
         self.t0 = time.perf_counter()
@@ -77,6 +81,7 @@ class CellWorker(PipeWorker):
         if self.cfg.omp_wait_policy:  # read once, when the OpenMP runtime starts
             env["OMP_WAIT_POLICY"] = self.cfg.omp_wait_policy.upper()
         env.update(self.suite.worker_env(self.cfg))
+        env.update(self.slot_env)
         self.t0 = time.perf_counter()
         # never the caller's folder: a source checkout's dimbench/ there would shadow the
         # installed package (python -m puts the working directory first on the path)
@@ -130,20 +135,27 @@ class CellRun:
 
 
 def measure_cell(
-    cfgs: list[Config], suite: Suite, on_round: RoundProgress | None = None
+    cfgs: list[Config],
+    suite: Suite,
+    on_round: RoundProgress | None = None,
+    env: dict[str, str] | None = None,
+    stop: threading.Event | None = None,
 ) -> CellRun:
     """Measure the configurations of one cell in interleaved rounds; every configuration gets
     a result (status ok / oom / timeout / error), the ok ones with their samples in round order
-    and the cell's id in ``raw["cell"]``."""
+    and the cell's id in ``raw["cell"]``. ``env``: added to every worker's environment (a pool
+    slot's, so the whole cell runs on one device); ``stop`` set (a pool interrupted in another
+    thread): the workers are killed at the next round and KeyboardInterrupt raised."""
     first = cfgs[0]
     rule = StopRule(first.min_rounds, first.repeats, first.budget_s)
     seed = zlib.crc32(repr(cell_key(first)).encode())
     results: dict[Config, dict] = {}
     loads: list[float] = []
     with tempfile.TemporaryDirectory(prefix="dimbench-cell-") as tmp:
-        workers = [CellWorker(cfg, suite, Path(tmp)) for cfg in cfgs]
+        workers = [CellWorker(cfg, suite, Path(tmp), env) for cfg in cfgs]
         try:
             for w in workers:  # one at a time: no build runs beside another's warm-up
+                _check(stop)
                 try:
                     w.launch()
                     w.set_up()
@@ -154,6 +166,7 @@ def measure_cell(
             failed: dict[int, Exception] = {}
 
             def round_done(r: int) -> None:
+                _check(stop)
                 loads.append(os.getloadavg()[0])
                 if on_round is not None:
                     going = [w for i, w in enumerate(live) if i not in failed]
@@ -195,6 +208,11 @@ def measure_cell(
                 results.get(w.cfg, {}).setdefault("wall_s", wall - w.t0)
     ordered = {cfg: results[cfg] for cfg in cfgs if cfg in results}
     return CellRun(ordered, rounds, cell["load_avg_1m"])
+
+
+def _check(stop: threading.Event | None) -> None:
+    if stop is not None and stop.is_set():
+        raise KeyboardInterrupt("the sweep was interrupted")
 
 
 def wide_interval(row: dict, target: float = CI_TARGET) -> float | None:

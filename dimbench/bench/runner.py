@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from dimbench.bench.ratios import write_ratios
 from dimbench.bench.registry import get_suite
 from dimbench.bench.spec import Config, Suite, Sweep, fmt, params_m
 from dimbench.errors import Interrupted, terminate_as_interrupt
+from dimbench.pool import Slot, run_units
 from dimbench.registry import KERNELS, get_model
 from dimbench.results import ResultStore, key_part, row_key
 
@@ -34,9 +36,15 @@ WORKER = "dimbench.bench.worker"
 OUT_OF_RESOURCES = ("oom", "timeout", "too_big")
 
 
-def run_isolated(cfg: Config, suite: Suite | None = None) -> dict:
-    """Run ``cfg`` in a fresh ``python -m dimbench.bench.worker`` process; always returns a
-    result dict (status ok / oom / timeout / error)."""
+def run_isolated(
+    cfg: Config,
+    suite: Suite | None = None,
+    env: dict[str, str] | None = None,
+    stop: threading.Event | None = None,
+) -> dict:
+    """Run ``cfg`` in a fresh ``python -m dimbench.bench.worker`` process (``env`` added to its
+    environment: a pool slot's); always returns a result dict (status ok / oom / timeout /
+    error). ``stop`` set: the process is killed (a pool interrupted in another thread)."""
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="dimbench-") as tmp:
         cfg_path, out_path, err_path = (Path(tmp) / n for n in ("cfg.json", "out.json", "err"))
@@ -47,6 +55,7 @@ def run_isolated(cfg: Config, suite: Suite | None = None) -> dict:
                 worker_env["OMP_WAIT_POLICY"] = cfg.omp_wait_policy.upper()
             if suite is not None:
                 worker_env.update(suite.worker_env(cfg))
+            worker_env.update(env or {})
             proc = subprocess.Popen(
                 [sys.executable, "-m", WORKER, str(cfg_path), str(out_path)],
                 env=worker_env,
@@ -58,11 +67,8 @@ def run_isolated(cfg: Config, suite: Suite | None = None) -> dict:
                 stderr=err,
                 start_new_session=True,  # its own process group: a timeout kills all of it
             )
-            timed_out = False
             try:
-                proc.wait(timeout=cfg.timeout_s)
-            except subprocess.TimeoutExpired:
-                timed_out = True
+                timed_out = not _wait(proc, cfg.timeout_s, stop)
             finally:  # also on Ctrl-C / SIGTERM: never leave a worker running
                 if proc.poll() is None:
                     _kill_group(proc)
@@ -78,6 +84,22 @@ def run_isolated(cfg: Config, suite: Suite | None = None) -> dict:
             result["stderr"] = stderr_tail(err_path)
     result["wall_s"] = wall
     return result
+
+
+def _wait(proc: subprocess.Popen, timeout: float, stop: threading.Event | None) -> bool:
+    """Whether ``proc`` ended within ``timeout`` seconds (False also once ``stop`` is set)."""
+    if stop is None:
+        try:
+            proc.wait(timeout=timeout)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None:
+        if stop.is_set() or time.monotonic() >= deadline:
+            return False
+        stop.wait(0.05)
+    return True
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -128,6 +150,7 @@ def result_row(cfg: Config, result: dict) -> dict:
         status=result.get("status", "error"),
         error=result.get("error"),
         wall_s=result.get("wall_s"),
+        slot=result.get("slot") or None,
         timestamp=result.get("timestamp"),
         **metrics,
         **meta,
@@ -146,6 +169,17 @@ def result_rows(cfg: Config, result: dict) -> list[dict]:
     return [result_row(cfg, {**result, "metrics": m, "timestamp": stamp}) for m in many]
 
 
+def append_result(store: ResultStore, cfg: Config, result: dict) -> list[dict]:
+    """Append the rows of ``cfg``'s result (its raw samples with the first; a crash's stderr to
+    the errors log); returns the rows."""
+    rows = result_rows(cfg, result)
+    for i, row in enumerate(rows):
+        store.append(row, raw=result.get("raw") if i == 0 else None)
+    if result.get("stderr"):
+        _log_error(store, cfg, result["stderr"])
+    return rows
+
+
 def run_sweep(
     sweep: Sweep,
     out_dir: str | Path,
@@ -154,9 +188,11 @@ def run_sweep(
     redo: bool = False,
     console=None,
     show_progress: bool = True,
+    slots: list[Slot] | None = None,
 ):
     """Measure every configuration of ``sweep`` not already in ``out_dir`` and return the
-    sweep's rows (new and earlier) as a DataFrame."""
+    sweep's rows (new and earlier) as a DataFrame; ``slots`` (``pool.placement``): measure as
+    many at once, one on each [one on the sweep's device]."""
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -206,47 +242,51 @@ def run_sweep(
     paired = sweep.paired and bool(sweep.suite.stepper)
     units = cells(todo) if paired else [[c] for c in todo]
     kept = 0
+    # an instant in-process count gains nothing from a pool (and shares this process's state)
+    slots = list(slots or [Slot(sweep.device)]) if sweep.suite.isolated else [Slot(sweep.device)]
+    stop = threading.Event()
+
+    def measure(unit: list[Config], slot: Slot) -> tuple[dict[Config, dict], float | None]:
+        """A unit's results on ``slot``: a lone configuration in its own process (or inline, a
+        count), a cell's models in interleaved rounds, their workers all on that slot."""
+        if len(unit) == 1:  # a cell of one model has nothing to pair with
+            cfg = unit[0]
+            progress.update(task, description=cfg.label())
+            if not sweep.suite.isolated:
+                return {cfg: run_inline(cfg, sweep.suite)}, None
+            result = run_isolated(cfg, sweep.suite, slot.env(), stop)
+            return {cfg: {**result, "slot": slot.label()}}, None
+        label = cell_label(unit)
+        progress.update(task, description=f"{label}  starting")
+
+        def on_round(r: int, most: int, width: float) -> None:
+            progress.update(task, description=f"{label}  round {r}/{most}, widest ±{width:.0%}")
+
+        run = measure_cell(unit, sweep.suite, on_round, env=slot.env(), stop=stop)
+        return {c: {**res, "slot": slot.label()} for c, res in run.results.items()}, run.load_avg_1m
+
+    def record(unit: list[Config], measured: tuple[dict[Config, dict], float | None]) -> None:
+        nonlocal kept
+        results, load = measured
+        firsts = []
+        for cfg, result in results.items():
+            if "paired" in sweep.suite.columns:
+                result["metrics"] = {
+                    **(result.get("metrics") or {}),
+                    "paired": "true" if len(unit) > 1 else "false",
+                }
+            rows = append_result(store, cfg, result)
+            kept += 1
+            console.print(_row_line(sweep.suite, rows[0]))
+            firsts.append(rows[0])
+            progress.advance(task)
+        _warn_wide(console, firsts, load)
+
     try:
         with progress, terminate_as_interrupt() as received:
             first = todo[0].label() if todo else ""
             task = progress.add_task(first, total=len(todo), suite=sweep.suite.name)
-            for unit in units:
-                if len(unit) == 1:  # a cell of one model has nothing to pair with
-                    cfg = unit[0]
-                    progress.update(task, description=cfg.label())
-                    if sweep.suite.isolated:
-                        result = run_isolated(cfg, sweep.suite)
-                    else:
-                        result = run_inline(cfg, sweep.suite)
-                    measured, load = {cfg: result}, None
-                else:
-                    label = cell_label(unit)
-                    progress.update(task, description=f"{label}  starting")
-
-                    def on_round(r: int, most: int, width: float, label: str = label) -> None:
-                        progress.update(
-                            task, description=f"{label}  round {r}/{most}, widest ±{width:.0%}"
-                        )
-
-                    run = measure_cell(unit, sweep.suite, on_round)
-                    measured, load = run.results, run.load_avg_1m
-                firsts = []
-                for cfg, result in measured.items():
-                    if "paired" in sweep.suite.columns:
-                        result["metrics"] = {
-                            **(result.get("metrics") or {}),
-                            "paired": "true" if len(unit) > 1 else "false",
-                        }
-                    rows = result_rows(cfg, result)
-                    for i, row in enumerate(rows):
-                        store.append(row, raw=result.get("raw") if i == 0 else None)
-                    kept += 1
-                    if result.get("stderr"):
-                        _log_error(store, cfg, result["stderr"])
-                    console.print(_row_line(sweep.suite, rows[0]))
-                    firsts.append(rows[0])
-                    progress.advance(task)
-                _warn_wide(console, firsts, load)
+            run_units(units, slots, measure, record, stop)
     except KeyboardInterrupt:
         raise Interrupted(
             f"{kept} of {len(todo)} configuration{'s' * (len(todo) != 1)} measured and kept in "

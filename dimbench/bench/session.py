@@ -58,18 +58,20 @@ def plan(
     models: list[str] | None,
     resolutions: list[int] | None,
     device: str,
+    on_device: bool = True,
     **settings,
 ) -> Sweep:
     """The validated sweep of ``suite_name`` on ``device`` (``auto`` resolved): ``models`` or
     the suite's defaults there, ``resolutions`` or DEFAULT_RESOLUTIONS, and ``settings``
     (Sweep fields; warmup, repeats and budget_s None: RUN_TIMING for the device; no
-    omp_wait_policy: the one in effect)."""
+    omp_wait_policy: the one in effect). ``on_device`` False: ``device`` (cpu or cuda) is
+    where cluster tasks run, not checked here (``Sweep.on_device``)."""
     from dimbench.bench.registry import get_suite
     from dimbench.devices import parse_device
     from dimbench.threads import omp_policy_in_effect
 
     suite = get_suite(suite_name)
-    device = parse_device(device, allow_auto=True)
+    device = parse_device(device, allow_auto=True) if on_device else device
     timing = {k: settings.pop(k) for k in TIMING_FIELDS if k in settings}
     settings.update(run_timing(device, **timing))
     if not settings.get("omp_wait_policy"):
@@ -79,6 +81,7 @@ def plan(
         models=suite_models(suite, device, models),
         resolutions=list(resolutions) if resolutions else list(DEFAULT_RESOLUTIONS),
         device=device,
+        on_device=on_device,
         **settings,
     )
     return sweep.validate()
@@ -114,16 +117,30 @@ def run(
     *,
     redo: bool,
     retry_failed: bool,
+    slots: list | None = None,
     summarise: Callable[[pd.DataFrame, Path], list[str]] | None = None,
 ) -> int:
-    """``dimbench run``: measure what is not in ``out`` yet, print the summary table (and
-    ``summarise``'s lines of the rows and the folder); returns how many configurations
-    crashed."""
-    from dimbench.bench.ratios import RATIOS_FILE
-    from dimbench.bench.runner import run_sweep, summary_table
+    """``dimbench run``: measure what is not in ``out`` yet (on ``slots``, ``pool.placement``'s,
+    at once), print the summary table (and ``summarise``'s lines of the rows and the folder);
+    returns how many configurations crashed."""
+    from dimbench.bench.runner import run_sweep
 
     with results_store(sweep, out) as store:
-        df = run_sweep(sweep, store.out_dir, retry_failed=retry_failed, redo=redo)
+        df = run_sweep(sweep, store.out_dir, retry_failed=retry_failed, redo=redo, slots=slots)
+    return print_summary(sweep, store, df, summarise)
+
+
+def print_summary(
+    sweep: Sweep,
+    store: ResultStore,
+    df: pd.DataFrame,
+    summarise: Callable[[pd.DataFrame, Path], list[str]] | None = None,
+) -> int:
+    """Print the summary table of the sweep's rows (and ``summarise``'s lines); returns how
+    many crashed."""
+    from dimbench.bench.ratios import RATIOS_FILE
+    from dimbench.bench.runner import summary_table
+
     console = result_console()
     console.print(summary_table(sweep.suite, df))
     for line in summarise(df, store.out_dir) if summarise is not None else []:

@@ -266,6 +266,9 @@ class Sweep(Settings):
     memory_check: bool = True
     # the models of a cell measured in interleaved rounds (bench.cell), where the suite can
     paired: bool = True
+    # False: planned away from its device (a cluster's login node): the device is not checked
+    # here and the backends stay as requested, resolved by each task on its node
+    on_device: bool = True
 
     def requested(self, kernel: str) -> str:
         """The backend asked for ``kernel`` (scan, attention, conv)."""
@@ -282,7 +285,10 @@ class Sweep(Settings):
         out = dict.fromkeys(KERNELS.values(), NO_BACKEND)
         if self.suite.isolated:
             for kernel in get_model(model).kernels:
-                out[KERNELS[kernel]] = resolve(kernel, self.requested(kernel), self.device, dtype)
+                name = self.requested(kernel)
+                out[KERNELS[kernel]] = (
+                    resolve(kernel, name, self.device, dtype) if self.on_device else name
+                )
         return out
 
     def configs(self) -> list[Config]:
@@ -357,6 +363,8 @@ class Sweep(Settings):
             check_omp_policy(self.omp_wait_policy)
         if self.threads is not None and self.threads < 1:
             raise UsageError("--threads must be >= 1")
+        if not self.on_device:
+            return replace(self, weights=weights)
         device = parse_device(self.device, allow_auto=True)
         if self.suite.isolated:
             # a backend named explicitly must exist even if no model in the sweep uses it

@@ -23,7 +23,9 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
     return f"{type(exc).__name__}: {text}"[:limit]
 
 
-def run(config: dict) -> dict:
+def run(config: dict, cpus: tuple[int, ...] = ()) -> dict:
+    """Measure ``config``; ``cpus``: the cores this process is pinned to (a pool slot's), whose
+    count is its torch threads unless the configuration names them."""
     import torch
 
     from dimbench.bench.registry import get_suite
@@ -31,8 +33,8 @@ def run(config: dict) -> dict:
     from dimbench.measure.metadata import run_metadata
 
     cfg = Config.from_dict(config)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    if cfg.threads or cpus:
+        torch.set_num_threads(cfg.threads or len(cpus))
     result: dict = {"status": "ok", "error": None, "metrics": {}, "raw": None}
     try:
         result.update(get_suite(cfg.suite).measure(cfg))
@@ -111,8 +113,11 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    from dimbench.pool import pin_from_env
+
+    cpus = pin_from_env()  # before torch starts its threads: they inherit the mask
     config = json.loads(Path(argv[0]).read_text())
-    result = run(config)
+    result = run(config, cpus)
     out = Path(argv[1])
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, default=str))

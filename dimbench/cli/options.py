@@ -276,3 +276,59 @@ CacheDir = Annotated[
         show_default=False,
     ),
 ]
+
+# ---- many devices, clusters ------------------------------------------------------------------
+
+Devices = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--devices",
+        help="GPUs to spread the work over, one worker each: --devices cuda:0 cuda:1, or all "
+        "(every GPU torch sees) [the one --device]",
+        show_default=False,
+    ),
+]
+Workers = Annotated[
+    int,
+    typer.Option(
+        "--workers",
+        help="On a CPU: N workers at once, each pinned to its own 1/N of the cores (threads = "
+        "its cores)",
+    ),
+]
+Launcher = Annotated[
+    str | None,
+    typer.Option(
+        "--launcher",
+        help="slurm: one SLURM job-array task per configuration (submitit); local: the same "
+        "tasks through submitit's local executor [run here]",
+        show_default=False,
+    ),
+]
+DryRun = Annotated[
+    bool,
+    typer.Option("--dry-run", help="With --launcher: print the jobs it would submit, submit none"),
+]
+SlurmPartition = Annotated[
+    str | None,
+    typer.Option("--slurm-partition", help="SLURM partition [the cluster's default]"),
+]
+SlurmGpusPerTask = Annotated[
+    int, typer.Option("--slurm-gpus-per-task", help="GPUs per task (0: a CPU sweep)")
+]
+SlurmTime = Annotated[
+    str,
+    typer.Option("--slurm-time", help="Time limit per task: minutes, H:MM:SS or D-HH:MM"),
+]
+SlurmAccount = Annotated[
+    str | None,
+    typer.Option("--slurm-account", help="SLURM account to charge", show_default=False),
+]
+SlurmArgs = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--slurm-arg",
+        help="Further sbatch options as KEY=VALUE, e.g. --slurm-arg qos=high constraint=h100",
+        show_default=False,
+    ),
+]

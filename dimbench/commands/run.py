@@ -114,6 +114,15 @@ def run(
     memory_check: o.MemoryCheck = o.default(Sweep, "memory_check"),
     retry_failed: RetryFailed = True,
     out: ResultsDir = None,
+    devices: o.Devices = None,
+    workers: o.Workers = 1,
+    launcher: o.Launcher = None,
+    dry_run: o.DryRun = False,
+    slurm_partition: o.SlurmPartition = None,
+    slurm_gpus_per_task: o.SlurmGpusPerTask = 0,
+    slurm_time: o.SlurmTime = "60",
+    slurm_account: o.SlurmAccount = None,
+    slurm_arg: o.SlurmArgs = None,
 ) -> None:
     """Measure SUITE for every (model, resolution, batch, dtype, mode), each in its own process.
 
@@ -124,12 +133,31 @@ def run(
     OUT/SUITE.samples.jsonl); a rerun with the same --out skips what is already there. OOM,
     timeout and crashes are rows.
 
+    Many at once: --devices cuda:0 cuda:1 (or all) runs one configuration per GPU, --workers N
+    one per 1/N of a CPU's cores; --launcher slurm submits one SLURM job-array task per
+    configuration (--dry-run: print them), all writing the same OUT/.
+
     Example: dimbench run throughput --res 256 512 1024 1536
     """
+    from dimbench import pool
+    from dimbench.bench import launcher as cluster
     from dimbench.bench import session
+    from dimbench.errors import UsageError
 
+    opts = None
+    if launcher is not None:
+        if devices or workers != 1:
+            raise UsageError("--launcher places each task itself: no --devices or --workers")
+        opts = cluster.cluster_options(
+            launcher, slurm_partition, slurm_gpus_per_task, slurm_time, slurm_account, slurm_arg
+        )
+        device = cluster.cluster_device(device, opts)
+    elif dry_run:
+        raise UsageError("--dry-run prints what --launcher would submit; add --launcher")
+    elif devices and device == DEFAULT_DEVICE:
+        device = "cuda"
     sweep = session.plan(
-        suite, models, res, device,
+        suite, models, res, device, on_device=opts is None or opts.launcher == "local",
         batch_sizes=list(batch_size), dtypes=list(dtype), modes=list(mode),
         warmup=warmup, repeats=repeats, min_rounds=min_rounds, budget_s=budget,
         timeout_s=timeout, paired=not unpaired,
@@ -145,7 +173,16 @@ def run(
         return crossover_lines(df, sweep.suite, out_dir)
 
     summarise = crossovers if sweep.suite.stepper else None  # the paired suites
-    if session.run(sweep, out, redo=redo, retry_failed=retry_failed, summarise=summarise):
+    if opts is not None:
+        crashed = cluster.launch_sweep(
+            sweep, out, opts, redo=redo, retry_failed=retry_failed, dry_run=dry_run
+        )
+    else:
+        slots = pool.placement(sweep.device, devices, workers)
+        crashed = session.run(
+            sweep, out, redo=redo, retry_failed=retry_failed, slots=slots, summarise=summarise
+        )
+    if crashed:
         raise typer.Exit(1)
 
 

@@ -47,6 +47,10 @@ HELP = "\n\n".join(
         "train-compare --preset paper --data latents.npz --vae VAE_DIR --fid-ref "
         "VIRTUAL_imagenet256_labeled.npz --out DIR). Options given explicitly override the "
         "preset.",
+        "Several devices: --devices cuda:0 cuda:1 (or all) trains the models at once, one per "
+        "GPU, each in a process of its own under the same settings (--workers N: one per 1/N of "
+        "a CPU's cores, threads = its cores); torchrun --nproc_per_node=N instead trains each "
+        "model data-parallel over N GPUs (DDP), one model after another.",
         "Writes OUT/train_compare.csv (one row per model, seed and point), OUT/train_compare.json "
         "(plan, model sizes, matching, machine, command), OUT/train_compare.png/svg, "
         "OUT/summary.md and one checkpoint folder per model and seed. A rerun with the same --out "
@@ -165,12 +169,19 @@ def train_compare(
     inception_weights: o.InceptionWeights = None,
     cache_dir: o.CacheDir = None,
     progress: o.Progress = o.default(CompareConfig, "progress"),
+    devices: o.Devices = None,
+    workers: o.Workers = 1,
 ) -> None:
+    slots = None
+    if devices or workers != 1:  # the models at once, one per slot
+        device, slots = _slots(device, devices, workers)
     given = dict(locals())
     from dimbench.train.compare import run_compare
 
     recipe = {k: given.pop(k) for k in RECIPE}
     for k in ("ctx", "compile", "out", "metrics", "inception_weights", "cache_dir"):
+        given.pop(k)
+    for k in ("devices", "workers", "slots"):
         given.pop(k)
     cfg = CompareConfig(
         **given,
@@ -181,10 +192,26 @@ def train_compare(
         cache_dir=str(cache_dir) if cache_dir else None,
         command=command_line(ctx),
     )
-    result = run_compare(cfg)
+    result = run_compare(cfg, slots)
     if result["is_main"] and result["rows"]:
         figures = write_report(Path(result["out"]), result["rows"], Path(result["meta"]))
         typer.echo(f"wrote {result['csv']} and {', '.join(map(str, figures))}")
+
+
+def _slots(device: str, devices: list[str] | None, workers: int) -> tuple[str, list]:
+    """The device every model's process names (``cuda``: its slot's GPU) and the slots."""
+    import os
+
+    from dimbench.devices import DEFAULT_DEVICE, parse_device
+    from dimbench.errors import UsageError
+    from dimbench.pool import placement
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UsageError("--devices / --workers train the models side by side; not under torchrun")
+    if devices and device == DEFAULT_DEVICE:
+        device = "cuda"
+    device = parse_device(device, allow_auto=True)
+    return device, placement(device, devices, workers)
 
 
 def write_report(out: Path, rows: list[dict], meta_path: Path) -> list[Path]:

@@ -55,7 +55,7 @@ def test_the_prediction_at_100000_px_is_quick_and_beyond_this_machine():
 
 
 def fake_worker(calls):
-    def run_isolated(cfg, suite=None):
+    def run_isolated(cfg, suite=None, env=None, stop=None):
         calls.append(cfg.image_size)
         return {"status": "oom", "error": "fake worker", "wall_s": 0.0}
 

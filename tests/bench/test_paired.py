@@ -3,6 +3,7 @@ workers (fast: no torch in them), a worker dying mid-cell, resume, ``--unpaired`
 
 import csv
 import json
+import os
 import sys
 import textwrap
 
@@ -59,16 +60,17 @@ def fake_workers(tmp_path, monkeypatch):
     log = {"cells": [], "alone": []}
 
     def launch(self):
+        log.setdefault("slot_env", []).append((self.cfg.model, self.cfg.image_size, self.slot_env))
         ms, die = behaviour.get(self.cfg.model, (2.0, 0))
         self.start([sys.executable, str(script), str(ms), str(die)], {}, self.work_dir)
 
     real_measure_cell = runner.measure_cell
 
-    def measure_cell(cfgs, suite, on_round=None):
+    def measure_cell(cfgs, suite, on_round=None, env=None, stop=None):
         log["cells"].append([c.model for c in cfgs])
-        return real_measure_cell(cfgs, suite, on_round)
+        return real_measure_cell(cfgs, suite, on_round, env, stop)
 
-    def alone(cfg, suite=None):
+    def alone(cfg, suite=None, env=None, stop=None):
         log["alone"].append(cfg.model)
         metrics = {"imgs_per_s": 100.0, "latency_ms": 10.0, "repeats": cfg.repeats}
         raw = {"timing": {"samples_ms": [10.0] * cfg.repeats}}
@@ -112,7 +114,9 @@ def test_a_paired_cell_interleaves_rounds_and_writes_rows_and_ratios(tmp_path, f
     behaviour.update({"DiM-T/2": (4.0, 0), "DiT-T/2": (2.0, 0)})
     out = tmp_path / "out"
     assert cli(sweep_args(out, "DiM-T/2", "DiT-T/2", res=("32", "64"))) == 0
-    assert log == {"cells": [["DiM-T/2", "DiT-T/2"]] * 2, "alone": []}
+    assert {k: log[k] for k in ("cells", "alone")} == {
+        "cells": [["DiM-T/2", "DiT-T/2"]] * 2, "alone": [],
+    }  # fmt: skip
     rows = rows_of(out)
     assert [(r["model"], r["status"], r["paired"]) for r in rows] == [
         ("DiM-T/2", "ok", "true"), ("DiT-T/2", "ok", "true"),
@@ -182,3 +186,22 @@ def test_min_rounds_above_repeats_is_capped_and_below_one_refused(tmp_path, fake
     assert cli(args) == 0 and rows_of(out)[0]["repeats"] == "2"
     assert cli([*sweep_args(tmp_path / "o2", "DiM-T/2"), "--min-rounds", "0"]) == 2
     assert "--min-rounds must be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores")
+def test_with_two_workers_each_cell_runs_on_one_slot_of_its_own(tmp_path, fake_workers):
+    behaviour, log = fake_workers
+    out = tmp_path / "out"
+    args = sweep_args(out, "DiM-T/2", "DiT-T/2", res=("32", "64"), extra=("--workers", "2"))
+    assert cli(args) == 0
+    slots = {}
+    for _model, res, env in log["slot_env"]:
+        slots.setdefault(res, set()).add(env["DIMBENCH_CPUS"])
+    assert all(len(s) == 1 for s in slots.values())  # both models of a cell: one core set
+    assert slots[32] != slots[64]  # the two cells: one on each
+    rows = rows_of(out)
+    by_res = {}
+    for r in rows:
+        by_res.setdefault(r["image_size"], set()).add(r["slot"])
+    assert all(len(s) == 1 and s != {""} for s in by_res.values())
+    assert {r["paired"] for r in rows} == {"true"}

@@ -266,9 +266,8 @@ class CompareRun:
         self.done.add(run.key(point))
         self.progress.report(row, run.name)
 
-    def run(self) -> dict:
-        """Train and evaluate every model (what is not done yet); returns the paths, the rows
-        (rank 0) and whether this is rank 0."""
+    def start(self) -> None:
+        """Print the plan and record the run's start."""
         cfg = self.cfg
         header = (
             f"train-compare: {len(self.specs)} models x {cfg.seeds} seed(s), budget {self.budget}, "
@@ -277,7 +276,35 @@ class CompareRun:
         probe = self.evaluator.probe
         print_plan(self.console, header, match_summary(self.specs), probe.notes if probe else [])
         self.write_meta(finished=False)
-        by_seed = [[ModelRun(self, s, seed) for s in self.specs] for seed in self.seeds]
+
+    def finish(self) -> dict:
+        """Record the run's end, print the summary; the paths, the rows (rank 0) and whether
+        this is rank 0."""
+        self.write_meta(finished=True)
+        rows = self.store.rows() if self.dist.is_main else []
+        if rows:
+            print_summary_table(self.console, rows)
+        D.barrier(self.dist)
+        return {
+            "out": str(self.out),
+            "csv": str(self.store.csv),
+            "meta": str(self.store.meta_path),
+            "rows": rows,
+            "is_main": self.dist.is_main,
+        }
+
+    def run(self) -> dict:
+        """Train and evaluate every model (what is not done yet): ``start``, ``train``,
+        ``finish``."""
+        self.start()
+        self.train()
+        return self.finish()
+
+    def train(self, only: str | None = None) -> None:
+        """Train every model (``only``: the one with this label) to the end of the budget."""
+        cfg = self.cfg
+        specs = [s for s in self.specs if only is None or s.label == only]
+        by_seed = [[ModelRun(self, s, seed) for s in specs] for seed in self.seeds]
         for runs in by_seed:
             for r in runs:
                 self._add_bar(r)
@@ -294,18 +321,6 @@ class CompareRun:
                         r.close()
                 for r in runs:
                     r.close()
-        self.write_meta(finished=True)
-        rows = self.store.rows() if self.dist.is_main else []
-        if rows:
-            print_summary_table(self.console, rows)
-        D.barrier(self.dist)
-        return {
-            "out": str(self.out),
-            "csv": str(self.store.csv),
-            "meta": str(self.store.meta_path),
-            "rows": rows,
-            "is_main": self.dist.is_main,
-        }
 
     def _add_bar(self, r: ModelRun) -> None:
         seconds = self.budget.unit == "seconds"
@@ -317,8 +332,10 @@ class CompareRun:
         self.progress.add(r.name, total, completed if started else 0, step)
 
 
-def run_compare(cfg: CompareConfig) -> dict:
-    """Resolve the preset, then run (or resume) the comparison; torchrun-aware."""
+def run_compare(cfg: CompareConfig, slots: list | None = None) -> dict:
+    """Resolve the preset, then run (or resume) the comparison; torchrun-aware. ``slots``
+    (``dimbench.pool.placement``'s, several): the models train at once, one per slot, each in a
+    process of its own (``compare.parallel``)."""
     cfg = resolve(cfg)
     if not cfg.command:
         cfg.command = " ".join(["dimbench", *sys.argv[1:]])
@@ -330,7 +347,14 @@ def run_compare(cfg: CompareConfig) -> dict:
         lock = OutLock(writable_dir(cfg.out))
     try:
         with lock:
-            return CompareRun(cfg, dist).run()
+            comp = CompareRun(cfg, dist)
+            if slots and len(slots) > 1:
+                from dimbench.train.compare.parallel import train_on_slots
+
+                comp.start()
+                train_on_slots(comp, slots)
+                return comp.finish()
+            return comp.run()
     finally:
         D.cleanup()
 

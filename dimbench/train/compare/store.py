@@ -9,6 +9,8 @@ triples that have rows.
 from __future__ import annotations
 
 import csv
+import fcntl
+import io
 import json
 import math
 import time
@@ -88,12 +90,18 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def append_row(path: Path, row: dict) -> None:
-    new = not path.is_file()
-    with path.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(COLUMNS))
+    """One row, whole, under ``flock`` on a lock file beside ``path``: the models of a
+    ``--devices`` comparison append from processes of their own."""
+    with path.with_name(f".{path.name}.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        new = not path.is_file()
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(COLUMNS))
         if new:
             w.writeheader()
         w.writerow({k: _cell(row.get(k)) for k in COLUMNS})
+        with path.open("a", newline="") as f:
+            f.write(buf.getvalue())
 
 
 def _cell(v) -> str:

@@ -239,3 +239,30 @@ def test_training_code_draws_no_figures():
                 names = [node.module]
             offenders += [f"{path.name}: {n}" for n in names if n.startswith("dimbench.plots")]
     assert offenders == []
+
+
+def test_workers_train_the_models_at_once_with_the_same_numbers(smoke, tmp_path, monkeypatch):
+    """--workers 2: each model in a process of its own, pinned to half the cores (one thread
+    on two): the rows of the sequential run, to float noise; --out relative to the caller's
+    folder, as the children see it too."""
+    import os
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs 2 cores")
+    ref_out, cache = smoke
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(["train-compare", "--preset", "smoke", "--workers", "2", "--out", "w2",
+              "--cache-dir", str(cache), "--no-progress"])  # fmt: skip
+    assert e.value.code == 0
+    rows = read_csv(tmp_path / "w2" / "train_compare.csv")
+    ref = {(r["label"], r["point"]): r for r in read_csv(ref_out / "train_compare.csv")}
+    assert sorted((r["label"], r["point"]) for r in rows) == sorted(ref)
+    for r in rows:
+        mine = ref[(r["label"], r["point"])]
+        assert r["step"] == mine["step"] and r["threads"] == str(len(os.sched_getaffinity(0)) // 2)
+        for col in ("train_loss", "heldout_loss", "heldout_loss_raw", "fid", "swd"):
+            if mine[col]:
+                assert float(r[col]) == pytest.approx(float(mine[col]), rel=1e-4), col
+    meta = (tmp_path / "w2" / "train_compare.json").read_text()
+    assert '"finished"' in meta  # the parent recorded the run's end
