@@ -184,8 +184,8 @@ def test_mamba_inner_fn(is_variable_B, is_variable_C):
 @pytest.mark.parametrize("is_variable_B", [False, True])
 def test_mamba_inner_fn_against_float64(is_variable_B, is_variable_C):
     """Beyond mamba's file: the fp32 result against the unfused sequence in float64 (the
-    ``ref`` scan backend, F.conv1d), relative L2 error. Needed because where mamba_inner_fn
-    falls back to the unfused sequence (fixed B or C) it *is* mamba_inner_ref."""
+    ``ref`` scan backend, F.conv1d), relative L2 error: mamba_inner_ref is itself built on the
+    layer's conv and scan, so the comparison above does not pin either down alone."""
     torch.random.manual_seed(0)
     batch_size, dim, dstate, dt_rank, seqlen = 2, 64, 8, 8, 96
     n_variable = int(is_variable_B) + int(is_variable_C)
@@ -212,9 +212,10 @@ def test_mamba_inner_fn_against_float64(is_variable_B, is_variable_C):
 
 @pytest.mark.parametrize("is_variable_B", [False, True])
 def test_complex_A_against_the_closed_form(is_variable_B):
-    """Beyond mamba's file (its complex64 grid is commented out): complex A (the layer's
-    plain-PyTorch fallback) against x_t = sum_{s <= t} exp(A (c_t - c_s)) dt_s B_s u_s with
-    c the running sum of dt, y = 2 Re <C_t, x_t> + D u, gated by silu(z)."""
+    """Beyond mamba's file (its complex64 grid is commented out): complex A (the ops' ``ref``
+    backend, which ``auto`` picks for it) against
+    x_t = sum_{s <= t} exp(A (c_t - c_s)) dt_s B_s u_s with c the running sum of dt,
+    y = 2 Re <C_t, x_t> + D u, gated by silu(z)."""
     torch.manual_seed(0)
     batch, dim, n, length = 2, 4, 3, 12
     A = torch.complex(-0.5 * torch.rand(dim, n), torch.randn(dim, n)).requires_grad_()
@@ -245,3 +246,23 @@ def test_complex_A_against_the_closed_form(is_variable_B):
     torch.testing.assert_close(state.detach(), states[..., -1], rtol=1e-5, atol=1e-5)
     out.sum().backward()
     assert A.grad is not None and torch.isfinite(torch.view_as_real(A.grad)).all()
+
+
+@pytest.mark.parametrize("varBC_groups", [1, 2])
+@pytest.mark.parametrize("is_variable_B", [False, True])
+def test_last_state_gradient(is_variable_B, varBC_groups):
+    """Beyond mamba's file (its CUDA function drops this gradient, its reference keeps it): the
+    gradient through the last state alone, selective_scan_fn (the cpu kernel) against
+    selective_scan_ref, in every input."""
+    if varBC_groups > 1 and not is_variable_B:
+        pytest.skip()
+    x = scan_inputs(is_variable_B, True, varBC_groups, 64, torch.float32)
+    ref = twins(x)
+    _, state = run_scan(selective_scan_fn, x, True)
+    _, state_ref = run_scan(selective_scan_ref, ref, True)
+    g = torch.randn_like(state_ref)
+    (state * g).sum().backward()
+    (state_ref * g).sum().backward()
+    for name, leaf in x.items():  # C, D and z do not reach the state: no gradient in the ref
+        want = ref[name].grad if ref[name].grad is not None else torch.zeros_like(leaf)
+        torch.testing.assert_close(leaf.grad, want, rtol=1e-4, atol=1e-5)
