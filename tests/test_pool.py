@@ -147,9 +147,11 @@ def test_run_rejects_bad_placement_in_one_line(tmp_path, capsys):
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores")
 def test_two_workers_write_the_rows_one_does(tmp_path):
-    """DiT-T/2 at 32 px, two batch sizes, 2 repeats: the same keys and statuses, each row of
-    the pool measured on its own cores with as many threads."""
-    args = ["run", "throughput", "--models", "DiT-T/2", "--res", "32", "--batch-size", "1", "2"]
+    """DiT-T/2 and U-ViT-T/2 at 32 px, two batch sizes, 2 repeats: the same keys and statuses,
+    each paired cell of the pool measured on its own cores (its workers pinned) with as many
+    threads."""
+    args = ["run", "throughput", "--models", "DiT-T/2", "U-ViT-T/2", "--res", "32"]
+    args += ["--batch-size", "1", "2"]
     args += ["--repeats", "2", "--warmup", "1", "--no-memory-check"]
     assert cli([*args, "--workers", "1", "--out", str(tmp_path / "one")]) == 0
     assert cli([*args, "--workers", "2", "--out", str(tmp_path / "two")]) == 0
@@ -158,6 +160,7 @@ def test_two_workers_write_the_rows_one_does(tmp_path):
         map(row_key, two.to_dict("records"))
     )
     assert set(one["status"]) == set(two["status"]) == {"ok"}
+    assert set(two["paired"]) == {True}
     assert one["slot"].isna().all()  # one worker: the whole device, as before
     slots = list(two["slot"])
     assert all(s.startswith("cpus ") for s in slots)

@@ -54,11 +54,12 @@ def failure(exc: BaseException) -> dict:
     return {"status": status, "error": one_line(exc)}
 
 
-def serve_cell() -> None:
+def serve_cell(cpus: tuple[int, ...] = ()) -> None:
     """A paired cell's worker (``dimbench.bench.cell``), over JSON lines (``measure.pipes``):
     ``setup`` {config} builds the suite's stepper (warm-up included), ``time`` runs one timed
     step, ``finish`` returns the result as the one-shot worker writes it. A measurement that
-    raises (an OOM) is a ``{"failed": {status, error}}`` reply, not a crash."""
+    raises (an OOM) is a ``{"failed": {status, error}}`` reply, not a crash. ``cpus``: as
+    ``run``'s."""
     from dimbench.measure import pipes
 
     reply = pipes.reply_channel()  # what the measured code prints goes to stderr
@@ -73,8 +74,8 @@ def serve_cell() -> None:
         from dimbench.bench.spec import Config
 
         cfg = state["cfg"] = Config.from_dict(msg["config"])
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        if cfg.threads or cpus:
+            torch.set_num_threads(cfg.threads or len(cpus))
         module, _, name = get_suite(cfg.suite).stepper.partition(":")
         try:
             state["stepper"] = getattr(importlib.import_module(module), name)(cfg)
@@ -103,9 +104,12 @@ def serve_cell() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from dimbench.pool import pin_from_env
+
     argv = sys.argv[1:] if argv is None else argv
+    cpus = pin_from_env()  # before torch starts its threads: they inherit the mask
     if argv == ["--serve"]:
-        serve_cell()
+        serve_cell(cpus)
         return 0
     if len(argv) != 2:
         print(
@@ -113,9 +117,6 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    from dimbench.pool import pin_from_env
-
-    cpus = pin_from_env()  # before torch starts its threads: they inherit the mask
     config = json.loads(Path(argv[0]).read_text())
     result = run(config, cpus)
     out = Path(argv[1])
