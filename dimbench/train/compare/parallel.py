@@ -18,18 +18,23 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from dimbench.errors import UsageError
 from dimbench.pool import Slot, run_units
 
-if TYPE_CHECKING:
-    from dimbench.train.compare.run import CompareRun
+
+class Comparison(Protocol):
+    """What the slots need of a ``CompareRun`` (not imported: run imports this module)."""
+
+    cfg: Any
+    specs: list
+
 
 STDERR_TAIL = 3000
 
 
-def train_on_slots(comp: CompareRun, slots: list[Slot]) -> None:
+def train_on_slots(comp: Comparison, slots: list[Slot]) -> None:
     """Train each model of ``comp`` on a slot of its own, as many at once as there are slots;
     a model whose process fails is a UsageError naming it, once the others are done."""
     failed: list[str] = []
