@@ -22,6 +22,7 @@ from dimbench import ops
 from dimbench.compat import settings
 from dimbench.compat.causal_conv1d import causal_conv1d_fn
 from dimbench.ops import scan_ref
+from dimbench.ops.mamba_inner import packed_bc
 
 Tensor = torch.Tensor
 
@@ -105,7 +106,6 @@ def mamba_inner_ref(
     x_proj -> (dt, B, C) -> dt_proj -> scan -> out_proj as separate ops over
     ``causal_conv1d_fn`` and ``selective_scan_fn``, differentiated by autograd."""
     _no_packed_sequences(cu_seqlens if cu_seqlens is not None else seq_idx)
-    batch, _, length = xz.shape
     rank = delta_proj_weight.shape[1]
     complex_a = A.is_complex()
     width = A.shape[-1] * (2 if complex_a else 1)  # x_proj columns per B or C
@@ -113,19 +113,10 @@ def mamba_inner_ref(
     x = causal_conv1d_fn(x, conv1d_weight[:, 0], conv1d_bias, activation="silu")
     x_dbl = F.linear(x.transpose(1, 2), x_proj_weight)  # (B, L, R + ...)
     delta = F.linear(x_dbl[..., :rank], delta_proj_weight).transpose(1, 2)  # (B, D, L)
-
-    def from_x_dbl(cols: slice, bias: Tensor | None) -> Tensor:
-        M = x_dbl[..., cols]
-        if bias is not None:
-            M = M + bias.to(M.dtype)
-        if complex_a:  # columns (N, 2) -> real pairs along time: (B, N, 2L)
-            return M.unflatten(-1, (-1, 2)).permute(0, 2, 1, 3).reshape(batch, -1, 2 * length)
-        return M.transpose(1, 2).contiguous()  # (B, N, L)
-
     if B is None:
-        B = from_x_dbl(slice(rank, rank + width), B_proj_bias)
+        B = packed_bc(x_dbl, rank, rank + width, B_proj_bias, complex_a)
     if C is None:
-        C = from_x_dbl(slice(x_dbl.shape[-1] - width, None), C_proj_bias)
+        C = packed_bc(x_dbl, x_dbl.shape[-1] - width, x_dbl.shape[-1], C_proj_bias, complex_a)
     y = selective_scan_fn(
         x, delta, A, B, C, D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus
     )

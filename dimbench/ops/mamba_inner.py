@@ -587,7 +587,7 @@ def _check_keep(keep: str) -> str:
 # ----------------------------------------------------------------------------- mamba's packed form
 
 
-def _packed_bc(x_dbl: Tensor, lo: int, hi: int, bias: Tensor | None, cplx: bool) -> Tensor:
+def packed_bc(x_dbl: Tensor, lo: int, hi: int, bias: Tensor | None, cplx: bool) -> Tensor:
     """B or C from x_proj's (B, L, R + 2N') output columns [lo, hi) as the scan takes it:
     (B, N, L), or for a complex A real pairs (B, N, 2L) (columns (n, re/im) -> (n, (l, re/im)))."""
     M = x_dbl[..., lo:hi]
@@ -660,9 +660,9 @@ def mamba_inner_packed(
     x_dbl = _matmul_weight(u.transpose(1, 2), x_proj_weight)  # (B, L, R + 2N')
     dt = _weight_matmul(delta_proj_weight, x_dbl[..., :rank].transpose(1, 2))  # (B, E, L)
     if B is None:
-        B = _packed_bc(x_dbl, rank, rank + n, B_proj_bias, A.is_complex())
+        B = packed_bc(x_dbl, rank, rank + n, B_proj_bias, A.is_complex())
     if C is None:
-        C = _packed_bc(x_dbl, x_dbl.shape[-1] - n, x_dbl.shape[-1], C_proj_bias, A.is_complex())
+        C = packed_bc(x_dbl, x_dbl.shape[-1] - n, x_dbl.shape[-1], C_proj_bias, A.is_complex())
     y = selective_scan(
         u, dt, A, B, C, D, z, delta_bias, delta_softplus, backend=scan_backend
     )  # (B, E, L)
