@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from dimbench.bench.processes import classify_death, last_line, stderr_tail
+from dimbench.bench.processes import classify_death, last_line, stderr_tail, worker_environment
 from dimbench.bench.spec import NO_BACKEND, Config, Suite
 from dimbench.measure.intervals import CI_TARGET, half_width
 from dimbench.measure.pipes import PipeWorker, WorkerError, WorkerTimeout
@@ -77,11 +77,7 @@ class CellWorker(PipeWorker):
         self.t0 = time.perf_counter()
 
     def launch(self) -> None:
-        env = dict(os.environ)
-        if self.cfg.omp_wait_policy:  # read once, when the OpenMP runtime starts
-            env["OMP_WAIT_POLICY"] = self.cfg.omp_wait_policy.upper()
-        env.update(self.suite.worker_env(self.cfg))
-        env.update(self.slot_env)
+        env = worker_environment(self.cfg, self.suite, self.slot_env)
         self.t0 = time.perf_counter()
         # never the caller's folder: a source checkout's dimbench/ there would shadow the
         # installed package (python -m puts the working directory first on the path)

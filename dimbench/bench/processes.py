@@ -1,12 +1,33 @@
-"""How a measuring process that left no result ended: classified from its exit status and the
-last line of its stderr (shared by one-shot workers and a paired cell's workers)."""
+"""The measuring processes, one-shot workers and a paired cell's workers alike: the environment
+they start in, and how one that left no result ended (classified from its exit status and the
+last line of its stderr)."""
 
 from __future__ import annotations
 
+import os
 import signal
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dimbench.bench.spec import Config, Suite
 
 STDERR_TAIL = 4000  # bytes of a dead worker's stderr kept to explain it
+
+
+def worker_environment(
+    cfg: Config, suite: Suite | None, extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """This process's environment with ``cfg``'s OpenMP wait policy (read once, when the OpenMP
+    runtime starts), the suite's variables for ``cfg`` and ``extra`` (a pool slot's)."""
+    env = dict(os.environ)
+    if cfg.omp_wait_policy:
+        env["OMP_WAIT_POLICY"] = cfg.omp_wait_policy.upper()
+    if suite is not None:
+        env.update(suite.worker_env(cfg))
+    env.update(extra or {})
+    return env
 
 
 def last_line(path: Path) -> str:

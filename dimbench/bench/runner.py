@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from dimbench.bench.cell import cells, measure_cell, wide_interval
-from dimbench.bench.processes import classify_death, last_line, stderr_tail
+from dimbench.bench.processes import classify_death, last_line, stderr_tail, worker_environment
 from dimbench.bench.ratios import write_ratios
 from dimbench.bench.registry import get_suite
 from dimbench.bench.spec import Config, Suite, Sweep, fmt, params_m
@@ -50,15 +50,9 @@ def run_isolated(
         cfg_path, out_path, err_path = (Path(tmp) / n for n in ("cfg.json", "out.json", "err"))
         cfg_path.write_text(json.dumps(cfg.to_dict()))
         with err_path.open("wb") as err:
-            worker_env = dict(os.environ)
-            if cfg.omp_wait_policy:  # read once, when the OpenMP runtime starts
-                worker_env["OMP_WAIT_POLICY"] = cfg.omp_wait_policy.upper()
-            if suite is not None:
-                worker_env.update(suite.worker_env(cfg))
-            worker_env.update(env or {})
             proc = subprocess.Popen(
                 [sys.executable, "-m", WORKER, str(cfg_path), str(out_path)],
-                env=worker_env,
+                env=worker_environment(cfg, suite, env),
                 # never the caller's folder: a source checkout's dimbench/ there would shadow
                 # the installed package (python -m puts the working directory first on the path)
                 cwd=tmp,
