@@ -24,6 +24,7 @@ everything fits, one more per refused configuration.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -101,15 +102,20 @@ SHALLOW = {0: (2, 4), 1: (3, 5)}  # the depths recorded, by the full depth's par
 
 
 def _depth(cfg: Config) -> int | None:
-    """The block count of ``cfg``'s model (a meta build, nothing allocated), None if it does not
-    declare one."""
+    """The block count of ``cfg``'s model, None if it does not declare one."""
+    return _model_depth(cfg.model)
+
+
+@functools.cache
+def _model_depth(model: str) -> int | None:
+    """From a meta build (nothing allocated), once per model: the depth is the same at every
+    resolution (256 px, as ``spec.params_m`` builds it)."""
     from dimbench.registry import create_model
 
-    keyword = get_model(cfg.model).depth
+    keyword = get_model(model).depth
     if keyword is None:
         return None
-    model = create_model(cfg.model, image_size=cfg.image_size, device="meta")
-    depth = getattr(model, keyword, None)
+    depth = getattr(create_model(model, image_size=256, device="meta"), keyword, None)
     return depth if isinstance(depth, int) else None
 
 
