@@ -47,10 +47,10 @@ HELP = "\n\n".join(
         "train-compare --preset paper --data latents.npz --vae VAE_DIR --fid-ref "
         "VIRTUAL_imagenet256_labeled.npz --out DIR). Options given explicitly override the "
         "preset.",
-        "Several devices: --devices cuda:0 cuda:1 (or all) trains the models at once, one per "
-        "GPU, each in a process of its own under the same settings (--workers N: one per 1/N of "
-        "a CPU's cores, threads = its cores); torchrun --nproc_per_node=N instead trains each "
-        "model data-parallel over N GPUs (DDP), one model after another.",
+        "Several devices: --devices cuda:0 cuda:1 (or all) trains the (model, seed) runs at "
+        "once, one per GPU, each in a process of its own under the same settings (--workers N: "
+        "one per 1/N of a CPU's cores, threads = its cores); torchrun --nproc_per_node=N "
+        "instead trains each model data-parallel over N GPUs (DDP), one model after another.",
         "Writes OUT/train_compare.csv (one row per model, seed and point), OUT/train_compare.json "
         "(plan, model sizes, matching, machine, command), OUT/train_compare.png/svg, "
         "OUT/summary.md and one checkpoint folder per model and seed. A rerun with the same --out "

@@ -300,11 +300,13 @@ class CompareRun:
         self.train()
         return self.finish()
 
-    def train(self, only: str | None = None) -> None:
-        """Train every model (``only``: the one with this label) to the end of the budget."""
+    def train(self, only: str | None = None, seed: int | None = None) -> None:
+        """Train every model (``only``: the one with this label) under every seed (``seed``:
+        that one) to the end of the budget."""
         cfg = self.cfg
         specs = [s for s in self.specs if only is None or s.label == only]
-        by_seed = [[ModelRun(self, s, seed) for s in specs] for seed in self.seeds]
+        seeds = [s for s in self.seeds if seed is None or s == seed]
+        by_seed = [[ModelRun(self, s, sd) for s in specs] for sd in seeds]
         for runs in by_seed:
             for r in runs:
                 self._add_bar(r)

@@ -266,3 +266,32 @@ def test_workers_train_the_models_at_once_with_the_same_numbers(smoke, tmp_path,
                 assert float(r[col]) == pytest.approx(float(mine[col]), rel=1e-4), col
     meta = (tmp_path / "w2" / "train_compare.json").read_text()
     assert '"finished"' in meta  # the parent recorded the run's end
+
+
+def test_slots_train_one_model_and_seed_per_unit(monkeypatch):
+    """Every (model, seed) run is a unit of its own, so 3 models x 2 seeds keep 2 slots busy
+    (whole models would leave one idle); a failed run is named with its seed."""
+    import threading
+    from types import SimpleNamespace
+
+    from dimbench.pool import Slot
+    from dimbench.train.compare import parallel
+
+    started: list[tuple[str, int, str]] = []
+    lock = threading.Lock()
+
+    def fake_child(cfg_path, unit, slot, stop, tmp):
+        with lock:
+            started.append((*unit, slot.cpus))
+        return (1, "boom") if unit == ("B", 1) else (0, "")
+
+    monkeypatch.setattr(parallel, "_child", fake_child)
+    comp = SimpleNamespace(
+        cfg={"any": "config"}, specs=[SimpleNamespace(label=x) for x in "ABC"], seeds=[0, 1]
+    )
+    with pytest.raises(UsageError, match="B seed 1 \\(exit 1\\): boom"):
+        parallel.train_on_slots(comp, [Slot("cpu", (0,), 1), Slot("cpu", (1,), 1)])
+    assert sorted((label, seed) for label, seed, _ in started) == [
+        (x, s) for x in "ABC" for s in (0, 1)
+    ]
+    assert {cpus for *_, cpus in started} == {(0,), (1,)}
