@@ -41,8 +41,9 @@ HELP = "\n\n".join(
         "parameters or forward FLOPs per image match the first model's (heads follow the "
         "width); what it chose is printed and recorded.",
         "Presets: smoke (tiny models, 32 px photos, seconds; the tests run it); cpu "
-        "(width-reduced S/2 models on 32 px photos, FLOPs-matched, equal training FLOPs; under "
-        "an hour on a 2-core CPU); paper (DiM-H/2 vs DiT-XL/2 vs U-ViT-H/2 on ImageNet 256 "
+        "(width-reduced S/2 models on 32 px photos, FLOPs-matched, equal training FLOPs, 3 seeds: "
+        "about 90 minutes on a 2-core AVX-512 CPU, 3 hours on a 2-core AVX2 one; --budget 2e13 "
+        "takes 40%); paper (DiM-H/2 vs DiT-XL/2 vs U-ViT-H/2 on ImageNet 256 "
         "latents with the paper's recipe, for GPUs: torchrun --nproc_per_node=8 -m dimbench.cli "
         "train-compare --preset paper --data latents.npz --vae VAE_DIR --fid-ref "
         "VIRTUAL_imagenet256_labeled.npz --out DIR). Options given explicitly override the "
