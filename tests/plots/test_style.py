@@ -18,6 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 COMMITTED = Path(__file__).resolve().parents[2] / "results" / "amd-epyc-avx512-2c"
+TRAIN_COMPARE = COMMITTED.parent / "amd-epyc-avx2-2c" / "train-compare" / "train_compare.csv"
 MIN_DELTA_E = 25  # CIELAB distance: tab10's closest pair is 27.7, two shades of purple 22
 
 
@@ -113,7 +114,7 @@ def test_train_compare_draws_each_model_apart():
     from dimbench.plots.training import train_compare_figure
     from dimbench.train.compare.store import read_rows
 
-    rows = read_rows(COMMITTED / "train-compare" / "train_compare.csv")
+    rows = read_rows(TRAIN_COMPARE)
     fig = train_compare_figure(rows)
     styles = drawn_styles(fig.axes[0])
     plt.close(fig)
