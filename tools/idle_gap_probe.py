@@ -21,12 +21,6 @@ import time
 import torch
 
 
-def keep_heap() -> bool:
-    from dimbench.regress.worker import keep_heap as keep
-
-    return keep()
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="DiM-S/2")
@@ -41,19 +35,22 @@ def main() -> None:
 
     from dimbench.bench.spec import Config
     from dimbench.bench.workload import build_workload
+    from dimbench.measure.timing import make_clock
+    from dimbench.regress.worker import keep_heap
 
     torch.set_num_threads(args.threads)
     kept = keep_heap() if args.keep_heap else False
     cfg = Config(suite="throughput", model=args.model, image_size=args.res)
     work = build_workload(cfg)
+    clock = make_clock(cfg.device)  # the throughput suite's clock
     work.step()  # warm-up
 
     def timed() -> dict:
-        r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-        work.step()
-        t1, r1 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+        r0 = resource.getrusage(resource.RUSAGE_SELF)
+        ms = clock.time(work.step)
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
         return {
-            "ms": (t1 - t0) * 1e3,
+            "ms": ms,
             "minflt": r1.ru_minflt - r0.ru_minflt,
             "sys_ms": (r1.ru_stime - r0.ru_stime) * 1e3,
         }

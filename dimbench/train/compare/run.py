@@ -304,9 +304,9 @@ class CompareRun:
         """Train every model (``only``: the one with this label) under every seed (``seed``:
         that one) to the end of the budget."""
         cfg = self.cfg
-        specs = [s for s in self.specs if only is None or s.label == only]
+        specs = [spec for spec in self.specs if only is None or spec.label == only]
         seeds = [s for s in self.seeds if seed is None or s == seed]
-        by_seed = [[ModelRun(self, s, sd) for s in specs] for sd in seeds]
+        by_seed = [[ModelRun(self, spec, s) for spec in specs] for s in seeds]
         for runs in by_seed:
             for r in runs:
                 self._add_bar(r)
